@@ -1,0 +1,479 @@
+//! The TOML file as written, and its validation into [`super::Config`].
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Config, Control, Dataplane, Detection, Link, Probe, Problem, DEFAULT_SOCKET};
+
+/// Kernel routing tables 253 (default), 254 (main) and 255 (local) are reserved, 0 is "unspec".
+const RESERVED_TABLES: std::ops::RangeInclusive<u32> = 253..=255;
+/// `ip rule` priority of the kernel's `lookup main` rule; ours must come before it.
+const MAIN_RULE_PRIORITY: u32 = 32766;
+/// Linux interface names are at most IFNAMSIZ - 1 bytes.
+const IFNAMSIZ: usize = 16;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    link: Vec<Spanned<RawLink>>,
+    lan: Option<Spanned<RawLan>>,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    probe: RawProbe,
+    #[serde(default)]
+    detection: RawDetection,
+    #[serde(default)]
+    dataplane: RawDataplane,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    name: Spanned<String>,
+    interface: Spanned<String>,
+    gateway: Option<Spanned<String>>,
+    #[serde(default = "default_priority")]
+    priority: u32,
+    targets: Spanned<Vec<Spanned<String>>>,
+}
+
+fn default_priority() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLan {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDetection {
+    down_after: Option<Spanned<String>>,
+    up_after: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    mark_mask: Option<Spanned<u32>>,
+    table_base: Option<Spanned<u32>>,
+    rule_priority: Option<Spanned<u32>>,
+    cleanup_on_exit: Option<bool>,
+}
+
+/// Collects problems with the line of the span they refer to.
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn err(&mut self, span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let line = self.line(span.start);
+        self.problems.push(Problem {
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration<T>(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration, check: T) -> Duration
+    where
+        T: Fn(Duration) -> Result<(), String>,
+    {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()).and_then(|d| check(d).map(|()| d)) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(v.span(), key, e);
+                default
+            }
+        }
+    }
+}
+
+/// Parse a duration written as a number and a unit: `"250ms"`, `"2s"`, `"1m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected a whole number and a unit, like \"500ms\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("invalid duration {s:?}: unit must be ms, s or m")),
+    };
+    Ok(d)
+}
+
+pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        text,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            c.err(span, "", e.message().trim().to_owned());
+            return Err(c.problems);
+        }
+    };
+
+    let probe = Probe {
+        interval: c.duration(&raw.probe.interval, "probe.interval", Duration::from_millis(200), |d| {
+            in_range(d, Duration::from_millis(10), Duration::from_secs(60))
+        }),
+        timeout: c.duration(&raw.probe.timeout, "probe.timeout", Duration::from_millis(500), |d| {
+            in_range(d, Duration::from_millis(10), Duration::from_secs(30))
+        }),
+    };
+    let detection = Detection {
+        down_after: c.duration(&raw.detection.down_after, "detection.down_after", Duration::from_millis(600), |d| {
+            in_range(d, Duration::from_millis(50), Duration::from_secs(600))
+        }),
+        up_after: match &raw.detection.up_after {
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1000 => {
+                c.err(v.span(), "detection.up_after", "must be between 1 and 1000 probe rounds");
+                3
+            }
+            Some(v) => *v.get_ref(),
+            None => 3,
+        },
+    };
+
+    let mark_mask = match &raw.dataplane.mark_mask {
+        Some(v) if *v.get_ref() == 0 => {
+            c.err(v.span(), "dataplane.mark_mask", "must have at least one bit set");
+            0xff00
+        }
+        Some(v) => *v.get_ref(),
+        None => 0xff00,
+    };
+    let table_base = raw.dataplane.table_base.as_ref().map_or(100, |v| *v.get_ref());
+    let rule_priority = raw.dataplane.rule_priority.as_ref().map_or(1000, |v| *v.get_ref());
+    let dataplane = Dataplane {
+        mark_mask,
+        table_base,
+        rule_priority,
+        cleanup_on_exit: raw.dataplane.cleanup_on_exit.unwrap_or(true),
+    };
+
+    let links = check_links(&mut c, &raw, &dataplane);
+
+    let lan_interfaces = match &raw.lan {
+        None => {
+            c.err(0..0, "lan", "missing section [lan] with `interfaces = [...]`");
+            Vec::new()
+        }
+        Some(lan) => {
+            let ifs = &lan.get_ref().interfaces;
+            if ifs.get_ref().is_empty() {
+                c.err(ifs.span(), "lan.interfaces", "must name at least one interface");
+            }
+            let wan: BTreeSet<&str> = links.iter().map(|l| l.interface.as_str()).collect();
+            let mut seen = BTreeSet::new();
+            for i in ifs.get_ref() {
+                check_ifname(&mut c, i, "lan.interfaces");
+                if wan.contains(i.get_ref().as_str()) {
+                    c.err(i.span(), "lan.interfaces", format!("{:?} is also a link's interface", i.get_ref()));
+                }
+                if !seen.insert(i.get_ref().clone()) {
+                    c.err(i.span(), "lan.interfaces", format!("{:?} is listed twice", i.get_ref()));
+                }
+            }
+            ifs.get_ref().iter().map(|i| i.get_ref().clone()).collect()
+        }
+    };
+
+    let control = Control {
+        socket: match &raw.control.socket {
+            Some(s) if !s.get_ref().starts_with('/') => {
+                c.err(s.span(), "control.socket", "must be an absolute path");
+                PathBuf::from(DEFAULT_SOCKET)
+            }
+            Some(s) => PathBuf::from(s.get_ref()),
+            None => PathBuf::from(DEFAULT_SOCKET),
+        },
+    };
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            links,
+            lan_interfaces,
+            control,
+            probe,
+            detection,
+            dataplane,
+        })
+    } else {
+        c.problems.sort_by_key(|p| p.line);
+        Err(c.problems)
+    }
+}
+
+fn in_range(d: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if d < min || d > max {
+        Err(format!("must be between {min:?} and {max:?}, got {d:?}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_ifname(c: &mut Checker<'_>, name: &Spanned<String>, key: &str) {
+    let n = name.get_ref();
+    let valid = !n.is_empty()
+        && n.len() < IFNAMSIZ
+        && n != "."
+        && n != ".."
+        && !n.chars().any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
+    if !valid {
+        c.err(name.span(), key, format!("{n:?} is not a valid interface name"));
+    }
+}
+
+fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link> {
+    if raw.link.is_empty() {
+        c.err(0..0, "link", "at least one [[link]] is required");
+    }
+    // Mark values count up from the lowest bit of the mask: 0 means "no link" (unmarked).
+    let shift = dp.mark_mask.trailing_zeros();
+    let max_links = (dp.mark_mask >> shift).min(u32::MAX - 1);
+    if raw.link.len() as u64 > u64::from(max_links) {
+        let span = raw.link.last().map_or(0..0, |l| l.span());
+        c.err(
+            span,
+            "dataplane.mark_mask",
+            format!("{:#x} leaves room for {max_links} links, {} configured", dp.mark_mask, raw.link.len()),
+        );
+    }
+    let n = raw.link.len() as u32;
+    let tables = dp.table_base..dp.table_base.saturating_add(n);
+    if dp.table_base == 0 || RESERVED_TABLES.clone().any(|t| tables.contains(&t)) || tables.end < tables.start + n {
+        let span = raw.dataplane.table_base.as_ref().map_or(0..0, |v| v.span());
+        c.err(
+            span,
+            "dataplane.table_base",
+            format!("tables {}..{} overlap the kernel's tables 0 or 253-255", tables.start, tables.end),
+        );
+    }
+    if dp.rule_priority == 0 || dp.rule_priority.saturating_add(n) >= MAIN_RULE_PRIORITY {
+        let span = raw.dataplane.rule_priority.as_ref().map_or(0..0, |v| v.span());
+        c.err(
+            span,
+            "dataplane.rule_priority",
+            format!("rules need priorities {}..={} which must lie within 1..{MAIN_RULE_PRIORITY}", dp.rule_priority, dp.rule_priority.saturating_add(n)),
+        );
+    }
+
+    let mut names = BTreeSet::new();
+    let mut ifaces = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, l) in raw.link.iter().enumerate() {
+        let l = l.get_ref();
+        let key = |field: &str| format!("link[{i}].{field}");
+        let name = l.name.get_ref();
+        if name.is_empty()
+            || name.len() > 32
+            || !name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+        {
+            c.err(l.name.span(), key("name"), format!("{name:?} must be 1-32 characters of [a-z0-9_-]"));
+        } else if !names.insert(name.clone()) {
+            c.err(l.name.span(), key("name"), format!("{name:?} is used by another link"));
+        }
+        check_ifname(c, &l.interface, &key("interface"));
+        if !ifaces.insert(l.interface.get_ref().clone()) {
+            c.err(l.interface.span(), key("interface"), format!("{:?} is used by another link", l.interface.get_ref()));
+        }
+        let gateway = l.gateway.as_ref().and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
+            Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
+            _ => {
+                c.err(g.span(), key("gateway"), format!("{:?} is not a usable IPv4 unicast address", g.get_ref()));
+                None
+            }
+        });
+        if l.targets.get_ref().is_empty() {
+            c.err(l.targets.span(), key("targets"), "must list at least one address to probe");
+        }
+        let mut targets = Vec::new();
+        for t in l.targets.get_ref() {
+            match t.get_ref().parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => {
+                    if targets.contains(&IpAddr::V4(a)) {
+                        c.err(t.span(), key("targets"), format!("{a} is listed twice"));
+                    }
+                    targets.push(IpAddr::V4(a));
+                }
+                Ok(IpAddr::V6(_)) => c.err(t.span(), key("targets"), format!("{:?}: IPv6 targets are not supported yet", t.get_ref())),
+                _ => c.err(t.span(), key("targets"), format!("{:?} is not a usable IPv4 unicast address", t.get_ref())),
+            }
+        }
+        out.push(Link {
+            name: name.clone(),
+            interface: l.interface.get_ref().clone(),
+            gateway,
+            priority: l.priority,
+            targets,
+            mark: ((i as u32).wrapping_add(1) << shift) & dp.mark_mask,
+            table: dp.table_base.wrapping_add(i as u32),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[link]]
+name = "fiber"
+interface = "wan1"
+gateway = "100.64.1.1"
+priority = 1
+targets = ["203.0.113.10", "198.51.100.10"]
+
+[[link]]
+name = "lte"
+interface = "wan2"
+priority = 2
+targets = ["203.0.113.10"]
+
+[lan]
+interfaces = ["lan0"]
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.links.len(), 2);
+        assert_eq!(c.links[0].mark, 0x100);
+        assert_eq!(c.links[1].mark, 0x200);
+        assert_eq!(c.links[0].table, 100);
+        assert_eq!(c.links[1].table, 101);
+        assert_eq!(c.links[1].gateway, None);
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.probe.interval, Duration::from_millis(200));
+        assert!(c.dataplane.cleanup_on_exit);
+        assert!(c.worst_case_detection() <= Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../config.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.links.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"
+[[link]]
+name = "Fiber!"
+interface = "wan1"
+gateway = "not-an-ip"
+targets = []
+
+[[link]]
+name = "lte"
+interface = "wan1"
+targets = ["::1", "300.1.1.1"]
+
+[lan]
+interfaces = ["wan1"]
+
+[probe]
+interval = "5 parsecs"
+"#;
+        let p = parse(text).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, "link[0].name"),
+                (5, "link[0].gateway"),
+                (6, "link[0].targets"),
+                (10, "link[1].interface"),
+                (11, "link[1].targets"),
+                (11, "link[1].targets"),
+                (14, "lan.interfaces"),
+                (17, "probe.interval"),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_line() {
+        let text = MINIMAL.replace("priority = 2", "priority = 2\nprio = 3");
+        let p = parse(&text).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, 13);
+        assert!(p[0].message.contains("unknown field `prio`"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn missing_sections_are_reported() {
+        let p = parse("").unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["link", "lan"]);
+    }
+
+    #[test]
+    fn mark_mask_limits_the_number_of_links() {
+        let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x1\n");
+        let p = parse(&text).unwrap_err();
+        assert!(p.iter().any(|p| p.key == "dataplane.mark_mask"), "{p:?}");
+        let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x30\n");
+        let c = parse(&text).unwrap();
+        assert_eq!((c.links[0].mark, c.links[1].mark), (0x10, 0x20));
+    }
+
+    #[test]
+    fn reserved_tables_and_rule_priorities_are_refused() {
+        let text = format!("{MINIMAL}\n[dataplane]\ntable_base = 254\nrule_priority = 32765\n");
+        let p = parse(&text).unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["dataplane.table_base", "dataplane.rule_priority"]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
