@@ -79,10 +79,10 @@ pub struct Dataplane {
 
 impl Config {
     /// Worst-case time from a silent blackhole to a `down` decision with these settings: the
-    /// last reply may arrive just before the blackhole, `down_after` must then pass, and the
-    /// evidence (a timed-out probe) arrives up to one interval plus one timeout later.
+    /// last answered probe may have been sent just before the blackhole; probes sent over the
+    /// next `down_after` must fail, and the last of them is known lost one `timeout` later.
     pub fn worst_case_detection(&self) -> Duration {
-        self.detection.down_after + self.probe.interval + self.probe.timeout
+        self.detection.down_after + self.probe.timeout
     }
 }
 

@@ -154,7 +154,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         interval: c.duration(&raw.probe.interval, "probe.interval", Duration::from_millis(200), |d| {
             in_range(d, Duration::from_millis(10), Duration::from_secs(60))
         }),
-        timeout: c.duration(&raw.probe.timeout, "probe.timeout", Duration::from_millis(500), |d| {
+        timeout: c.duration(&raw.probe.timeout, "probe.timeout", Duration::from_millis(400), |d| {
             in_range(d, Duration::from_millis(10), Duration::from_secs(30))
         }),
     };
@@ -386,7 +386,7 @@ interfaces = ["lan0"]
         assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.probe.interval, Duration::from_millis(200));
         assert!(c.dataplane.cleanup_on_exit);
-        assert!(c.worst_case_detection() <= Duration::from_millis(1500));
+        assert_eq!(c.worst_case_detection(), Duration::from_millis(1000));
     }
 
     #[test]

@@ -1,0 +1,152 @@
+//! The pure decision core: probe outcomes and link events in, link states and a complete
+//! [`DesiredState`] out. It never reads a clock, sleeps or touches a socket; `now` is always an
+//! argument, so days of virtual time can be tested in milliseconds.
+
+mod health;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+pub use health::{LinkHealth, LinkState};
+
+/// Index of a link in [`Config::links`].
+pub type LinkId = usize;
+
+/// Why a probe got no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// No reply within the timeout.
+    Timeout,
+    /// An ICMP error came back instead of an echo reply (e.g. destination unreachable).
+    IcmpError,
+    /// The send itself failed (e.g. ENETUNREACH when the interface is down).
+    SendError,
+}
+
+/// The result of one probe, as a plain value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeOutcome {
+    pub link: LinkId,
+    pub target: IpAddr,
+    pub sent_at: Instant,
+    pub result: Result<Duration, ProbeFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Probe(ProbeOutcome),
+    /// Carrier (or admin state) of a link's interface changed.
+    Carrier { link: LinkId, up: bool },
+}
+
+/// A change of a link's state, with the reason in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub link: LinkId,
+    pub from: LinkState,
+    pub to: LinkState,
+    pub at: Instant,
+    pub reason: String,
+}
+
+/// Everything the dataplane must make true, complete and declarative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    pub mark_mask: u32,
+    pub rule_priority: u32,
+    pub lan_interfaces: Vec<String>,
+    pub links: Vec<LinkPlan>,
+    /// The link whose mark new LAN flows get; `None` when no link is configured.
+    pub steer_to: Option<LinkId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkPlan {
+    pub name: String,
+    pub interface: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub mark: u32,
+    pub table: u32,
+    pub usable: bool,
+}
+
+pub struct Engine {
+    config: Config,
+    links: Vec<LinkHealth>,
+}
+
+impl Engine {
+    pub fn new(config: Config, now: Instant) -> Self {
+        let links = config.links.iter().map(|_| LinkHealth::new(now)).collect();
+        Engine { config, links }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn link(&self, id: LinkId) -> &LinkHealth {
+        &self.links[id]
+    }
+
+    /// Feed one event; returns the state changes it caused.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Transition> {
+        let (link, change) = match event {
+            Event::Probe(p) if p.link < self.links.len() => {
+                (p.link, self.links[p.link].on_probe(now, &p, &self.config))
+            }
+            Event::Carrier { link, up } if link < self.links.len() => {
+                (link, self.links[link].on_carrier(now, up))
+            }
+            _ => return Vec::new(),
+        };
+        change
+            .map(|(from, to, reason)| Transition {
+                link,
+                from,
+                to,
+                at: now,
+                reason,
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// The link new flows should use: the usable link with the lowest priority value (config
+    /// order breaks ties). When nothing is usable, the preferred link anyway: new flows then fail
+    /// as they would without uplinkd, and nothing is steered onto a link we know less about.
+    pub fn best_link(&self) -> Option<LinkId> {
+        let by_pref = |ids: &mut dyn Iterator<Item = LinkId>| {
+            ids.min_by_key(|&i| (self.config.links[i].priority, i))
+        };
+        by_pref(&mut (0..self.links.len()).filter(|&i| self.links[i].state.usable()))
+            .or_else(|| by_pref(&mut (0..self.links.len())))
+    }
+
+    pub fn desired(&self) -> DesiredState {
+        DesiredState {
+            mark_mask: self.config.dataplane.mark_mask,
+            rule_priority: self.config.dataplane.rule_priority,
+            lan_interfaces: self.config.lan_interfaces.clone(),
+            links: self
+                .config
+                .links
+                .iter()
+                .zip(&self.links)
+                .map(|(l, h)| LinkPlan {
+                    name: l.name.clone(),
+                    interface: l.interface.clone(),
+                    gateway: l.gateway,
+                    mark: l.mark,
+                    table: l.table,
+                    usable: h.state.usable(),
+                })
+                .collect(),
+            steer_to: self.best_link(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
