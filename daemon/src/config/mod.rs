@@ -12,6 +12,11 @@ use std::time::Duration;
 
 pub use raw::parse_duration;
 
+/// Most links uplinkd manages. It owns routing tables `table_base .. table_base + MAX_LINKS`
+/// and rule priorities `rule_priority ..= rule_priority + MAX_LINKS`, so objects left over from
+/// a larger earlier configuration are still recognised as its own and cleaned up.
+pub const MAX_LINKS: u32 = 64;
+
 /// Default control socket (DESIGN.md §4).
 pub const DEFAULT_SOCKET: &str = "/run/uplinkd/control.sock";
 
@@ -70,7 +75,7 @@ pub struct Dataplane {
     pub mark_mask: u32,
     /// Routing table id of the first link; link `i` uses `table_base + i`.
     pub table_base: u32,
-    /// Priority of the first `ip rule`; uplinkd's rules occupy `rule_priority ..= rule_priority + links`.
+    /// Priority of the first `ip rule`; link `i`'s rule has `rule_priority + 1 + i`.
     pub rule_priority: u32,
     /// Remove the nft table, rules and routes on stop. `false` leaves the dataplane in place so
     /// traffic keeps flowing while the daemon is restarted.

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Config, Control, Dataplane, Detection, Link, Probe, Problem, DEFAULT_SOCKET};
+use super::{
+    Config, Control, Dataplane, Detection, Link, Probe, Problem, DEFAULT_SOCKET, MAX_LINKS,
+};
 
 /// Kernel routing tables 253 (default), 254 (main) and 255 (local) are reserved, 0 is "unspec".
 const RESERVED_TABLES: std::ops::RangeInclusive<u32> = 253..=255;
@@ -92,10 +94,19 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
-    fn err(&mut self, span: std::ops::Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+    fn err(
+        &mut self,
+        span: std::ops::Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let line = self.line(span.start);
         self.problems.push(Problem {
             line,
@@ -104,7 +115,13 @@ impl Checker<'_> {
         });
     }
 
-    fn duration<T>(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration, check: T) -> Duration
+    fn duration<T>(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        check: T,
+    ) -> Duration
     where
         T: Fn(Duration) -> Result<(), String>,
     {
@@ -124,9 +141,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a whole number and a unit, like \"500ms\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a whole number and a unit, like \"500ms\"")
+    })?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -151,20 +168,33 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     };
 
     let probe = Probe {
-        interval: c.duration(&raw.probe.interval, "probe.interval", Duration::from_millis(200), |d| {
-            in_range(d, Duration::from_millis(10), Duration::from_secs(60))
-        }),
-        timeout: c.duration(&raw.probe.timeout, "probe.timeout", Duration::from_millis(400), |d| {
-            in_range(d, Duration::from_millis(10), Duration::from_secs(30))
-        }),
+        interval: c.duration(
+            &raw.probe.interval,
+            "probe.interval",
+            Duration::from_millis(200),
+            |d| in_range(d, Duration::from_millis(10), Duration::from_secs(60)),
+        ),
+        timeout: c.duration(
+            &raw.probe.timeout,
+            "probe.timeout",
+            Duration::from_millis(400),
+            |d| in_range(d, Duration::from_millis(10), Duration::from_secs(30)),
+        ),
     };
     let detection = Detection {
-        down_after: c.duration(&raw.detection.down_after, "detection.down_after", Duration::from_millis(600), |d| {
-            in_range(d, Duration::from_millis(50), Duration::from_secs(600))
-        }),
+        down_after: c.duration(
+            &raw.detection.down_after,
+            "detection.down_after",
+            Duration::from_millis(600),
+            |d| in_range(d, Duration::from_millis(50), Duration::from_secs(600)),
+        ),
         up_after: match &raw.detection.up_after {
             Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1000 => {
-                c.err(v.span(), "detection.up_after", "must be between 1 and 1000 probe rounds");
+                c.err(
+                    v.span(),
+                    "detection.up_after",
+                    "must be between 1 and 1000 probe rounds",
+                );
                 3
             }
             Some(v) => *v.get_ref(),
@@ -174,14 +204,26 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
 
     let mark_mask = match &raw.dataplane.mark_mask {
         Some(v) if *v.get_ref() == 0 => {
-            c.err(v.span(), "dataplane.mark_mask", "must have at least one bit set");
+            c.err(
+                v.span(),
+                "dataplane.mark_mask",
+                "must have at least one bit set",
+            );
             0xff00
         }
         Some(v) => *v.get_ref(),
         None => 0xff00,
     };
-    let table_base = raw.dataplane.table_base.as_ref().map_or(100, |v| *v.get_ref());
-    let rule_priority = raw.dataplane.rule_priority.as_ref().map_or(1000, |v| *v.get_ref());
+    let table_base = raw
+        .dataplane
+        .table_base
+        .as_ref()
+        .map_or(100, |v| *v.get_ref());
+    let rule_priority = raw
+        .dataplane
+        .rule_priority
+        .as_ref()
+        .map_or(1000, |v| *v.get_ref());
     let dataplane = Dataplane {
         mark_mask,
         table_base,
@@ -193,23 +235,39 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
 
     let lan_interfaces = match &raw.lan {
         None => {
-            c.err(0..0, "lan", "missing section [lan] with `interfaces = [...]`");
+            c.err(
+                0..0,
+                "lan",
+                "missing section [lan] with `interfaces = [...]`",
+            );
             Vec::new()
         }
         Some(lan) => {
             let ifs = &lan.get_ref().interfaces;
             if ifs.get_ref().is_empty() {
-                c.err(ifs.span(), "lan.interfaces", "must name at least one interface");
+                c.err(
+                    ifs.span(),
+                    "lan.interfaces",
+                    "must name at least one interface",
+                );
             }
             let wan: BTreeSet<&str> = links.iter().map(|l| l.interface.as_str()).collect();
             let mut seen = BTreeSet::new();
             for i in ifs.get_ref() {
                 check_ifname(&mut c, i, "lan.interfaces");
                 if wan.contains(i.get_ref().as_str()) {
-                    c.err(i.span(), "lan.interfaces", format!("{:?} is also a link's interface", i.get_ref()));
+                    c.err(
+                        i.span(),
+                        "lan.interfaces",
+                        format!("{:?} is also a link's interface", i.get_ref()),
+                    );
                 }
                 if !seen.insert(i.get_ref().clone()) {
-                    c.err(i.span(), "lan.interfaces", format!("{:?} is listed twice", i.get_ref()));
+                    c.err(
+                        i.span(),
+                        "lan.interfaces",
+                        format!("{:?} is listed twice", i.get_ref()),
+                    );
                 }
             }
             ifs.get_ref().iter().map(|i| i.get_ref().clone()).collect()
@@ -256,9 +314,15 @@ fn check_ifname(c: &mut Checker<'_>, name: &Spanned<String>, key: &str) {
         && n.len() < IFNAMSIZ
         && n != "."
         && n != ".."
-        && !n.chars().any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
+        && !n
+            .chars()
+            .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
     if !valid {
-        c.err(name.span(), key, format!("{n:?} is not a valid interface name"));
+        c.err(
+            name.span(),
+            key,
+            format!("{n:?} is not a valid interface name"),
+        );
     }
 }
 
@@ -274,25 +338,53 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
         c.err(
             span,
             "dataplane.mark_mask",
-            format!("{:#x} leaves room for {max_links} links, {} configured", dp.mark_mask, raw.link.len()),
+            format!(
+                "{:#x} leaves room for {max_links} links, {} configured",
+                dp.mark_mask,
+                raw.link.len()
+            ),
         );
     }
-    let n = raw.link.len() as u32;
-    let tables = dp.table_base..dp.table_base.saturating_add(n);
-    if dp.table_base == 0 || RESERVED_TABLES.clone().any(|t| tables.contains(&t)) || tables.end < tables.start + n {
+    if raw.link.len() > MAX_LINKS as usize {
+        let span = raw.link.last().map_or(0..0, |l| l.span());
+        c.err(
+            span,
+            "link",
+            format!(
+                "at most {MAX_LINKS} links are supported, {} configured",
+                raw.link.len()
+            ),
+        );
+    }
+    let owned_tables = dp.table_base..dp.table_base.saturating_add(MAX_LINKS);
+    if dp.table_base == 0
+        || RESERVED_TABLES.clone().any(|t| owned_tables.contains(&t))
+        || owned_tables.end < owned_tables.start + MAX_LINKS
+    {
         let span = raw.dataplane.table_base.as_ref().map_or(0..0, |v| v.span());
         c.err(
             span,
             "dataplane.table_base",
-            format!("tables {}..{} overlap the kernel's tables 0 or 253-255", tables.start, tables.end),
+            format!(
+                "uplinkd owns tables {}..{} which must not include the kernel's tables 0 or 253-255",
+                owned_tables.start, owned_tables.end
+            ),
         );
     }
-    if dp.rule_priority == 0 || dp.rule_priority.saturating_add(n) >= MAIN_RULE_PRIORITY {
-        let span = raw.dataplane.rule_priority.as_ref().map_or(0..0, |v| v.span());
+    if dp.rule_priority == 0 || dp.rule_priority.saturating_add(MAX_LINKS) >= MAIN_RULE_PRIORITY {
+        let span = raw
+            .dataplane
+            .rule_priority
+            .as_ref()
+            .map_or(0..0, |v| v.span());
         c.err(
             span,
             "dataplane.rule_priority",
-            format!("rules need priorities {}..={} which must lie within 1..{MAIN_RULE_PRIORITY}", dp.rule_priority, dp.rule_priority.saturating_add(n)),
+            format!(
+                "uplinkd owns rule priorities {}..={} which must lie within 1..{MAIN_RULE_PRIORITY}",
+                dp.rule_priority,
+                dp.rule_priority.saturating_add(MAX_LINKS)
+            ),
         );
     }
 
@@ -305,37 +397,72 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
         let name = l.name.get_ref();
         if name.is_empty()
             || name.len() > 32
-            || !name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
         {
-            c.err(l.name.span(), key("name"), format!("{name:?} must be 1-32 characters of [a-z0-9_-]"));
+            c.err(
+                l.name.span(),
+                key("name"),
+                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
+            );
         } else if !names.insert(name.clone()) {
-            c.err(l.name.span(), key("name"), format!("{name:?} is used by another link"));
+            c.err(
+                l.name.span(),
+                key("name"),
+                format!("{name:?} is used by another link"),
+            );
         }
         check_ifname(c, &l.interface, &key("interface"));
         if !ifaces.insert(l.interface.get_ref().clone()) {
-            c.err(l.interface.span(), key("interface"), format!("{:?} is used by another link", l.interface.get_ref()));
+            c.err(
+                l.interface.span(),
+                key("interface"),
+                format!("{:?} is used by another link", l.interface.get_ref()),
+            );
         }
-        let gateway = l.gateway.as_ref().and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
-            Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
-            _ => {
-                c.err(g.span(), key("gateway"), format!("{:?} is not a usable IPv4 unicast address", g.get_ref()));
-                None
-            }
-        });
+        let gateway = l
+            .gateway
+            .as_ref()
+            .and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
+                Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
+                _ => {
+                    c.err(
+                        g.span(),
+                        key("gateway"),
+                        format!("{:?} is not a usable IPv4 unicast address", g.get_ref()),
+                    );
+                    None
+                }
+            });
         if l.targets.get_ref().is_empty() {
-            c.err(l.targets.span(), key("targets"), "must list at least one address to probe");
+            c.err(
+                l.targets.span(),
+                key("targets"),
+                "must list at least one address to probe",
+            );
         }
         let mut targets = Vec::new();
         for t in l.targets.get_ref() {
             match t.get_ref().parse::<IpAddr>() {
-                Ok(IpAddr::V4(a)) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => {
+                Ok(IpAddr::V4(a))
+                    if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() =>
+                {
                     if targets.contains(&IpAddr::V4(a)) {
                         c.err(t.span(), key("targets"), format!("{a} is listed twice"));
                     }
                     targets.push(IpAddr::V4(a));
                 }
-                Ok(IpAddr::V6(_)) => c.err(t.span(), key("targets"), format!("{:?}: IPv6 targets are not supported yet", t.get_ref())),
-                _ => c.err(t.span(), key("targets"), format!("{:?} is not a usable IPv4 unicast address", t.get_ref())),
+                Ok(IpAddr::V6(_)) => c.err(
+                    t.span(),
+                    key("targets"),
+                    format!("{:?}: IPv6 targets are not supported yet", t.get_ref()),
+                ),
+                _ => c.err(
+                    t.span(),
+                    key("targets"),
+                    format!("{:?} is not a usable IPv4 unicast address", t.get_ref()),
+                ),
             }
         }
         out.push(Link {
@@ -439,7 +566,11 @@ interval = "5 parsecs"
         let p = parse(&text).unwrap_err();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].line, 13);
-        assert!(p[0].message.contains("unknown field `prio`"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("unknown field `prio`"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
@@ -461,10 +592,13 @@ interval = "5 parsecs"
 
     #[test]
     fn reserved_tables_and_rule_priorities_are_refused() {
-        let text = format!("{MINIMAL}\n[dataplane]\ntable_base = 254\nrule_priority = 32765\n");
+        let text = format!("{MINIMAL}\n[dataplane]\ntable_base = 200\nrule_priority = 32750\n");
         let p = parse(&text).unwrap_err();
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, vec!["dataplane.table_base", "dataplane.rule_priority"]);
+        assert_eq!(
+            keys,
+            vec!["dataplane.table_base", "dataplane.rule_priority"]
+        );
     }
 
     #[test]

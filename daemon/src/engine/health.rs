@@ -117,9 +117,11 @@ impl LinkHealth {
                 let need = config.detection.up_after;
                 match self.state {
                     LinkState::Unknown => self.set(now, LinkState::Up, "targets answer".into()),
-                    LinkState::Down if self.answered_streak >= need => {
-                        self.set(now, LinkState::Up, format!("{need} consecutive probe rounds answered"))
-                    }
+                    LinkState::Down if self.answered_streak >= need => self.set(
+                        now,
+                        LinkState::Up,
+                        format!("{need} consecutive probe rounds answered"),
+                    ),
                     _ => None,
                 }
             }

@@ -37,7 +37,10 @@ pub struct ProbeOutcome {
 pub enum Event {
     Probe(ProbeOutcome),
     /// Carrier (or admin state) of a link's interface changed.
-    Carrier { link: LinkId, up: bool },
+    Carrier {
+        link: LinkId,
+        up: bool,
+    },
 }
 
 /// A change of a link's state, with the reason in words.

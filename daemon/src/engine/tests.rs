@@ -50,7 +50,8 @@ fn run(
     let interval = engine.config().probe.interval;
     let timeout = engine.config().probe.timeout;
     let targets = engine.config().links[0].targets.clone();
-    let mut pending: BinaryHeap<Reverse<(Instant, usize, Instant, Option<Duration>)>> = BinaryHeap::new();
+    let mut pending: BinaryHeap<Reverse<(Instant, usize, Instant, Option<Duration>)>> =
+        BinaryHeap::new();
     let mut out = Vec::new();
     let mut next_round = from;
     loop {
@@ -64,7 +65,9 @@ fn run(
             next_round += interval;
             continue;
         }
-        let Some(Reverse((at, i, sent_at, rtt))) = pending.pop() else { break };
+        let Some(Reverse((at, i, sent_at, rtt))) = pending.pop() else {
+            break;
+        };
         let result = rtt.ok_or(ProbeFailure::Timeout);
         let outcome = ProbeOutcome {
             link: 0,
@@ -86,7 +89,9 @@ fn healthy_link_goes_up_and_stays_up() {
     let t0 = Instant::now();
     let mut e = Engine::new(config(), t0);
     assert_eq!(e.link(0).state, LinkState::Unknown);
-    let tr = run(&mut e, t0, t0 + Duration::from_secs(60), |_, _| Some(ms(12)));
+    let tr = run(&mut e, t0, t0 + Duration::from_secs(60), |_, _| {
+        Some(ms(12))
+    });
     assert_eq!(tr.len(), 1);
     assert_eq!((tr[0].from, tr[0].to), (LinkState::Unknown, LinkState::Up));
     assert_eq!(e.link(0).last_rtt(), Some(ms(12)));
@@ -107,21 +112,32 @@ fn silent_blackhole_is_detected_within_the_worst_case_for_every_phase() {
         let tr = run(&mut e, t0, hole + Duration::from_secs(5), |sent, _| {
             (sent + ms(10) < hole).then_some(ms(10))
         });
-        let down = tr.iter().find(|t| t.to == LinkState::Down).expect("blackhole detected");
+        let down = tr
+            .iter()
+            .find(|t| t.to == LinkState::Down)
+            .expect("blackhole detected");
         times.push(down.at - hole);
     }
     let max = times.iter().max().copied().unwrap();
     let min = times.iter().min().copied().unwrap();
-    assert!(max <= worst, "worst detection {max:?} exceeds the configured worst case {worst:?}");
+    assert!(
+        max <= worst,
+        "worst detection {max:?} exceeds the configured worst case {worst:?}"
+    );
     // Deciding faster than down_after would mean a single lost round takes a link down.
-    assert!(min >= cfg.detection.down_after - interval, "detection {min:?} is suspiciously fast");
+    assert!(
+        min >= cfg.detection.down_after - interval,
+        "detection {min:?} is suspiciously fast"
+    );
 }
 
 #[test]
 fn one_dead_target_of_three_keeps_the_link_up() {
     let t0 = Instant::now();
     let mut e = Engine::new(config(), t0);
-    let tr = run(&mut e, t0, t0 + Duration::from_secs(600), |_, i| (i != 1).then_some(ms(20)));
+    let tr = run(&mut e, t0, t0 + Duration::from_secs(600), |_, i| {
+        (i != 1).then_some(ms(20))
+    });
     assert_eq!(tr.len(), 1, "{tr:?}");
     assert_eq!(e.link(0).state, LinkState::Up);
 }
@@ -158,7 +174,10 @@ fn recovery_needs_consecutive_answered_rounds() {
     assert_eq!(states, vec![LinkState::Up, LinkState::Down, LinkState::Up]);
     let up_again = tr[2].at - back;
     let need = interval * (cfg.detection.up_after - 1);
-    assert!(up_again >= need && up_again <= need + interval, "{up_again:?}");
+    assert!(
+        up_again >= need && up_again <= need + interval,
+        "{up_again:?}"
+    );
 }
 
 #[test]
@@ -169,12 +188,17 @@ fn carrier_loss_is_down_at_once_and_probes_bring_it_back() {
     let t1 = t0 + Duration::from_secs(2);
     let tr = e.handle(t1, Event::Carrier { link: 0, up: false });
     assert_eq!(tr.len(), 1);
-    assert_eq!((tr[0].to, tr[0].at, tr[0].reason.as_str()), (LinkState::Down, t1, "carrier lost"));
+    assert_eq!(
+        (tr[0].to, tr[0].at, tr[0].reason.as_str()),
+        (LinkState::Down, t1, "carrier lost")
+    );
     // Answers that arrive while there is no carrier do not count.
     let tr = run(&mut e, t1, t1 + Duration::from_secs(2), |_, _| Some(ms(5)));
     assert!(tr.is_empty(), "{tr:?}");
     let t2 = t1 + Duration::from_secs(3);
-    assert!(e.handle(t2, Event::Carrier { link: 0, up: true }).is_empty());
+    assert!(e
+        .handle(t2, Event::Carrier { link: 0, up: true })
+        .is_empty());
     assert_eq!(e.link(0).state, LinkState::Down);
     let tr = run(&mut e, t2, t2 + Duration::from_secs(2), |_, _| Some(ms(5)));
     assert_eq!(tr.len(), 1);
@@ -201,5 +225,7 @@ fn new_flows_follow_the_best_usable_link() {
 fn events_for_unknown_links_are_ignored() {
     let t0 = Instant::now();
     let mut e = Engine::new(config(), t0);
-    assert!(e.handle(t0, Event::Carrier { link: 7, up: false }).is_empty());
+    assert!(e
+        .handle(t0, Event::Carrier { link: 7, up: false })
+        .is_empty());
 }

@@ -1,0 +1,332 @@
+//! uplinkd's nftables table, `inet uplinkd`, replaced as a whole in one atomic batch.
+//!
+//! The table is first rendered into a small plan ([`Ruleset`]) that prints as nft-like text (for
+//! tests and debug logs) and converts into nftnl expressions; the two cannot drift apart because
+//! both come from the same [`Op`] values.
+
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+
+use nftnl::expr::{Bitwise, Cmp, CmpOp, Conntrack, InterfaceName, Masquerade, Meta, States};
+use nftnl::{
+    Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
+};
+
+use crate::engine::DesiredState;
+
+/// The one table uplinkd owns (DESIGN.md §3).
+pub const TABLE: &CStr = c"uplinkd";
+
+/// Mangle priority: after conntrack (-200) so `ct mark` is known, before routing decides.
+const PRIO_MANGLE: i32 = libc::NF_IP_PRI_MANGLE;
+/// Source NAT priority, where masquerade belongs.
+const PRIO_SRCNAT: i32 = libc::NF_IP_PRI_NAT_SRC;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `ct mark & mask == value`
+    CtMarkIs {
+        mask: u32,
+        value: u32,
+    },
+    IifName(String),
+    OifName(String),
+    CtStateNew,
+    /// `meta mark set meta mark & ~mask | value`: our bits replaced, others kept.
+    SetMetaMark {
+        mask: u32,
+        value: u32,
+    },
+    /// `ct mark set ct mark & ~mask | value`
+    SetCtMark {
+        mask: u32,
+        value: u32,
+    },
+    Masquerade,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainPlan {
+    pub name: &'static CStr,
+    pub hook: Hook,
+    pub kind: ChainType,
+    pub priority: i32,
+    pub rules: Vec<Vec<Op>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: Vec<ChainPlan>,
+}
+
+/// The table for a desired state.
+pub fn render(d: &DesiredState) -> Ruleset {
+    let mask = d.mark_mask;
+    let mut pre = Vec::new();
+    // Every packet of a flow that already has a link keeps it: restore our mark bits from the
+    // flow's ct mark. Replies to the LAN then match `lookup main suppress_prefixlength 0` first
+    // (see routes.rs), so restoring does not send them back out a WAN.
+    for l in &d.links {
+        pre.push(vec![
+            Op::CtMarkIs {
+                mask,
+                value: l.mark,
+            },
+            Op::SetMetaMark {
+                mask,
+                value: l.mark,
+            },
+        ]);
+    }
+    // New LAN flows get the mark of the link chosen for them, remembered in the ct mark.
+    if let Some(l) = d.steer_to.and_then(|i| d.links.get(i)) {
+        for lan in &d.lan_interfaces {
+            pre.push(vec![
+                Op::IifName(lan.clone()),
+                Op::CtStateNew,
+                Op::SetMetaMark {
+                    mask,
+                    value: l.mark,
+                },
+                Op::SetCtMark {
+                    mask,
+                    value: l.mark,
+                },
+            ]);
+        }
+    }
+    let post = d
+        .links
+        .iter()
+        .map(|l| vec![Op::OifName(l.interface.clone()), Op::Masquerade])
+        .collect();
+    Ruleset {
+        chains: vec![
+            ChainPlan {
+                name: c"prerouting",
+                hook: Hook::PreRouting,
+                kind: ChainType::Filter,
+                priority: PRIO_MANGLE,
+                rules: pre,
+            },
+            ChainPlan {
+                name: c"postrouting",
+                hook: Hook::PostRouting,
+                kind: ChainType::Nat,
+                priority: PRIO_SRCNAT,
+                rules: post,
+            },
+        ],
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::CtMarkIs { mask, value } => write!(f, "ct mark & {mask:#x} == {value:#x}"),
+            Op::IifName(n) => write!(f, "iifname {n:?}"),
+            Op::OifName(n) => write!(f, "oifname {n:?}"),
+            Op::CtStateNew => write!(f, "ct state new"),
+            Op::SetMetaMark { mask, value } => {
+                write!(f, "meta mark set meta mark & {:#x} | {value:#x}", !mask)
+            }
+            Op::SetCtMark { mask, value } => {
+                write!(f, "ct mark set ct mark & {:#x} | {value:#x}", !mask)
+            }
+            Op::Masquerade => write!(f, "masquerade"),
+        }
+    }
+}
+
+impl fmt::Display for Ruleset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table inet {} {{", TABLE.to_string_lossy())?;
+        for c in &self.chains {
+            let kind = match c.kind {
+                ChainType::Nat => "nat",
+                ChainType::Route => "route",
+                ChainType::Filter => "filter",
+            };
+            let hook = format!("{:?}", c.hook).to_lowercase();
+            writeln!(
+                f,
+                "  chain {} {{ type {kind} hook {hook} priority {}; policy accept;",
+                c.name.to_string_lossy(),
+                c.priority
+            )?;
+            for r in &c.rules {
+                let ops: Vec<String> = r.iter().map(Op::to_string).collect();
+                writeln!(f, "    {}", ops.join(" "))?;
+            }
+            writeln!(f, "  }}")?;
+        }
+        write!(f, "}}")
+    }
+}
+
+/// Replace our table with `rules` in one transaction: add (so the delete cannot fail), delete,
+/// re-create. The kernel applies all of it or nothing.
+pub fn replace(rules: &Ruleset) -> io::Result<()> {
+    let table = Table::new(TABLE, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    batch.add(&table, MsgType::Add);
+    for c in &rules.chains {
+        let mut chain = Chain::new(c.name, &table);
+        chain.set_hook(c.hook, c.priority);
+        chain.set_type(c.kind);
+        chain.set_policy(Policy::Accept);
+        batch.add(&chain, MsgType::Add);
+        for ops in &c.rules {
+            let mut rule = Rule::new(&chain);
+            for op in ops {
+                add_op(&mut rule, op)?;
+            }
+            batch.add(&rule, MsgType::Add);
+        }
+    }
+    send(&batch.finalize())
+}
+
+/// Remove our table, if it exists.
+pub fn delete() -> io::Result<()> {
+    let table = Table::new(TABLE, ProtoFamily::Inet);
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    send(&batch.finalize())
+}
+
+/// Whether our table exists (someone may have run `nft flush ruleset`).
+pub fn exists() -> io::Result<bool> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    let seq = 0;
+    let portid = socket.portid();
+    socket.send(&nftnl::table::get_tables_nlmsg(seq))?;
+    let mut tables: HashSet<CString> = HashSet::new();
+    let mut buf = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
+    loop {
+        let n = socket.recv_raw(&mut buf[..])?;
+        if n == 0 {
+            break;
+        }
+        match mnl::cb_run2(
+            &buf[..n],
+            seq,
+            portid,
+            nftnl::table::get_tables_cb,
+            &mut tables,
+        )? {
+            mnl::CbResult::Stop => break,
+            mnl::CbResult::Ok => {}
+        }
+    }
+    Ok(tables.contains(TABLE))
+}
+
+fn add_op(rule: &mut Rule<'_>, op: &Op) -> io::Result<()> {
+    match op {
+        Op::CtMarkIs { mask, value } => {
+            rule.add_expr(&Conntrack::Mark { set: false });
+            rule.add_expr(&Bitwise::new(*mask, 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, *value));
+        }
+        Op::IifName(n) | Op::OifName(n) => {
+            let name = CString::new(n.as_str())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            rule.add_expr(&if matches!(op, Op::IifName(_)) {
+                Meta::IifName
+            } else {
+                Meta::OifName
+            });
+            rule.add_expr(&Cmp::new(CmpOp::Eq, InterfaceName::Exact(name)));
+        }
+        Op::CtStateNew => {
+            rule.add_expr(&Conntrack::State);
+            rule.add_expr(&Bitwise::new(States::NEW.bits(), 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+        }
+        Op::SetMetaMark { mask, value } => {
+            rule.add_expr(&Meta::Mark { set: false });
+            rule.add_expr(&Bitwise::new(!mask, *value));
+            rule.add_expr(&Meta::Mark { set: true });
+        }
+        Op::SetCtMark { mask, value } => {
+            rule.add_expr(&Conntrack::Mark { set: false });
+            rule.add_expr(&Bitwise::new(!mask, *value));
+            rule.add_expr(&Conntrack::Mark { set: true });
+        }
+        Op::Masquerade => rule.add_expr(&Masquerade),
+    }
+    Ok(())
+}
+
+/// Send a finalized batch as one buffer and read every acknowledgement. The batch is small (a
+/// few dozen rules), far below the 128 KiB where `mnl` would split it.
+fn send(batch: &FinalizedBatch) -> io::Result<()> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    let portid = socket.portid();
+    socket.send_all(batch)?;
+    let mut buf = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
+    let mut expected = batch.sequence_numbers();
+    while !expected.is_empty() {
+        for message in socket.recv(&mut buf[..])? {
+            let message = message?;
+            let Some(seq) = expected.next() else { break };
+            mnl::cb_run(message, seq, portid)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::engine::LinkPlan;
+
+    fn state(steer_to: Option<usize>) -> DesiredState {
+        let link = |i: u32, usable| LinkPlan {
+            name: format!("l{i}"),
+            interface: format!("wan{i}"),
+            gateway: None,
+            mark: i << 8,
+            table: 99 + i,
+            usable,
+        };
+        DesiredState {
+            mark_mask: 0xff00,
+            rule_priority: 1000,
+            lan_interfaces: vec!["lan0".into(), "lan1".into()],
+            links: vec![link(1, false), link(2, true)],
+            steer_to,
+        }
+    }
+
+    #[test]
+    fn renders_restore_steer_and_masquerade() {
+        let text = render(&state(Some(1))).to_string();
+        let want = r#"table inet uplinkd {
+  chain prerouting { type filter hook prerouting priority -150; policy accept;
+    ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
+    ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
+    iifname "lan0" ct state new meta mark set meta mark & 0xffff00ff | 0x200 ct mark set ct mark & 0xffff00ff | 0x200
+    iifname "lan1" ct state new meta mark set meta mark & 0xffff00ff | 0x200 ct mark set ct mark & 0xffff00ff | 0x200
+  }
+  chain postrouting { type nat hook postrouting priority 100; policy accept;
+    oifname "wan1" masquerade
+    oifname "wan2" masquerade
+  }
+}"#;
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn nothing_to_steer_to_means_no_steering_rules() {
+        let r = render(&state(None));
+        assert_eq!(r.chains[0].rules.len(), 2);
+    }
+}
