@@ -50,8 +50,9 @@ fn run(
     let interval = engine.config().probe.interval;
     let timeout = engine.config().probe.timeout;
     let targets = engine.config().links[0].targets.clone();
-    let mut pending: BinaryHeap<Reverse<(Instant, usize, Instant, Option<Duration>)>> =
-        BinaryHeap::new();
+    // (arrival, target index, sent at, rtt), earliest arrival first.
+    type Pending = Reverse<(Instant, usize, Instant, Option<Duration>)>;
+    let mut pending: BinaryHeap<Pending> = BinaryHeap::new();
     let mut out = Vec::new();
     let mut next_round = from;
     loop {

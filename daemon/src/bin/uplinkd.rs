@@ -1,0 +1,87 @@
+//! `uplinkd`: the multi-WAN failover daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Multi-WAN failover: probes every WAN through that WAN only, steers new connections to the
+/// best working uplink and flushes the dead uplink's connection-tracking state.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Run with this configuration file (foreground, logs to stderr).
+    #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
+    config: Option<PathBuf>,
+    /// Validate FILE, print every problem with its line, exit 0 (valid) or 1.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(path) = args.check_config {
+        return match uplinkd::config::load(&path) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} links; worst-case blackhole detection {} ms)",
+                    path.display(),
+                    c.links.len(),
+                    c.worst_case_detection().as_millis()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(path) = args.config else {
+        return ExitCode::FAILURE;
+    };
+    init_logging();
+    let config = match uplinkd::config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("uplinkd: refusing to start with an invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("uplinkd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(uplinkd::supervisor::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr. `UPLINKD_LOG` (RUST_LOG syntax) sets the filter; the netlink crates are
+/// quiet by default. Under journald (JOURNAL_STREAM set) timestamps are left to the journal.
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("UPLINKD_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,netlink_proto=warn,netlink_sys=warn,rtnetlink=warn,surge_ping=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

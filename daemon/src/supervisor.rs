@@ -1,0 +1,345 @@
+//! The one event loop: owns the engine, reads the clock, drives probes, the dataplane and the
+//! status socket.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, error, info, warn};
+use uplinkd_probes::{IcmpProber, ProbeError};
+
+use crate::config::Config;
+use crate::control::{self, LinkStatus, Status, TransitionStatus};
+use crate::dataplane::{monitor, Dataplane};
+use crate::engine::{
+    DesiredState, Engine, Event, LinkId, LinkState, ProbeFailure, ProbeOutcome, Transition,
+};
+
+/// How often the kernel state is re-read and repaired even when nothing happened.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Maps the monotonic clock to wall-clock time for status output.
+#[derive(Clone, Copy)]
+struct Clock {
+    start: Instant,
+    wall: SystemTime,
+}
+
+impl Clock {
+    fn epoch_secs(&self, at: std::time::Instant) -> f64 {
+        let t = self.wall + at.saturating_duration_since(self.start.into_std());
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
+struct PurgeDone {
+    link: LinkId,
+    result: Result<Duration, crate::dataplane::Error>,
+}
+
+/// Run until SIGTERM or SIGINT, then remove what we created (unless configured not to).
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let clock = Clock {
+        start: Instant::now(),
+        wall: SystemTime::now(),
+    };
+    let mut engine = Engine::new(config.clone(), clock.start.into_std());
+    let mut dp = Dataplane::new(config.dataplane.table_base)?;
+
+    // Interfaces that are down or without carrier right now start as down.
+    for ev in monitor::snapshot(dp.handle())
+        .await
+        .context("cannot list interfaces")?
+    {
+        carrier(&mut engine, &ev, Instant::now().into_std());
+    }
+    let mut desired = engine.desired();
+    let report = dp
+        .apply(&desired, true)
+        .await
+        .context("initial apply failed")?;
+    if !report.missing_interfaces.is_empty() {
+        warn!(
+            "interfaces not present yet: {}",
+            report.missing_interfaces.join(", ")
+        );
+    }
+    info!(
+        "dataplane ready: new flows via {} (nft {:.1} ms, routes {:.1} ms)",
+        steer_name(&desired),
+        ms(report.nft),
+        ms(report.routes)
+    );
+
+    let (link_tx, mut link_rx) = mpsc::channel(64);
+    monitor::spawn(link_tx).context("cannot subscribe to link events")?;
+    let (probe_tx, mut probe_rx) = mpsc::channel(1024);
+    for (id, l) in config.links.iter().enumerate() {
+        tokio::spawn(probe_link(
+            id,
+            l.interface.clone(),
+            l.mark,
+            l.targets.clone(),
+            config.clone(),
+            probe_tx.clone(),
+        ));
+    }
+    let (purge_tx, mut purge_rx) = mpsc::channel::<PurgeDone>(16);
+
+    let mut last: Vec<Option<TransitionStatus>> = vec![None; config.links.len()];
+    let (status_tx, status_rx) = watch::channel(status(&engine, &desired, &last, clock));
+    let listener = control::bind(&config.control.socket)
+        .with_context(|| format!("cannot listen on {}", config.control.socket.display()))?;
+    let control = tokio::spawn(control::serve(listener, status_rx));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    reconcile.tick().await;
+
+    loop {
+        let mut reapply = false;
+        let transitions = tokio::select! {
+            Some(p) = probe_rx.recv() => engine.handle(Instant::now().into_std(), Event::Probe(p)),
+            Some(ev) = link_rx.recv() => {
+                // Admin down deletes the routes in our tables and admin up does not restore them.
+                reapply = ev.up;
+                carrier(&mut engine, &ev, Instant::now().into_std())
+            }
+            Some(done) = purge_rx.recv() => {
+                match done.result {
+                    Ok(took) => {
+                        info!("link {}: conntrack entries purged in {:.1} ms", config.links[done.link].name, ms(took));
+                        if let Some(t) = last[done.link].as_mut() {
+                            t.purge_ms = Some(ms(took));
+                        }
+                    }
+                    Err(e) => error!("link {}: {:#}", config.links[done.link].name, anyhow::Error::new(e)),
+                }
+                Vec::new()
+            }
+            _ = reconcile.tick() => { reapply = true; Vec::new() }
+            _ = sighup.recv() => {
+                warn!("SIGHUP: configuration reload is not supported yet; restart uplinkd to apply changes");
+                Vec::new()
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        };
+
+        for t in &transitions {
+            info!(
+                "link {}: {} -> {} ({})",
+                config.links[t.link].name, t.from, t.to, t.reason
+            );
+            last[t.link] = Some(TransitionStatus {
+                from: t.from.to_string(),
+                to: t.to.to_string(),
+                at: clock.epoch_secs(t.at),
+                reason: t.reason.clone(),
+                steer_ms: None,
+                purge_ms: None,
+            });
+        }
+        let next = engine.desired();
+        if next != desired || reapply {
+            match dp.apply(&next, reapply).await {
+                Ok(r) => {
+                    if next.steer_to != desired.steer_to {
+                        info!(
+                            "new flows now via {} (nft {:.1} ms, routes {:.1} ms)",
+                            steer_name(&next),
+                            ms(r.nft),
+                            ms(r.routes)
+                        );
+                    } else if r.nft_replaced {
+                        warn!("nft table inet uplinkd was missing or changed; restored");
+                    }
+                    for t in &transitions {
+                        if let Some(s) = last[t.link].as_mut() {
+                            s.steer_ms = Some(ms(t.at.elapsed()));
+                        }
+                    }
+                    desired = next;
+                }
+                Err(e) => error!("{:#}", anyhow::Error::new(e)),
+            }
+        }
+        for t in &transitions {
+            purge_if_stranded(t, &desired, &purge_tx);
+        }
+        status_tx.send_replace(status(&engine, &desired, &last, clock));
+    }
+
+    control.abort();
+    let _ = std::fs::remove_file(&config.control.socket);
+    if config.dataplane.cleanup_on_exit {
+        info!("stopping: removing nft table, rules and routes");
+        dp.remove_all(&desired)
+            .await
+            .context("cleanup incomplete")?;
+    } else {
+        info!("stopping: leaving the dataplane in place (cleanup_on_exit = false)");
+    }
+    Ok(())
+}
+
+/// After the steering moved away from a dead link, its conntrack entries are deleted so its
+/// flows stop using the dead link. Only when another link is usable: otherwise there is nowhere
+/// better to go, and killing the flows would only hurt.
+fn purge_if_stranded(t: &Transition, d: &DesiredState, tx: &mpsc::Sender<PurgeDone>) {
+    let elsewhere = d.steer_to.is_some_and(|s| s != t.link && d.links[s].usable);
+    if !(t.to == LinkState::Down && t.from.usable() && elsewhere) {
+        return;
+    }
+    let (link, mark, mask) = (t.link, d.links[t.link].mark, d.mark_mask);
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            crate::dataplane::conntrack::flush_mark(mark, mask)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map(|()| start.elapsed())
+        .map_err(|source| crate::dataplane::Error::Conntrack { mark, source });
+        let _ = tx.send(PurgeDone { link, result }).await;
+    });
+}
+
+fn carrier(
+    engine: &mut Engine,
+    ev: &monitor::LinkEvent,
+    now: std::time::Instant,
+) -> Vec<Transition> {
+    let ids: Vec<LinkId> = (0..engine.config().links.len())
+        .filter(|&i| engine.config().links[i].interface == ev.name)
+        .collect();
+    ids.into_iter()
+        .flat_map(|link| engine.handle(now, Event::Carrier { link, up: ev.up }))
+        .collect()
+}
+
+/// Probe every target of one link each interval, all concurrently.
+async fn probe_link(
+    link: LinkId,
+    interface: String,
+    mark: u32,
+    targets: Vec<IpAddr>,
+    config: Config,
+    tx: mpsc::Sender<ProbeOutcome>,
+) {
+    let timeout = config.probe.timeout;
+    let mut tick = tokio::time::interval(config.probe.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut prober: Option<Arc<IcmpProber>> = None;
+    let reopen = Arc::new(AtomicBool::new(false));
+    let mut warned = false;
+    loop {
+        // The scheduled tick time, not the wake-up time: rounds are exactly one interval apart.
+        let sent_at = tick.tick().await.into_std();
+        if reopen.swap(false, Ordering::Relaxed) {
+            prober = None;
+        }
+        if prober.is_none() {
+            match IcmpProber::new(&interface, mark) {
+                Ok(p) => {
+                    if !p.is_raw() {
+                        warn!("link {link}: got a datagram ICMP socket, not a raw one");
+                    }
+                    prober = Some(Arc::new(p));
+                    warned = false;
+                }
+                Err(e) if !warned => {
+                    warn!("cannot open probe socket on {interface}: {e}");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        for &target in &targets {
+            let IpAddr::V4(t4) = target else { continue };
+            let (tx, prober, reopen) = (tx.clone(), prober.clone(), reopen.clone());
+            tokio::spawn(async move {
+                let result = match prober {
+                    Some(p) => p.probe(t4, timeout).await,
+                    None => Err(ProbeError::Send(std::io::Error::from(
+                        std::io::ErrorKind::NotConnected,
+                    ))),
+                };
+                let result = result.map_err(|e| {
+                    debug!("probe {target} via link {link}: {e}");
+                    match e {
+                        ProbeError::Timeout(_) => ProbeFailure::Timeout,
+                        ProbeError::IcmpError { .. } => ProbeFailure::IcmpError,
+                        ProbeError::Send(_) | ProbeError::Other(_) => {
+                            // The socket may be bound to an interface that was deleted and
+                            // re-created: open a fresh one next round.
+                            reopen.store(true, Ordering::Relaxed);
+                            ProbeFailure::SendError
+                        }
+                    }
+                });
+                let _ = tx
+                    .send(ProbeOutcome {
+                        link,
+                        target,
+                        sent_at,
+                        result,
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+fn status(
+    engine: &Engine,
+    d: &DesiredState,
+    last: &[Option<TransitionStatus>],
+    clock: Clock,
+) -> Status {
+    let cfg = engine.config();
+    Status {
+        version: control::PROTOCOL_VERSION,
+        steer_to: d.steer_to.map(|i| cfg.links[i].name.clone()),
+        worst_case_detection_ms: cfg.worst_case_detection().as_millis() as u64,
+        links: cfg
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let h = engine.link(i);
+                LinkStatus {
+                    name: l.name.clone(),
+                    interface: l.interface.clone(),
+                    state: h.state.to_string(),
+                    since: clock.epoch_secs(h.since),
+                    reason: h.reason.clone(),
+                    rtt_ms: h.last_rtt().map(ms),
+                    loss_pct: h.loss_pct(),
+                    mark: l.mark,
+                    table: l.table,
+                    last_transition: last[i].clone(),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn steer_name(d: &DesiredState) -> &str {
+    d.steer_to.map_or("(no link)", |i| d.links[i].name.as_str())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

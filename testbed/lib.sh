@@ -1,0 +1,187 @@
+# shellcheck shell=bash
+# Testbed library: a network-namespace topology with a LAN host, a router running the real
+# uplinkd, two ISPs and an "internet" with probe targets and a TCP server.
+#
+#   lan (10.99.0.2) ── lan0 [rtr] wan1 ── isp1 ── inet: 203.0.113.10-12 (targets)
+#                                 wan2 ── isp2 ──       198.51.100.10:8080 (server)
+#
+# Every namespace name carries a per-run id; tb_down removes all of them and is installed as an
+# EXIT trap by tb_up, so nothing is left behind on any exit path. No traffic leaves the
+# namespaces created here.
+
+TB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TB_TOOL="$TB_ROOT/testbed/tools/tb.py"
+UPLINKD=${UPLINKD:-$TB_ROOT/target/debug/uplinkd}
+UPLINKCTL=${UPLINKCTL:-$TB_ROOT/target/debug/uplinkctl}
+SERVER=198.51.100.10
+PORT=8080
+WAN1_ADDR=100.64.1.2
+WAN2_ADDR=100.64.2.2
+
+tb_log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*" >&2; }
+tb_die() { tb_log "FATAL: $*"; exit 1; }
+now_ms() { date +%s%3N; }
+
+# Install what the testbed needs on a Debian machine (as root), if missing.
+tb_deps() {
+    local missing=()
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v nft >/dev/null || missing+=(nftables)
+    command -v conntrack >/dev/null || missing+=(conntrack)
+    command -v python3 >/dev/null || missing+=(python3)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    dpkg -s libnftnl-dev >/dev/null 2>&1 || missing+=(libnftnl-dev)
+    dpkg -s libmnl-dev >/dev/null 2>&1 || missing+=(libmnl-dev)
+    if [ ${#missing[@]} -gt 0 ]; then
+        tb_log "installing: ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+            || tb_die "apt-get install ${missing[*]} failed"
+    fi
+    command -v cargo >/dev/null || tb_die "cargo not found: install a Rust toolchain (https://rustup.rs)"
+}
+
+tb_build() {
+    (cd "$TB_ROOT" && cargo build -q --bins) || tb_die "cargo build failed"
+}
+
+# ns NAME: the full namespace name of a testbed host.
+ns() { echo "${TB_ID}-$1"; }
+# on HOST CMD...: run CMD inside a testbed host, with a timeout so nothing hangs forever.
+on() { local h=$1; shift; timeout 60 ip netns exec "$(ns "$h")" "$@"; }
+
+veth() { # veth HOST_A IF_A HOST_B IF_B
+    ip link add "$2" netns "$(ns "$1")" type veth peer name "$4" netns "$(ns "$3")"
+    on "$1" ip link set "$2" up
+    on "$3" ip link set "$4" up
+}
+
+tb_up() {
+    [ "$(id -u)" = 0 ] || tb_die "the testbed needs root (network namespaces)"
+    TB_ID="ulk$(printf '%04x' $((RANDOM % 65536)))$$"
+    TB_TMP=$(mktemp -d "/tmp/uplinkd-testbed.XXXXXX")
+    trap tb_down EXIT
+    trap 'exit 130' INT TERM
+    local h
+    for h in lan rtr isp1 isp2 inet; do ip netns add "$(ns $h)"; on $h ip link set lo up; done
+    veth lan eth0 rtr lan0
+    veth rtr wan1 isp1 cpe
+    veth rtr wan2 isp2 cpe
+    veth isp1 core inet isp1
+    veth isp2 core inet isp2
+
+    on lan ip addr add 10.99.0.2/24 dev eth0
+    on lan ip route add default via 10.99.0.1
+
+    on rtr ip addr add 10.99.0.1/24 dev lan0
+    on rtr ip addr add $WAN1_ADDR/30 dev wan1
+    on rtr ip addr add $WAN2_ADDR/30 dev wan2
+    # As DHCP would leave them: one default route per WAN in the main table.
+    on rtr ip route add default via 100.64.1.1 metric 100
+    on rtr ip route add default via 100.64.2.1 metric 200
+    on rtr sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.default.rp_filter=2
+
+    for i in 1 2; do
+        on isp$i ip addr add 100.64.$i.1/30 dev cpe
+        on isp$i ip addr add 10.20$i.0.1/30 dev core
+        on isp$i ip route add default via 10.20$i.0.2
+        on isp$i sysctl -qw net.ipv4.ip_forward=1
+        on inet ip addr add 10.20$i.0.2/30 dev isp$i
+        on inet ip route add 100.64.$i.0/24 via 10.20$i.0.1
+    done
+    for a in 203.0.113.10 203.0.113.11 203.0.113.12 $SERVER; do on inet ip addr add $a/32 dev lo; done
+    ip netns exec "$(ns inet)" python3 "$TB_TOOL" server $SERVER $PORT >"$TB_TMP/server.log" 2>&1 &
+    tb_wait 5 "server listening" on inet python3 "$TB_TOOL" whoami $SERVER $PORT >/dev/null
+    tb_log "testbed $TB_ID up"
+}
+
+tb_down() {
+    local rc=$?
+    [ -n "${TB_ID:-}" ] || return $rc
+    local h pids
+    for h in rtr lan isp1 isp2 inet; do
+        pids=$(ip netns pids "$(ns $h)" 2>/dev/null)
+        # SIGTERM first so uplinkd can clean up, then make sure.
+        [ -n "$pids" ] && kill $pids 2>/dev/null
+    done
+    sleep 0.3
+    for h in rtr lan isp1 isp2 inet; do
+        pids=$(ip netns pids "$(ns $h)" 2>/dev/null)
+        [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+        ip netns del "$(ns $h)" 2>/dev/null
+    done
+    [ -n "${TB_KEEP_TMP:-}" ] || rm -rf "$TB_TMP"
+    TB_ID=
+    return $rc
+}
+
+# tb_wait SECONDS WHAT CMD...: retry CMD every 20 ms until it succeeds; fail after SECONDS.
+tb_wait() {
+    local limit=$1 what=$2; shift 2
+    local end=$(( $(now_ms) + limit * 1000 ))
+    until "$@"; do
+        if [ "$(now_ms)" -gt "$end" ]; then
+            tb_log "timed out after ${limit}s waiting for: $what"
+            return 1
+        fi
+        sleep 0.02
+    done
+}
+
+# tb_config [EXTRA]: write the router's uplinkd config; EXTRA is appended verbatim.
+tb_config() {
+    cat >"$TB_TMP/uplinkd.toml" <<EOT
+[[link]]
+name = "wan1"
+interface = "wan1"
+gateway = "100.64.1.1"
+priority = 1
+targets = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
+
+[[link]]
+name = "wan2"
+interface = "wan2"
+priority = 2
+targets = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
+
+[lan]
+interfaces = ["lan0"]
+
+[control]
+socket = "$TB_TMP/control.sock"
+${1:-}
+EOT
+}
+
+# tb_start: run the real uplinkd in the router namespace and wait until both links are up.
+tb_start() {
+    [ -f "$TB_TMP/uplinkd.toml" ] || tb_config
+    ip netns exec "$(ns rtr)" "$UPLINKD" --config "$TB_TMP/uplinkd.toml" >>"$TB_TMP/uplinkd.log" 2>&1 &
+    UPLINKD_PID=$!
+    tb_wait 10 "uplinkd answers and both links are up" tb_all_up || { cat "$TB_TMP/uplinkd.log" >&2; return 1; }
+}
+
+# tb_stop [SIGNAL]: stop uplinkd and wait for it to exit.
+tb_stop() {
+    kill -"${1:-TERM}" "$UPLINKD_PID" 2>/dev/null
+    local i
+    for i in $(seq 100); do kill -0 "$UPLINKD_PID" 2>/dev/null || break; sleep 0.05; done
+    wait "$UPLINKD_PID" 2>/dev/null
+}
+
+ctl() { "$UPLINKCTL" --socket "$TB_TMP/control.sock" "$@"; }
+
+# jq-free JSON access: tb_json EXPR evaluates a Python expression over the status object `s`.
+tb_json() {
+    ctl status --json 2>/dev/null | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"
+}
+link_state() { tb_json "[l['state'] for l in s['links'] if l['name']=='$1'][0]"; }
+link_since() { tb_json "[l['since'] for l in s['links'] if l['name']=='$1'][0]"; }
+tb_all_up() { [ "$(tb_json "' '.join(l['state'] for l in s['links'])" 2>/dev/null)" = "up up" ]; }
+state_is() { [ "$(link_state "$1" 2>/dev/null)" = "$2" ]; }
+
+# Faults, injected on the ISP side only.
+blackhole() { on "isp$1" nft -f - <<<"table inet fault { chain blackhole { type filter hook forward priority 0; policy drop; }; }"; }
+unblackhole() { on "isp$1" nft delete table inet fault; }
+carrier() { on "isp$1" ip link set cpe "$2"; }
+
+whoami() { on lan python3 "$TB_TOOL" whoami $SERVER $PORT --timeout "${1:-2}"; }

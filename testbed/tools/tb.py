@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Test programs for the testbed: a TCP server that tells each client which source address it
+saw, and clients that ask it. Standard library only; every call is bounded in time."""
+import argparse, socket, sys, threading, time
+
+
+def server(args):
+    """Answer every connection with 'seen <addr>\\n', then echo lines until the client leaves."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((args.addr, args.port))
+    s.listen(256)
+
+    def handle(c, peer):
+        with c:
+            try:
+                c.sendall(f"seen {peer[0]}\n".encode())
+                while True:
+                    data = c.recv(4096)
+                    if not data:
+                        return
+                    c.sendall(data)
+            except OSError:
+                return
+
+    while True:
+        c, peer = s.accept()
+        threading.Thread(target=handle, args=(c, peer), daemon=True).start()
+
+
+def whoami(addr, port, timeout):
+    """Source address the server saw for a new connection, or None."""
+    try:
+        with socket.create_connection((addr, port), timeout=timeout) as c:
+            c.settimeout(timeout)
+            line = c.makefile().readline()
+            return line.split()[1] if line.startswith("seen ") else None
+    except OSError:
+        return None
+
+
+def cmd_whoami(args):
+    seen = whoami(args.addr, args.port, args.timeout)
+    print(seen or "none")
+    return 0 if seen else 1
+
+
+def cmd_until(args):
+    """Open a new connection every --every seconds until the server sees --want; print the
+    wall-clock time of the first such connection's start."""
+    deadline = time.time() + args.within
+    while time.time() < deadline:
+        start = time.time()
+        if whoami(args.addr, args.port, args.timeout) == args.want:
+            print(f"{start:.3f}")
+            return 0
+        time.sleep(max(0.0, args.every - (time.time() - start)))
+    print("timeout")
+    return 1
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("server"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a = sub.add_parser("whoami"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--timeout", type=float, default=1.0)
+    a = sub.add_parser("until"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--want", required=True); a.add_argument("--every", type=float, default=0.02)
+    a.add_argument("--timeout", type=float, default=0.2); a.add_argument("--within", type=float, default=10)
+    args = p.parse_args()
+    if args.cmd == "server":
+        server(args)
+    elif args.cmd == "whoami":
+        sys.exit(cmd_whoami(args))
+    else:
+        sys.exit(cmd_until(args))
+
+
+if __name__ == "__main__":
+    main()
