@@ -46,15 +46,34 @@ def cmd_whoami(args):
 
 
 def cmd_until(args):
-    """Open a new connection every --every seconds until the server sees --want; print the
-    wall-clock time of the first such connection's start."""
-    deadline = time.time() + args.within
-    while time.time() < deadline:
-        start = time.time()
+    """Start a new connection every --every seconds (overlapping, each with its own timeout)
+    until one is seen from --want; print the wall-clock start time of the earliest such
+    connection. Overlapping attempts keep the resolution at --every even while attempts through
+    a dead link hang until their timeout."""
+    found = []
+    lock = threading.Lock()
+
+    def attempt(start):
         if whoami(args.addr, args.port, args.timeout) == args.want:
-            print(f"{start:.3f}")
-            return 0
-        time.sleep(max(0.0, args.every - (time.time() - start)))
+            with lock:
+                found.append(start)
+
+    deadline = time.time() + args.within
+    threads = []
+    while time.time() < deadline:
+        with lock:
+            if found:
+                break
+        start = time.time()
+        t = threading.Thread(target=attempt, args=(start,), daemon=True)
+        t.start()
+        threads.append(t)
+        time.sleep(args.every)
+    for t in threads:
+        t.join(args.timeout + 1)
+    if found:
+        print(f"{min(found):.3f}")
+        return 0
     print("timeout")
     return 1
 
@@ -66,8 +85,8 @@ def main():
     a = sub.add_parser("whoami"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--timeout", type=float, default=1.0)
     a = sub.add_parser("until"); a.add_argument("addr"); a.add_argument("port", type=int)
-    a.add_argument("--want", required=True); a.add_argument("--every", type=float, default=0.02)
-    a.add_argument("--timeout", type=float, default=0.2); a.add_argument("--within", type=float, default=10)
+    a.add_argument("--want", required=True); a.add_argument("--every", type=float, default=0.01)
+    a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--within", type=float, default=10)
     args = p.parse_args()
     if args.cmd == "server":
         server(args)
