@@ -185,3 +185,38 @@ unblackhole() { on "isp$1" nft delete table inet fault; }
 carrier() { on "isp$1" ip link set cpe "$2"; }
 
 whoami() { on lan python3 "$TB_TOOL" whoami $SERVER $PORT --timeout "${1:-2}"; }
+
+# ms_between EPOCH_SECONDS_FLOAT EPOCH_MS: milliseconds from the second to the first.
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a * 1000 - b }'; }
+
+# measure_failover FAULT: inject FAULT on ISP1 ("blackhole" or "carrier") while a LAN client
+# opens a new connection every 10 ms. Sets DETECT_MS (fault → uplinkd's decision, from the
+# decision time uplinkd reports) and FLOW_MS (decision → the first new connection that the server
+# saw from WAN2's address has its answer at the client). Leaves WAN1 faulty.
+measure_failover() {
+    on lan python3 "$TB_TOOL" until $SERVER $PORT --want $WAN2_ADDR --every 0.01 --within 10 >"$TB_TMP/until" &
+    local until_pid=$! t0
+    sleep 0.3
+    t0=$(now_ms)
+    case $1 in
+        blackhole) blackhole 1 ;;
+        carrier) carrier 1 down ;;
+    esac
+    tb_wait 10 "wan1 down" state_is wan1 down || return 1
+    wait $until_pid
+    local since first
+    since=$(link_since wan1)
+    first=$(cat "$TB_TMP/until")
+    [ "$first" != timeout ] || { tb_log "no connection via WAN2"; return 1; }
+    DETECT_MS=$(ms_between "$since" "$t0")
+    FLOW_MS=$(awk -v a="$first" -v b="$since" 'BEGIN { printf "%.0f", (a - b) * 1000 }')
+}
+
+# heal FAULT: undo measure_failover's fault and wait until WAN1 is up again.
+heal() {
+    case $1 in
+        blackhole) unblackhole 1 ;;
+        carrier) carrier 1 up ;;
+    esac
+    tb_wait 10 "wan1 up" state_is wan1 up
+}

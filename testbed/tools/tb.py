@@ -47,16 +47,16 @@ def cmd_whoami(args):
 
 def cmd_until(args):
     """Start a new connection every --every seconds (overlapping, each with its own timeout)
-    until one is seen from --want; print the wall-clock start time of the earliest such
-    connection. Overlapping attempts keep the resolution at --every even while attempts through
-    a dead link hang until their timeout."""
+    until one is seen from --want; print the wall-clock time at which the first such connection
+    had its answer. Overlapping attempts keep the resolution at --every even while attempts
+    through a dead link hang until their timeout."""
     found = []
     lock = threading.Lock()
 
-    def attempt(start):
+    def attempt():
         if whoami(args.addr, args.port, args.timeout) == args.want:
             with lock:
-                found.append(start)
+                found.append(time.time())
 
     deadline = time.time() + args.within
     threads = []
@@ -64,8 +64,7 @@ def cmd_until(args):
         with lock:
             if found:
                 break
-        start = time.time()
-        t = threading.Thread(target=attempt, args=(start,), daemon=True)
+        t = threading.Thread(target=attempt, daemon=True)
         t.start()
         threads.append(t)
         time.sleep(args.every)

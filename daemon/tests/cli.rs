@@ -1,0 +1,65 @@
+//! The binaries' command-line contract (DESIGN.md §4, §5), without root.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn tmp(name: &str, text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("uplinkd-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).expect("write temp file");
+    p
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .args(["--check-config", example])
+        .output()
+        .expect("run uplinkd");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok (2 links; worst-case blackhole detection 1000 ms)"), "{stdout}");
+}
+
+#[test]
+fn check_config_reports_every_error_with_file_and_line() {
+    let bad = tmp(
+        "bad.toml",
+        "[[link]]\nname = \"fiber\"\ninterface = \"wan1\"\ntargets = [\"nope\"]\n\n[lan]\ninterfaces = []\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .arg("--check-config")
+        .arg(&bad)
+        .output()
+        .expect("run uplinkd");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = bad.display().to_string();
+    assert!(stderr.contains(&format!("{file}:4: link[0].targets: \"nope\"")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:7: lan.interfaces: must name at least one interface")), "{stderr}");
+    std::fs::remove_file(bad).ok();
+}
+
+#[test]
+fn daemon_refuses_to_start_with_an_invalid_config() {
+    let bad = tmp("start.toml", "[[link]]\nname = 3\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("run uplinkd");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":2:") && stderr.contains("refusing to start"), "{stderr}");
+    std::fs::remove_file(bad).ok();
+}
+
+#[test]
+fn uplinkctl_exits_2_when_it_cannot_connect() {
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkctl"))
+        .args(["--socket", "/nonexistent/uplinkd.sock", "status"])
+        .output()
+        .expect("run uplinkctl");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot talk to uplinkd"));
+}
