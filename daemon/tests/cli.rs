@@ -16,9 +16,16 @@ fn check_config_accepts_the_example() {
         .args(["--check-config", example])
         .output()
         .expect("run uplinkd");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ok (2 links; worst-case blackhole detection 1000 ms)"), "{stdout}");
+    assert!(
+        stdout.contains("ok (2 links; worst-case blackhole detection 1000 ms)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -35,8 +42,16 @@ fn check_config_reports_every_error_with_file_and_line() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = bad.display().to_string();
-    assert!(stderr.contains(&format!("{file}:4: link[0].targets: \"nope\"")), "{stderr}");
-    assert!(stderr.contains(&format!("{file}:7: lan.interfaces: must name at least one interface")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:4: link[0].targets: \"nope\"")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{file}:7: lan.interfaces: must name at least one interface"
+        )),
+        "{stderr}"
+    );
     std::fs::remove_file(bad).ok();
 }
 
@@ -50,7 +65,10 @@ fn daemon_refuses_to_start_with_an_invalid_config() {
         .expect("run uplinkd");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(":2:") && stderr.contains("refusing to start"), "{stderr}");
+    assert!(
+        stderr.contains(":2:") && stderr.contains("refusing to start"),
+        "{stderr}"
+    );
     std::fs::remove_file(bad).ok();
 }
 

@@ -9,7 +9,12 @@ use tracing_subscriber::EnvFilter;
 /// Multi-WAN failover: probes every WAN through that WAN only, steers new connections to the
 /// best working uplink and flushes the dead uplink's connection-tracking state.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    after_help = "Environment: UPLINKD_LOG sets the log filter (RUST_LOG syntax, e.g. `debug`).\n\
+                  Signals: SIGTERM or SIGINT stop the daemon and remove its nft table, rules and \
+                  routes (unless cleanup_on_exit = false)."
+)]
 struct Args {
     /// Run with this configuration file (foreground, logs to stderr).
     #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
