@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::control::{self, LinkStatus, Status, TransitionStatus};
 use crate::dataplane::{monitor, Dataplane};
 use crate::engine::{
-    DesiredState, Engine, Event, LinkId, LinkState, ProbeFailure, ProbeOutcome, Transition,
+    DesiredState, Engine, Event, LinkId, LinkState, ProbeFailure, ProbeOutcome, ProbeRequest,
+    Transition,
 };
 
 /// How often the kernel state is re-read and repaired even when nothing happened.
@@ -80,16 +81,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (link_tx, mut link_rx) = mpsc::channel(64);
     monitor::spawn(link_tx).context("cannot subscribe to link events")?;
     let (probe_tx, mut probe_rx) = mpsc::channel(1024);
-    for (id, l) in config.links.iter().enumerate() {
-        tokio::spawn(probe_link(
-            id,
-            l.interface.clone(),
-            l.mark,
-            l.targets.clone(),
-            config.clone(),
-            probe_tx.clone(),
-        ));
-    }
+    let mut probers: Vec<Prober> = config
+        .links
+        .iter()
+        .map(|l| Prober::new(&l.interface, l.mark))
+        .collect();
     let (purge_tx, mut purge_rx) = mpsc::channel::<PurgeDone>(16);
 
     let mut last: Vec<Option<TransitionStatus>> = vec![None; config.links.len()];
@@ -107,7 +103,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     loop {
         let mut reapply = false;
+        let next_probe = engine.poll_timeout().map(|(t, _)| Instant::from_std(t));
         let transitions = tokio::select! {
+            () = sleep_until(next_probe) => {
+                for req in engine.poll_probes(Instant::now().into_std()) {
+                    probers[req.link].send(req, config.probe.timeout, probe_tx.clone());
+                }
+                Vec::new()
+            }
             Some(p) = probe_rx.recv() => engine.handle(Instant::now().into_std(), Event::Probe(p)),
             Some(ev) = link_rx.recv() => {
                 // Admin down deletes the routes in our tables and admin up does not restore them.
@@ -229,76 +232,89 @@ fn carrier(
         .collect()
 }
 
-/// Probe every target of one link each interval, all concurrently.
-async fn probe_link(
-    link: LinkId,
+/// Sleep until `t`, or forever when nothing is scheduled.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The ICMP prober of one link, opened lazily and re-opened after a send error (the interface it
+/// is bound to may have been deleted and re-created).
+struct Prober {
     interface: String,
     mark: u32,
-    targets: Vec<IpAddr>,
-    config: Config,
-    tx: mpsc::Sender<ProbeOutcome>,
-) {
-    let timeout = config.probe.timeout;
-    let mut tick = tokio::time::interval(config.probe.interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut prober: Option<Arc<IcmpProber>> = None;
-    let reopen = Arc::new(AtomicBool::new(false));
-    let mut warned = false;
-    loop {
-        // The scheduled tick time, not the wake-up time: rounds are exactly one interval apart.
-        let sent_at = tick.tick().await.into_std();
-        if reopen.swap(false, Ordering::Relaxed) {
-            prober = None;
+    icmp: Option<Arc<IcmpProber>>,
+    reopen: Arc<AtomicBool>,
+    warned: bool,
+}
+
+impl Prober {
+    fn new(interface: &str, mark: u32) -> Self {
+        Prober {
+            interface: interface.to_owned(),
+            mark,
+            icmp: None,
+            reopen: Arc::new(AtomicBool::new(false)),
+            warned: false,
         }
-        if prober.is_none() {
-            match IcmpProber::new(&interface, mark) {
+    }
+
+    /// Send one probe in its own task; the outcome arrives on `tx`.
+    fn send(&mut self, req: ProbeRequest, timeout: Duration, tx: mpsc::Sender<ProbeOutcome>) {
+        if self.reopen.swap(false, Ordering::Relaxed) {
+            self.icmp = None;
+        }
+        if self.icmp.is_none() {
+            match IcmpProber::new(&self.interface, self.mark) {
                 Ok(p) => {
                     if !p.is_raw() {
-                        warn!("link {link}: got a datagram ICMP socket, not a raw one");
+                        warn!(
+                            "{}: got a datagram ICMP socket, not a raw one",
+                            self.interface
+                        );
                     }
-                    prober = Some(Arc::new(p));
-                    warned = false;
+                    self.icmp = Some(Arc::new(p));
+                    self.warned = false;
                 }
-                Err(e) if !warned => {
-                    warn!("cannot open probe socket on {interface}: {e}");
-                    warned = true;
+                Err(e) if !self.warned => {
+                    warn!("cannot open probe socket on {}: {e}", self.interface);
+                    self.warned = true;
                 }
                 Err(_) => {}
             }
         }
-        for &target in &targets {
-            let IpAddr::V4(t4) = target else { continue };
-            let (tx, prober, reopen) = (tx.clone(), prober.clone(), reopen.clone());
-            tokio::spawn(async move {
-                let result = match prober {
-                    Some(p) => p.probe(t4, timeout).await,
-                    None => Err(ProbeError::Send(std::io::Error::from(
-                        std::io::ErrorKind::NotConnected,
-                    ))),
-                };
-                let result = result.map_err(|e| {
-                    debug!("probe {target} via link {link}: {e}");
-                    match e {
-                        ProbeError::Timeout(_) => ProbeFailure::Timeout,
-                        ProbeError::IcmpError { .. } => ProbeFailure::IcmpError,
-                        ProbeError::Send(_) | ProbeError::Other(_) => {
-                            // The socket may be bound to an interface that was deleted and
-                            // re-created: open a fresh one next round.
-                            reopen.store(true, Ordering::Relaxed);
-                            ProbeFailure::SendError
-                        }
+        let (icmp, reopen) = (self.icmp.clone(), self.reopen.clone());
+        tokio::spawn(async move {
+            let result = match (icmp, req.addr) {
+                (Some(p), IpAddr::V4(a)) => p.probe(a, timeout).await,
+                (Some(_), IpAddr::V6(_)) => {
+                    Err(ProbeError::Other("IPv6 probes are not supported".into()))
+                }
+                (None, _) => Err(ProbeError::Send(std::io::Error::from(
+                    std::io::ErrorKind::NotConnected,
+                ))),
+            };
+            let result = result.map_err(|e| {
+                debug!("probe {} via link {}: {e}", req.addr, req.link);
+                match e {
+                    ProbeError::Timeout(_) => ProbeFailure::Timeout,
+                    ProbeError::IcmpError { .. } => ProbeFailure::IcmpError,
+                    ProbeError::Send(_) | ProbeError::Other(_) => {
+                        reopen.store(true, Ordering::Relaxed);
+                        ProbeFailure::SendError
                     }
-                });
-                let _ = tx
-                    .send(ProbeOutcome {
-                        link,
-                        target,
-                        sent_at,
-                        result,
-                    })
-                    .await;
+                }
             });
-        }
+            let outcome = ProbeOutcome {
+                link: req.link,
+                target: req.target,
+                sent_at: req.sent_at,
+                result,
+            };
+            let _ = tx.send(outcome).await;
+        });
     }
 }
 
@@ -309,6 +325,7 @@ fn status(
     clock: Clock,
 ) -> Status {
     let cfg = engine.config();
+    let now = Instant::now().into_std();
     Status {
         version: control::PROTOCOL_VERSION,
         steer_to: d.steer_to.map(|i| cfg.links[i].name.clone()),
@@ -326,7 +343,15 @@ fn status(
                     since: clock.epoch_secs(h.since),
                     reason: h.reason.clone(),
                     rtt_ms: h.last_rtt().map(ms),
+                    srtt_ms: h.srtt().map(ms),
+                    jitter_ms: h.jitter().map(ms),
                     loss_pct: h.loss_pct(),
+                    targets: l.targets.len(),
+                    silent_targets: h.silent_targets(),
+                    quorum: l.quorum,
+                    fast_probing: h.fast(),
+                    flap_penalty: h.penalty(now, &cfg.detection),
+                    hold_ms: ms(h.hold(now, &cfg.detection)),
                     mark: l.mark,
                     table: l.table,
                     last_transition: last[i].clone(),

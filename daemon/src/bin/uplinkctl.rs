@@ -93,8 +93,10 @@ fn table(s: &Status) -> String {
             l.interface.clone(),
             l.state.clone(),
             format!("{:.1}s", (now - l.since).max(0.0)),
-            l.rtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
+            l.srtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
+            l.jitter_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
             l.loss_pct.map_or("-".into(), |p| format!("{p:.0}%")),
+            format!("{}/{}", l.silent_targets, l.targets),
             l.reason.clone(),
         ]);
     }

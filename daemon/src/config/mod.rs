@@ -41,6 +41,8 @@ pub struct Link {
     /// Lower is preferred.
     pub priority: u32,
     pub targets: Vec<IpAddr>,
+    /// Number of silent targets that make this link down (1 ..= targets).
+    pub quorum: u32,
     /// Mark value of this link under [`Dataplane::mark_mask`].
     pub mark: u32,
     /// Routing table holding this link's default route.
@@ -54,19 +56,37 @@ pub struct Control {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Probe {
-    /// Time between probe rounds; each round probes every target of a link concurrently.
+    /// Calm time between probe rounds while every target answers; each round probes every
+    /// target of a link concurrently.
     pub interval: Duration,
+    /// Time between rounds after a probe was lost, until every target answers again: a real
+    /// outage is confirmed quickly while steady-state probe traffic stays low.
+    pub fast_interval: Duration,
     /// A reply later than this counts as lost.
     pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Detection {
-    /// A link is declared down when no target answered for this long and probes sent in that
-    /// time have failed.
-    pub down_after: Duration,
-    /// Consecutive successful probe rounds before a down link is trusted again.
+    /// Consecutive lost probes after which a target counts as silent.
+    pub misses: u32,
+    /// Silent targets that make a link down; `None`: all of its targets. Per link it can be
+    /// overridden; the resolved value is [`Link::quorum`].
+    pub quorum: Option<u32>,
+    /// Consecutive good rounds (fewer than `quorum` targets unanswered) before a down link is
+    /// used again.
     pub up_after: u32,
+    /// A down link must also have been good for this long, multiplied by `2^penalty`, where the
+    /// penalty grows by one with each down transition and halves every `flap_half_life`.
+    pub stable_time: Duration,
+    pub flap_half_life: Duration,
+    /// Upper bound of the flap-damped hold time.
+    pub max_hold: Duration,
+    /// An up link whose recent loss reaches this percentage is `degraded` (usable, less
+    /// preferred); it is `up` again below half of it.
+    pub degraded_loss_pct: u32,
+    /// An up link whose smoothed RTT reaches this is `degraded`; `up` again below 80 % of it.
+    pub degraded_rtt: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,11 +103,19 @@ pub struct Dataplane {
 }
 
 impl Config {
-    /// Worst-case time from a silent blackhole to a `down` decision with these settings: the
-    /// last answered probe may have been sent just before the blackhole; probes sent over the
-    /// next `down_after` must fail, and the last of them is known lost one `timeout` later.
+    /// Worst-case time from a silent blackhole to a `down` decision with these settings. The
+    /// first probe lost to the blackhole may be sent up to one calm `interval` after it and is
+    /// known lost one `timeout` later; probing then switches to `fast_interval` at once, and the
+    /// remaining `misses - 1` probes are sent `fast_interval` apart, the last known lost one
+    /// `timeout` after it was sent. Every target is probed in the same rounds, so the quorum
+    /// does not add time.
     pub fn worst_case_detection(&self) -> Duration {
-        self.detection.down_after + self.probe.timeout
+        let p = &self.probe;
+        let confirm = match self.detection.misses {
+            0 | 1 => Duration::ZERO,
+            m => p.timeout + p.fast_interval * (m - 2),
+        };
+        p.interval + p.timeout + confirm
     }
 }
 

@@ -44,6 +44,7 @@ struct RawLink {
     #[serde(default = "default_priority")]
     priority: u32,
     targets: Spanned<Vec<Spanned<String>>>,
+    quorum: Option<Spanned<u32>>,
 }
 
 fn default_priority() -> u32 {
@@ -66,14 +67,21 @@ struct RawControl {
 #[serde(deny_unknown_fields)]
 struct RawProbe {
     interval: Option<Spanned<String>>,
+    fast_interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDetection {
-    down_after: Option<Spanned<String>>,
+    misses: Option<Spanned<u32>>,
+    quorum: Option<Spanned<u32>>,
     up_after: Option<Spanned<u32>>,
+    stable_time: Option<Spanned<String>>,
+    flap_half_life: Option<Spanned<String>>,
+    max_hold: Option<Spanned<String>>,
+    degraded_loss_pct: Option<Spanned<u32>>,
+    degraded_rtt: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -136,6 +144,34 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    fn int(
+        &mut self,
+        v: &Option<Spanned<u32>>,
+        key: &str,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> u32 {
+        match v {
+            Some(v) if !range.contains(v.get_ref()) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "must be between {} and {}, got {}",
+                        range.start(),
+                        range.end(),
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+}
+
 /// Parse a duration written as a number and a unit: `"250ms"`, `"2s"`, `"1m"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -167,40 +203,77 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         }
     };
 
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    let range = |min: Duration, max: Duration| move |d| in_range(d, min, max);
+    let rp = &raw.probe;
     let probe = Probe {
         interval: c.duration(
-            &raw.probe.interval,
+            &rp.interval,
             "probe.interval",
-            Duration::from_millis(200),
-            |d| in_range(d, Duration::from_millis(10), Duration::from_secs(60)),
+            ms(400),
+            range(ms(10), secs(60)),
+        ),
+        fast_interval: c.duration(
+            &rp.fast_interval,
+            "probe.fast_interval",
+            ms(50),
+            range(ms(10), secs(60)),
         ),
         timeout: c.duration(
-            &raw.probe.timeout,
+            &rp.timeout,
             "probe.timeout",
-            Duration::from_millis(400),
-            |d| in_range(d, Duration::from_millis(10), Duration::from_secs(30)),
+            ms(200),
+            range(ms(10), secs(30)),
         ),
     };
+    if probe.fast_interval > probe.interval {
+        let span = rp.fast_interval.as_ref().map_or(0..0, |v| v.span());
+        c.err(
+            span,
+            "probe.fast_interval",
+            "must not be longer than probe.interval",
+        );
+    }
+    let rd = &raw.detection;
     let detection = Detection {
-        down_after: c.duration(
-            &raw.detection.down_after,
-            "detection.down_after",
-            Duration::from_millis(600),
-            |d| in_range(d, Duration::from_millis(50), Duration::from_secs(600)),
+        misses: c.int(&rd.misses, "detection.misses", 4, 1..=100),
+        quorum: rd.quorum.as_ref().map(|q| *q.get_ref()),
+        up_after: c.int(&rd.up_after, "detection.up_after", 3, 1..=1000),
+        stable_time: c.duration(
+            &rd.stable_time,
+            "detection.stable_time",
+            secs(1),
+            range(ms(0), secs(3600)),
         ),
-        up_after: match &raw.detection.up_after {
-            Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1000 => {
-                c.err(
-                    v.span(),
-                    "detection.up_after",
-                    "must be between 1 and 1000 probe rounds",
-                );
-                3
-            }
-            Some(v) => *v.get_ref(),
-            None => 3,
-        },
+        flap_half_life: c.duration(
+            &rd.flap_half_life,
+            "detection.flap_half_life",
+            secs(60),
+            range(secs(1), secs(86400)),
+        ),
+        max_hold: c.duration(
+            &rd.max_hold,
+            "detection.max_hold",
+            secs(300),
+            range(ms(0), secs(86400)),
+        ),
+        degraded_loss_pct: c.int(
+            &rd.degraded_loss_pct,
+            "detection.degraded_loss_pct",
+            25,
+            1..=100,
+        ),
+        degraded_rtt: c.duration(
+            &rd.degraded_rtt,
+            "detection.degraded_rtt",
+            ms(500),
+            range(ms(1), secs(60)),
+        ),
     };
+    if let Some(q) = rd.quorum.as_ref().filter(|q| *q.get_ref() == 0) {
+        c.err(q.span(), "detection.quorum", "must be at least 1");
+    }
 
     let mark_mask = match &raw.dataplane.mark_mask {
         Some(v) if *v.get_ref() == 0 => {
@@ -465,8 +538,29 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
                 ),
             }
         }
+        let n = targets.len() as u32;
+        let quorum = match (&l.quorum, raw.detection.quorum.as_ref()) {
+            (Some(q), _) | (None, Some(q)) => {
+                let v = *q.get_ref();
+                if n > 0 && !(1..=n).contains(&v) {
+                    let k = if l.quorum.is_some() {
+                        key("quorum")
+                    } else {
+                        "detection.quorum".into()
+                    };
+                    c.err(
+                        q.span(),
+                        k,
+                        format!("must be between 1 and the link's {n} targets, got {v}"),
+                    );
+                }
+                v.clamp(1, n.max(1))
+            }
+            (None, None) => n.max(1),
+        };
         out.push(Link {
             name: name.clone(),
+            quorum,
             interface: l.interface.get_ref().clone(),
             gateway,
             priority: l.priority,
@@ -511,9 +605,10 @@ interfaces = ["lan0"]
         assert_eq!(c.links[1].table, 101);
         assert_eq!(c.links[1].gateway, None);
         assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
-        assert_eq!(c.probe.interval, Duration::from_millis(200));
+        assert_eq!(c.probe.interval, Duration::from_millis(400));
+        assert_eq!(c.links[0].quorum, 2);
         assert!(c.dataplane.cleanup_on_exit);
-        assert_eq!(c.worst_case_detection(), Duration::from_millis(1000));
+        assert_eq!(c.worst_case_detection(), Duration::from_millis(900));
     }
 
     #[test]

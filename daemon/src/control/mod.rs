@@ -43,9 +43,23 @@ pub struct LinkStatus {
     pub since: f64,
     /// Why the link is in its state.
     pub reason: String,
+    /// RTT of the newest answered probe.
     pub rtt_ms: Option<f64>,
-    /// Share of the recent probes that went unanswered.
+    /// Smoothed RTT and its mean deviation (as TCP's SRTT and RTTVAR).
+    pub srtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    /// Share of the recent probes to answering targets that went unanswered.
     pub loss_pct: Option<f64>,
+    pub targets: usize,
+    /// Targets with `detection.misses` or more probes lost in a row.
+    pub silent_targets: usize,
+    /// Silent targets that make the link down.
+    pub quorum: u32,
+    /// Probing at `fast_interval` to confirm a suspected outage.
+    pub fast_probing: bool,
+    /// Flap penalty, and the time a down link must now be good before it is used again.
+    pub flap_penalty: f64,
+    pub hold_ms: f64,
     pub mark: u32,
     pub table: u32,
     pub last_transition: Option<TransitionStatus>,

@@ -1,32 +1,52 @@
-//! Health of one link: the state machine driven by probe outcomes and carrier events.
+//! Health of one link: probe rounds, per-target silence, quorum, hysteresis and flap damping.
+//!
+//! Every round probes all targets of the link at once. A target is *silent* after `misses`
+//! consecutive lost probes; the link is down when `quorum` targets are silent, or at once when
+//! its interface loses carrier or address. Probing is calm (`interval`) while every target
+//! answers and fast (`fast_interval`) from the first lost probe until every target answers
+//! again, so a real outage is confirmed within a bounded time while a healthy link costs little.
+//! A down link is trusted again after `up_after` consecutive good rounds that also span a hold
+//! time which doubles with each recent down transition (flap penalty) and shrinks as the penalty
+//! decays.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::{ProbeFailure, ProbeOutcome};
-use crate::config::Config;
+use crate::config::{Config, Detection};
 
-/// Outcomes kept for the loss and RTT figures shown in status.
-const RECENT: usize = 50;
+/// Probe outcomes (all targets) behind the loss figure.
+const LOSS_WINDOW: usize = 100;
+/// Fewest outcomes before loss can make a link degraded.
+const LOSS_MIN_SAMPLES: usize = 50;
+/// Rounds remembered while their probes are outstanding.
+const MAX_ROUNDS: usize = 64;
+/// Weight of a new RTT sample in the smoothed RTT (as TCP's SRTT, RFC 6298).
+const RTT_ALPHA: f64 = 0.125;
+/// Weight of a new deviation sample in the jitter (as TCP's RTTVAR).
+const RTT_BETA: f64 = 0.25;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinkState {
     /// Just started, no verdict yet: treated as usable so traffic flows from the first second.
     Unknown,
     Up,
+    /// Usable, but loss or latency is above its threshold: less preferred.
+    Degraded,
     Down,
 }
 
 impl LinkState {
     pub fn usable(self) -> bool {
-        matches!(self, LinkState::Unknown | LinkState::Up)
+        !matches!(self, LinkState::Down)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             LinkState::Unknown => "unknown",
             LinkState::Up => "up",
+            LinkState::Degraded => "degraded",
             LinkState::Down => "down",
         }
     }
@@ -38,131 +58,382 @@ impl fmt::Display for LinkState {
     }
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct TargetHealth {
+    /// Lost probes sent after the newest answered one.
+    pub misses: u32,
+    last_answered: Option<Instant>,
+    pub last_rtt: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    sent_at: Instant,
+    answered: u32,
+    concluded: u32,
+}
+
+type Change = Option<(LinkState, LinkState, String)>;
+
 #[derive(Debug, Clone)]
 pub struct LinkHealth {
     pub state: LinkState,
     pub since: Instant,
     pub reason: String,
+    pub targets: Vec<TargetHealth>,
+    quorum: u32,
+    /// Consecutive misses after which a target is silent (`detection.misses`).
+    silent_after: u32,
     carrier: bool,
-    /// Send time of the newest probe that was answered (initially: start time).
-    last_answered: Instant,
-    /// Send time of the newest probe round that got at least one answer.
-    answered_round: Option<Instant>,
-    /// Consecutive answered rounds since the last failed one.
-    answered_streak: u32,
-    recent: VecDeque<Option<Duration>>,
+    address: bool,
+    rounds: VecDeque<Round>,
+    /// Fast probing: some probe was lost and not every target has answered since.
+    fast: bool,
+    next_round: Instant,
+    good_streak: u32,
+    good_since: Option<Instant>,
+    penalty: f64,
+    penalty_at: Instant,
+    /// (target, lost) of the recent probes.
+    recent: VecDeque<(usize, bool)>,
+    srtt: Option<f64>,
+    rttvar: f64,
 }
 
-type Change = Option<(LinkState, LinkState, String)>;
-
 impl LinkHealth {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Instant, targets: usize, quorum: u32, silent_after: u32) -> Self {
         LinkHealth {
             state: LinkState::Unknown,
             since: now,
             reason: "starting".into(),
+            targets: vec![TargetHealth::default(); targets],
+            quorum,
+            silent_after,
             carrier: true,
-            last_answered: now,
-            answered_round: None,
-            answered_streak: 0,
-            recent: VecDeque::with_capacity(RECENT),
+            address: true,
+            rounds: VecDeque::new(),
+            fast: false,
+            next_round: now,
+            good_streak: 0,
+            good_since: None,
+            penalty: 0.0,
+            penalty_at: now,
+            recent: VecDeque::with_capacity(LOSS_WINDOW),
+            srtt: None,
+            rttvar: 0.0,
         }
     }
 
-    /// RTT of the newest answered probe among the recent ones.
+    /// RTT of the newest answered probe of any target.
     pub fn last_rtt(&self) -> Option<Duration> {
-        self.recent.iter().rev().find_map(|r| *r)
+        self.targets
+            .iter()
+            .filter_map(|t| t.last_answered.zip(t.last_rtt))
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, r)| r)
     }
 
-    /// Percentage of the recent probes that were not answered; `None` before the first probe.
+    /// Smoothed RTT over all targets.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt.map(Duration::from_secs_f64)
+    }
+
+    /// Smoothed mean deviation of the RTT.
+    pub fn jitter(&self) -> Option<Duration> {
+        self.srtt.map(|_| Duration::from_secs_f64(self.rttvar))
+    }
+
+    /// Share of the recent probes (up to the last 100) to targets that are not silent that went
+    /// unanswered: the link's loss, not that of a target that stopped answering altogether
+    /// (those are counted by [`Self::silent_targets`]).
     pub fn loss_pct(&self) -> Option<f64> {
-        if self.recent.is_empty() {
-            return None;
-        }
-        let lost = self.recent.iter().filter(|r| r.is_none()).count();
-        Some(100.0 * lost as f64 / self.recent.len() as f64)
+        let (samples, lost) = self.loss_samples();
+        (samples > 0).then(|| 100.0 * lost as f64 / samples as f64)
     }
 
-    pub(super) fn on_carrier(&mut self, now: Instant, up: bool) -> Change {
-        if self.carrier == up {
+    fn loss_samples(&self) -> (usize, usize) {
+        let live = |t: usize| {
+            self.targets
+                .get(t)
+                .is_some_and(|t| t.misses < self.silent_after)
+        };
+        let samples = self.recent.iter().filter(|(t, _)| live(*t));
+        samples.fold((0, 0), |(n, lost), (_, l)| (n + 1, lost + usize::from(*l)))
+    }
+
+    pub fn silent_targets(&self) -> usize {
+        self.targets
+            .iter()
+            .filter(|t| t.misses >= self.silent_after)
+            .count()
+    }
+
+    pub fn fast(&self) -> bool {
+        self.fast
+    }
+
+    /// Flap penalty now: one per down transition, halving every `flap_half_life`.
+    pub fn penalty(&self, now: Instant, d: &Detection) -> f64 {
+        let age = now.saturating_duration_since(self.penalty_at).as_secs_f64();
+        self.penalty * 0.5f64.powf(age / d.flap_half_life.as_secs_f64())
+    }
+
+    /// How long a down link must be good before it is used again: `stable_time` doubled for
+    /// every unit of flap penalty, so a link that keeps failing soon needs longer to be trusted
+    /// than its good spells last.
+    pub fn hold(&self, now: Instant, d: &Detection) -> Duration {
+        let factor = 2f64.powf(self.penalty(now, d).min(30.0));
+        d.stable_time.mul_f64(factor).min(d.max_hold)
+    }
+
+    pub(super) fn next_round(&self) -> Option<Instant> {
+        (self.carrier && self.address).then_some(self.next_round)
+    }
+
+    /// Start a round at `now` if one is due; the caller probes every target with `sent_at = now`.
+    pub(super) fn start_round(&mut self, now: Instant, config: &Config) -> bool {
+        if !(self.carrier && self.address) || now < self.next_round {
+            return false;
+        }
+        // A down link is probed calmly: fast probing only confirms an outage of a usable link.
+        let fast = self.fast && self.state != LinkState::Down;
+        let step = if fast {
+            config.probe.fast_interval
+        } else {
+            config.probe.interval
+        };
+        // Stay on the grid unless we fell behind by more than a step (a paused process).
+        self.next_round = if now - self.next_round < step {
+            self.next_round + step
+        } else {
+            now + step
+        };
+        if self.rounds.len() == MAX_ROUNDS {
+            self.rounds.pop_front();
+        }
+        self.rounds.push_back(Round {
+            sent_at: now,
+            answered: 0,
+            concluded: 0,
+        });
+        true
+    }
+
+    pub(super) fn on_link_layer(
+        &mut self,
+        now: Instant,
+        carrier: Option<bool>,
+        address: Option<bool>,
+        config: &Config,
+    ) -> Change {
+        let was_ok = self.carrier && self.address;
+        self.carrier = carrier.unwrap_or(self.carrier);
+        self.address = address.unwrap_or(self.address);
+        let ok = self.carrier && self.address;
+        if ok == was_ok {
             return None;
         }
-        self.carrier = up;
-        self.answered_streak = 0;
-        if up {
-            // Probes decide when it is trusted again; start the silence clock afresh so the link is
-            // not declared down for silence that happened while it had no carrier.
-            self.last_answered = now;
+        self.good_streak = 0;
+        self.good_since = None;
+        if ok {
+            // Probe at once; probes decide when the link is trusted again. Outcomes of probes
+            // sent before this moment say nothing about the link as it is now.
+            self.next_round = now;
+            self.rounds.clear();
+            for t in &mut self.targets {
+                t.misses = 0;
+            }
             None
         } else {
-            self.set(now, LinkState::Down, "carrier lost".into())
+            let reason = if !self.carrier {
+                "carrier lost".to_owned()
+            } else {
+                "no IPv4 address on the interface".to_owned()
+            };
+            self.set(now, LinkState::Down, reason, config)
         }
     }
 
     pub(super) fn on_probe(&mut self, now: Instant, p: &ProbeOutcome, config: &Config) -> Change {
-        if self.recent.len() == RECENT {
+        let target = self.targets.get_mut(p.target)?;
+        if self.recent.len() == LOSS_WINDOW {
             self.recent.pop_front();
         }
-        self.recent.push_back(p.result.ok());
-        if !self.carrier {
+        self.recent.push_back((p.target, p.result.is_err()));
+        match p.result {
+            Ok(rtt) => {
+                // A miss concludes `timeout` after its probe was sent, an answer before that; so
+                // any miss already counted belongs to an older probe, and this answer supersedes it.
+                if target.last_answered.is_none_or(|a| p.sent_at >= a) {
+                    target.last_answered = Some(p.sent_at);
+                    target.last_rtt = Some(rtt);
+                    target.misses = 0;
+                }
+                let r = rtt.as_secs_f64();
+                match self.srtt {
+                    None => {
+                        self.srtt = Some(r);
+                        self.rttvar = r / 2.0;
+                    }
+                    Some(s) => {
+                        self.rttvar = (1.0 - RTT_BETA) * self.rttvar + RTT_BETA * (s - r).abs();
+                        self.srtt = Some((1.0 - RTT_ALPHA) * s + RTT_ALPHA * r);
+                    }
+                }
+            }
+            Err(_) => {
+                if target.last_answered.is_none_or(|a| p.sent_at > a) {
+                    target.misses += 1;
+                }
+                if !self.fast && self.state != LinkState::Down {
+                    self.fast = true;
+                    self.next_round = self.next_round.min(now);
+                }
+            }
+        }
+
+        let round_done = self
+            .rounds
+            .iter_mut()
+            .find(|r| r.sent_at == p.sent_at)
+            .and_then(|r| {
+                r.concluded += 1;
+                r.answered += u32::from(p.result.is_ok());
+                (r.concluded as usize >= self.targets.len()).then_some(*r)
+            });
+        if !(self.carrier && self.address) {
             return None;
         }
-        match p.result {
-            Ok(_) => {
-                self.last_answered = self.last_answered.max(p.sent_at);
-                if self.answered_round.is_none_or(|r| p.sent_at > r) {
-                    self.answered_round = Some(p.sent_at);
-                    self.answered_streak += 1;
-                }
-                let need = config.detection.up_after;
-                match self.state {
-                    LinkState::Unknown => self.set(now, LinkState::Up, "targets answer".into()),
-                    LinkState::Down if self.answered_streak >= need => self.set(
-                        now,
-                        LinkState::Up,
-                        format!("{need} consecutive probe rounds answered"),
-                    ),
-                    _ => None,
-                }
+        if let Err(failure) = p.result {
+            if let Some(change) = self.check_silence(now, failure, config) {
+                return Some(change);
             }
-            Err(failure) => {
-                // Replies beat timeouts: when a round's failure arrives, every answer that round
-                // will get has arrived already, so an unanswered round ends the streak. A failure
-                // from a round older than the newest answered one is stale and changes nothing.
-                if self.answered_round.is_none_or(|r| p.sent_at > r) {
-                    self.answered_streak = 0;
-                }
-                let silent = p.sent_at.saturating_duration_since(self.last_answered);
-                let down_after = config.detection.down_after;
-                if self.state != LinkState::Down && silent >= down_after {
-                    let what = match failure {
-                        ProbeFailure::Timeout => "timed out",
-                        ProbeFailure::IcmpError => "got ICMP errors",
-                        ProbeFailure::SendError => "could not be sent",
-                    };
-                    let reason = format!(
-                        "no target answered probes sent over {} ms (last probe {what})",
-                        silent.as_millis()
-                    );
-                    self.set(now, LinkState::Down, reason)
-                } else {
-                    None
-                }
+        }
+        match round_done {
+            Some(r) => {
+                self.rounds.retain(|x| x.sent_at != r.sent_at);
+                self.on_round(now, r, config)
             }
+            None => None,
         }
     }
 
-    fn set(&mut self, now: Instant, to: LinkState, reason: String) -> Change {
+    fn check_silence(&mut self, now: Instant, failure: ProbeFailure, config: &Config) -> Change {
+        let d = &config.detection;
+        let silent = self.silent_targets();
+        if self.state == LinkState::Down || silent < self.quorum as usize {
+            return None;
+        }
+        let what = match failure {
+            ProbeFailure::Timeout => "timed out",
+            ProbeFailure::IcmpError => "got an ICMP error",
+            ProbeFailure::SendError => "could not be sent",
+        };
+        let reason = format!(
+            "{silent}/{} targets silent, {} probes lost in a row each (quorum {}; last probe {what})",
+            self.targets.len(),
+            d.misses,
+            self.quorum
+        );
+        self.set(now, LinkState::Down, reason, config)
+    }
+
+    fn on_round(&mut self, now: Instant, r: Round, config: &Config) -> Change {
+        let d = &config.detection;
+        let n = self.targets.len() as u32;
+        if r.answered == n {
+            self.fast = false;
+        }
+        // Good: fewer than `quorum` targets unanswered, i.e. this round alone would not take the
+        // link down.
+        let good = n - r.answered < self.quorum;
+        if good {
+            self.good_streak += 1;
+            self.good_since.get_or_insert(r.sent_at);
+        } else {
+            self.good_streak = 0;
+            self.good_since = None;
+        }
+        match self.state {
+            LinkState::Unknown if good => {
+                self.set(now, LinkState::Up, "targets answer".into(), config)
+            }
+            LinkState::Down if good && self.good_streak >= d.up_after => {
+                let stable = now.saturating_duration_since(self.good_since.unwrap_or(now));
+                let hold = self.hold(now, d);
+                if stable < hold {
+                    return None;
+                }
+                let reason = format!(
+                    "{} good rounds over {:.1} s (hold {:.1} s, flap penalty {:.2})",
+                    self.good_streak,
+                    stable.as_secs_f64(),
+                    hold.as_secs_f64(),
+                    self.penalty(now, d)
+                );
+                self.set(now, LinkState::Up, reason, config)
+            }
+            LinkState::Up => self
+                .degradation(d)
+                .and_then(|why| self.set(now, LinkState::Degraded, why, config)),
+            LinkState::Degraded if self.recovered(d) => {
+                let reason = format!(
+                    "loss {:.0}% and RTT {:.0} ms back under half and 80% of the thresholds",
+                    self.loss_pct().unwrap_or(0.0),
+                    self.srtt.unwrap_or(0.0) * 1000.0
+                );
+                self.set(now, LinkState::Up, reason, config)
+            }
+            _ => None,
+        }
+    }
+
+    fn degradation(&self, d: &Detection) -> Option<String> {
+        let (samples, lost) = self.loss_samples();
+        let loss = 100.0 * lost as f64 / samples.max(1) as f64;
+        if samples >= LOSS_MIN_SAMPLES && loss >= f64::from(d.degraded_loss_pct) {
+            return Some(format!(
+                "loss {loss:.0}% over the last {samples} probes (threshold {}%)",
+                d.degraded_loss_pct
+            ));
+        }
+        match self.srtt {
+            Some(s) if s >= d.degraded_rtt.as_secs_f64() => Some(format!(
+                "smoothed RTT {:.0} ms (threshold {} ms)",
+                s * 1000.0,
+                d.degraded_rtt.as_millis()
+            )),
+            _ => None,
+        }
+    }
+
+    fn recovered(&self, d: &Detection) -> bool {
+        self.loss_pct().unwrap_or(0.0) < f64::from(d.degraded_loss_pct) / 2.0
+            && self.srtt.unwrap_or(0.0) < d.degraded_rtt.as_secs_f64() * 0.8
+    }
+
+    fn set(&mut self, now: Instant, to: LinkState, reason: String, config: &Config) -> Change {
         let from = self.state;
         if from == to {
             return None;
         }
+        if to == LinkState::Down {
+            let d = &config.detection;
+            if from != LinkState::Unknown {
+                self.penalty = self.penalty(now, d) + 1.0;
+                self.penalty_at = now;
+            }
+            self.good_streak = 0;
+            self.good_since = None;
+            self.fast = false;
+        }
+        if from == LinkState::Down {
+            // Losses during the outage say nothing about the link's quality now.
+            self.recent.clear();
+        }
         self.state = to;
         self.since = now;
         self.reason = reason.clone();
-        if to == LinkState::Down {
-            self.answered_streak = 0;
-        }
         Some((from, to, reason))
     }
 }

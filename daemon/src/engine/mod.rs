@@ -3,12 +3,13 @@
 //! argument, so days of virtual time can be tested in milliseconds.
 
 mod health;
+pub mod sim;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-pub use health::{LinkHealth, LinkState};
+pub use health::{LinkHealth, LinkState, TargetHealth};
 
 /// Index of a link in [`Config::links`].
 pub type LinkId = usize;
@@ -24,11 +25,22 @@ pub enum ProbeFailure {
     SendError,
 }
 
+/// A probe the engine wants sent now: target `target` (index into the link's targets).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeRequest {
+    pub link: LinkId,
+    pub target: usize,
+    pub addr: IpAddr,
+    pub sent_at: Instant,
+}
+
 /// The result of one probe, as a plain value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeOutcome {
     pub link: LinkId,
-    pub target: IpAddr,
+    /// Index into the link's targets.
+    pub target: usize,
+    /// As in the [`ProbeRequest`]: identifies the round.
     pub sent_at: Instant,
     pub result: Result<Duration, ProbeFailure>,
 }
@@ -40,6 +52,11 @@ pub enum Event {
     Carrier {
         link: LinkId,
         up: bool,
+    },
+    /// The link's interface gained its first or lost its last IPv4 address.
+    Address {
+        link: LinkId,
+        present: bool,
     },
 }
 
@@ -81,8 +98,39 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: Config, now: Instant) -> Self {
-        let links = config.links.iter().map(|_| LinkHealth::new(now)).collect();
+        let links = config
+            .links
+            .iter()
+            .map(|l| LinkHealth::new(now, l.targets.len(), l.quorum, config.detection.misses))
+            .collect();
         Engine { config, links }
+    }
+
+    /// When the engine next wants to be asked for probes, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.links
+            .iter()
+            .filter_map(LinkHealth::next_round)
+            .min()
+            .map(|t| (t, "probe round due"))
+    }
+
+    /// The probes due at `now`: one round (every target) of each link whose round is due.
+    pub fn poll_probes(&mut self, now: Instant) -> Vec<ProbeRequest> {
+        let mut out = Vec::new();
+        for (link, h) in self.links.iter_mut().enumerate() {
+            if h.start_round(now, &self.config) {
+                for (target, &addr) in self.config.links[link].targets.iter().enumerate() {
+                    out.push(ProbeRequest {
+                        link,
+                        target,
+                        addr,
+                        sent_at: now,
+                    });
+                }
+            }
+        }
+        out
     }
 
     pub fn config(&self) -> &Config {
@@ -99,9 +147,14 @@ impl Engine {
             Event::Probe(p) if p.link < self.links.len() => {
                 (p.link, self.links[p.link].on_probe(now, &p, &self.config))
             }
-            Event::Carrier { link, up } if link < self.links.len() => {
-                (link, self.links[link].on_carrier(now, up))
-            }
+            Event::Carrier { link, up } if link < self.links.len() => (
+                link,
+                self.links[link].on_link_layer(now, Some(up), None, &self.config),
+            ),
+            Event::Address { link, present } if link < self.links.len() => (
+                link,
+                self.links[link].on_link_layer(now, None, Some(present), &self.config),
+            ),
             _ => return Vec::new(),
         };
         change
@@ -116,15 +169,19 @@ impl Engine {
             .collect()
     }
 
-    /// The link new flows should use: the usable link with the lowest priority value (config
-    /// order breaks ties). When nothing is usable, the preferred link anyway: new flows then fail
-    /// as they would without uplinkd, and nothing is steered onto a link we know less about.
+    /// The link new flows should use: among usable links, a degraded one only when no other is
+    /// usable, then the lowest priority value (config order breaks ties). When nothing is usable,
+    /// the preferred link anyway: new flows then fail as they would without uplinkd, and nothing
+    /// is steered onto a link we know less about.
     pub fn best_link(&self) -> Option<LinkId> {
-        let by_pref = |ids: &mut dyn Iterator<Item = LinkId>| {
-            ids.min_by_key(|&i| (self.config.links[i].priority, i))
+        let rank = |i: LinkId| {
+            let degraded = self.links[i].state == LinkState::Degraded;
+            (degraded, self.config.links[i].priority, i)
         };
-        by_pref(&mut (0..self.links.len()).filter(|&i| self.links[i].state.usable()))
-            .or_else(|| by_pref(&mut (0..self.links.len())))
+        (0..self.links.len())
+            .filter(|&i| self.links[i].state.usable())
+            .min_by_key(|&i| rank(i))
+            .or_else(|| (0..self.links.len()).min_by_key(|&i| (self.config.links[i].priority, i)))
     }
 
     pub fn desired(&self) -> DesiredState {
