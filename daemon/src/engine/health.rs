@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use super::{ProbeFailure, ProbeOutcome};
 use crate::config::{Config, Detection};
 
-/// Probe outcomes (all targets) behind the loss figure.
-const LOSS_WINDOW: usize = 100;
+/// The loss figure covers the probes of the last this many seconds: long enough that random
+/// loss near a threshold does not make the link bounce between up and degraded.
+const LOSS_WINDOW_SECS: u64 = 60;
 /// Fewest outcomes before loss can make a link degraded.
-const LOSS_MIN_SAMPLES: usize = 50;
+const LOSS_MIN_SAMPLES: u32 = 50;
 /// Rounds remembered while their probes are outstanding.
 const MAX_ROUNDS: usize = 64;
 /// Weight of a new RTT sample in the smoothed RTT (as TCP's SRTT, RFC 6298).
@@ -94,8 +95,9 @@ pub struct LinkHealth {
     good_since: Option<Instant>,
     penalty: f64,
     penalty_at: Instant,
-    /// (target, lost) of the recent probes.
-    recent: VecDeque<(usize, bool)>,
+    /// Per target: (second since `epoch`, probes concluded, probes lost) for the loss window.
+    loss: Vec<VecDeque<(u64, u32, u32)>>,
+    epoch: Instant,
     srtt: Option<f64>,
     rttvar: f64,
 }
@@ -118,7 +120,8 @@ impl LinkHealth {
             good_since: None,
             penalty: 0.0,
             penalty_at: now,
-            recent: VecDeque::with_capacity(LOSS_WINDOW),
+            loss: vec![VecDeque::new(); targets],
+            epoch: now,
             srtt: None,
             rttvar: 0.0,
         }
@@ -143,22 +146,41 @@ impl LinkHealth {
         self.srtt.map(|_| Duration::from_secs_f64(self.rttvar))
     }
 
-    /// Share of the recent probes (up to the last 100) to targets that are not silent that went
+    /// Share of the probes of the last minute to targets that are not silent that went
     /// unanswered: the link's loss, not that of a target that stopped answering altogether
     /// (those are counted by [`Self::silent_targets`]).
     pub fn loss_pct(&self) -> Option<f64> {
         let (samples, lost) = self.loss_samples();
-        (samples > 0).then(|| 100.0 * lost as f64 / samples as f64)
+        (samples > 0).then(|| 100.0 * f64::from(lost) / f64::from(samples))
     }
 
-    fn loss_samples(&self) -> (usize, usize) {
-        let live = |t: usize| {
-            self.targets
-                .get(t)
-                .is_some_and(|t| t.misses < self.silent_after)
+    fn loss_samples(&self) -> (u32, u32) {
+        self.targets
+            .iter()
+            .zip(&self.loss)
+            .filter(|(t, _)| t.misses < self.silent_after)
+            .flat_map(|(_, buckets)| buckets)
+            .fold((0, 0), |(n, lost), (_, bn, bl)| (n + bn, lost + bl))
+    }
+
+    fn record_loss(&mut self, now: Instant, target: usize, lost: bool) {
+        let sec = now.saturating_duration_since(self.epoch).as_secs();
+        let Some(buckets) = self.loss.get_mut(target) else {
+            return;
         };
-        let samples = self.recent.iter().filter(|(t, _)| live(*t));
-        samples.fold((0, 0), |(n, lost), (_, l)| (n + 1, lost + usize::from(*l)))
+        while buckets
+            .front()
+            .is_some_and(|b| b.0 + LOSS_WINDOW_SECS <= sec)
+        {
+            buckets.pop_front();
+        }
+        match buckets.back_mut() {
+            Some(b) if b.0 == sec => {
+                b.1 += 1;
+                b.2 += u32::from(lost);
+            }
+            _ => buckets.push_back((sec, 1, u32::from(lost))),
+        }
     }
 
     pub fn silent_targets(&self) -> usize {
@@ -255,11 +277,11 @@ impl LinkHealth {
     }
 
     pub(super) fn on_probe(&mut self, now: Instant, p: &ProbeOutcome, config: &Config) -> Change {
-        let target = self.targets.get_mut(p.target)?;
-        if self.recent.len() == LOSS_WINDOW {
-            self.recent.pop_front();
+        if p.target >= self.targets.len() {
+            return None;
         }
-        self.recent.push_back((p.target, p.result.is_err()));
+        self.record_loss(now, p.target, p.result.is_err());
+        let target = &mut self.targets[p.target];
         match p.result {
             Ok(rtt) => {
                 // A miss concludes `timeout` after its probe was sent, an answer before that; so
@@ -390,10 +412,10 @@ impl LinkHealth {
 
     fn degradation(&self, d: &Detection) -> Option<String> {
         let (samples, lost) = self.loss_samples();
-        let loss = 100.0 * lost as f64 / samples.max(1) as f64;
+        let loss = 100.0 * f64::from(lost) / f64::from(samples.max(1));
         if samples >= LOSS_MIN_SAMPLES && loss >= f64::from(d.degraded_loss_pct) {
             return Some(format!(
-                "loss {loss:.0}% over the last {samples} probes (threshold {}%)",
+                "loss {loss:.0}% over the last minute's {samples} probes (threshold {}%)",
                 d.degraded_loss_pct
             ));
         }
@@ -429,7 +451,7 @@ impl LinkHealth {
         }
         if from == LinkState::Down {
             // Losses during the outage say nothing about the link's quality now.
-            self.recent.clear();
+            self.loss.iter_mut().for_each(VecDeque::clear);
         }
         self.state = to;
         self.since = now;
