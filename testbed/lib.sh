@@ -128,12 +128,15 @@ tb_wait() {
 }
 
 # tb_config [EXTRA]: write the router's uplinkd config; EXTRA is appended verbatim.
+# TB_WAN1_GW= (empty) leaves WAN1's gateway to be learned from the main table.
 tb_config() {
+    local gw=${TB_WAN1_GW-100.64.1.1} gwline=
+    [ -z "$gw" ] || gwline="gateway = \"$gw\""
     cat >"$TB_TMP/uplinkd.toml" <<EOT
 [[link]]
 name = "wan1"
 interface = "wan1"
-gateway = "100.64.1.1"
+$gwline
 priority = 1
 targets = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
 
@@ -180,8 +183,14 @@ tb_all_up() { [ "$(tb_json "' '.join(l['state'] for l in s['links'])" 2>/dev/nul
 state_is() { [ "$(link_state "$1" 2>/dev/null)" = "$2" ]; }
 
 # Faults, injected on the ISP side only.
-blackhole() { on "isp$1" nft -f - <<<"table inet fault { chain blackhole { type filter hook forward priority 0; policy drop; }; }"; }
+blackhole() { on "isp$1" nft -f - <<<"table inet fault { chain blackhole { type filter hook forward priority 0; policy drop; }; }" || tb_die "cannot inject fault: blackhole"; }
 unblackhole() { on "isp$1" nft delete table inet fault; }
+# random_loss N PCT: ISP N drops PCT % of the packets it forwards towards the internet.
+random_loss() { on "isp$1" nft -f - <<<"table inet loss { chain drop_some { type filter hook forward priority 0; oifname \"core\" numgen random mod 100 < $2 drop; }; }" || tb_die "cannot inject fault: random_loss"; }
+# dead_target N ADDR: ISP N drops everything to ADDR (one probe target stops answering).
+dead_target() { on "isp$1" nft -f - <<<"table inet target { chain drop_some { type filter hook forward priority 0; ip daddr $2 drop; }; }" || tb_die "cannot inject fault: dead_target"; }
+# transitions LINK STATE: how many times uplinkd logged LINK entering STATE.
+transitions() { grep -c "link $1: [a-z]* -> $2 " "$TB_TMP/uplinkd.log"; }
 carrier() { on "isp$1" ip link set cpe "$2"; }
 
 whoami() { on lan python3 "$TB_TOOL" whoami $SERVER $PORT --timeout "${1:-2}"; }

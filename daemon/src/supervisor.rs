@@ -1,6 +1,7 @@
 //! The one event loop: owns the engine, reads the clock, drives probes, the dataplane and the
 //! status socket.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use uplinkd_probes::{IcmpProber, ProbeError};
 
 use crate::config::Config;
 use crate::control::{self, LinkStatus, Status, TransitionStatus};
-use crate::dataplane::{monitor, Dataplane};
+use crate::dataplane::monitor::{self, KernelEvent};
+use crate::dataplane::Dataplane;
 use crate::engine::{
     DesiredState, Engine, Event, LinkId, LinkState, ProbeFailure, ProbeOutcome, ProbeRequest,
     Transition,
@@ -53,13 +55,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut engine = Engine::new(config.clone(), clock.start.into_std());
     let mut dp = Dataplane::new(config.dataplane.table_base)?;
 
-    // Interfaces that are down or without carrier right now start as down.
+    // Interfaces that are down, without carrier or without an address right now start as down.
+    let mut carriers = BTreeMap::new();
     for ev in monitor::snapshot(dp.handle())
         .await
         .context("cannot list interfaces")?
     {
+        carriers.insert(ev.name.clone(), ev.up);
         carrier(&mut engine, &ev, Instant::now().into_std());
     }
+    addresses(&mut engine, dp.handle(), Instant::now().into_std()).await;
     let mut desired = engine.desired();
     let report = dp
         .apply(&desired, true)
@@ -78,8 +83,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ms(report.routes)
     );
 
-    let (link_tx, mut link_rx) = mpsc::channel(64);
-    monitor::spawn(link_tx).context("cannot subscribe to link events")?;
+    let (kernel_tx, mut kernel_rx) = mpsc::channel(64);
+    monitor::spawn(kernel_tx).context("cannot subscribe to kernel events")?;
     let (probe_tx, mut probe_rx) = mpsc::channel(1024);
     let mut probers: Vec<Prober> = config
         .links
@@ -112,11 +117,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Vec::new()
             }
             Some(p) = probe_rx.recv() => engine.handle(Instant::now().into_std(), Event::Probe(p)),
-            Some(ev) = link_rx.recv() => {
-                // Admin down deletes the routes in our tables and admin up does not restore them.
-                reapply = ev.up;
-                carrier(&mut engine, &ev, Instant::now().into_std())
-            }
+            Some(ev) = kernel_rx.recv() => match ev {
+                KernelEvent::Link(ev) => {
+                    // Admin down deletes the routes in our tables and admin up does not restore
+                    // them: re-apply whenever an interface comes up.
+                    reapply = ev.up && carriers.insert(ev.name.clone(), ev.up) != Some(true);
+                    carrier(&mut engine, &ev, Instant::now().into_std())
+                }
+                // Renumbered: the learned gateway and routes must follow.
+                KernelEvent::Addresses => {
+                    reapply = true;
+                    addresses(&mut engine, dp.handle(), Instant::now().into_std()).await
+                }
+                KernelEvent::MainRoutes => {
+                    reapply = true;
+                    Vec::new()
+                }
+            },
             Some(done) = purge_rx.recv() => {
                 match done.result {
                     Ok(took) => {
@@ -229,6 +246,32 @@ fn carrier(
         .collect();
     ids.into_iter()
         .flat_map(|link| engine.handle(now, Event::Carrier { link, up: ev.up }))
+        .collect()
+}
+
+/// Tell the engine which links have an IPv4 address. A failed dump changes nothing.
+async fn addresses(
+    engine: &mut Engine,
+    h: &rtnetlink::Handle,
+    now: std::time::Instant,
+) -> Vec<Transition> {
+    let with = match monitor::with_ipv4(h).await {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("cannot list addresses: {e}");
+            return Vec::new();
+        }
+    };
+    let present: Vec<bool> = engine
+        .config()
+        .links
+        .iter()
+        .map(|l| with.contains(&l.interface))
+        .collect();
+    present
+        .into_iter()
+        .enumerate()
+        .flat_map(|(link, present)| engine.handle(now, Event::Address { link, present }))
         .collect()
 }
 

@@ -1,17 +1,25 @@
-//! Link monitor: carrier and admin state of interfaces, from rtnetlink multicast events.
+//! Kernel monitor: carrier and admin state of interfaces, IPv4 addresses, and main-table route
+//! changes, from rtnetlink multicast events.
 //!
 //! Carrier loss arrives as a link event within about a millisecond (LowerUp cleared); no route
 //! event comes with it, and the route stays (flagged linkdown), so probes alone would need the
-//! whole detection window to notice.
+//! whole detection window to notice. Address and main-table route events tell that a WAN was
+//! renumbered (DHCP, PPPoE): the learned gateway and the masquerade address follow on re-apply.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc;
+
+/// The kernel's main routing table.
+const RT_TABLE_MAIN: u32 = 254;
 
 /// An interface is usable for traffic when it is administratively up and has carrier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +28,16 @@ pub struct LinkEvent {
     pub up: bool,
 }
 
-fn event(m: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    Link(LinkEvent),
+    /// Some interface gained or lost an IPv4 address: re-read them.
+    Addresses,
+    /// A route in the main table changed (e.g. a new default gateway from DHCP).
+    MainRoutes,
+}
+
+fn link_event(m: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
     let name = m.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.clone()),
         _ => None,
@@ -29,24 +46,70 @@ fn event(m: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
     Some(LinkEvent { name, up })
 }
 
+fn in_main_table(m: &RouteMessage) -> bool {
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table));
+    table == RT_TABLE_MAIN
+}
+
 /// The current state of every interface.
 pub async fn snapshot(h: &Handle) -> Result<Vec<LinkEvent>, rtnetlink::Error> {
     let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
-    Ok(links.iter().filter_map(|m| event(m, false)).collect())
+    Ok(links.iter().filter_map(|m| link_event(m, false)).collect())
 }
 
-/// Subscribe to link events and forward them until the receiver goes away.
-pub fn spawn(tx: mpsc::Sender<LinkEvent>) -> io::Result<()> {
-    let (conn, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
+/// Names of the interfaces that have at least one IPv4 address.
+pub async fn with_ipv4(h: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
+    let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
+    let names: BTreeMap<u32, String> = links
+        .iter()
+        .filter_map(|m| link_event(m, false).map(|e| (m.header.index, e.name)))
+        .collect();
+    let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
+    let mut out: Vec<String> = addrs
+        .iter()
+        .filter(|a| a.header.family == AddressFamily::Inet)
+        .filter_map(|a| names.get(&a.header.index).cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Subscribe to link, IPv4 address and IPv4 route events and forward them until the receiver
+/// goes away.
+pub fn spawn(tx: mpsc::Sender<KernelEvent>) -> io::Result<()> {
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv4Route,
+    ];
+    let (conn, handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
     tokio::spawn(conn);
     tokio::spawn(async move {
         // The handle must live as long as we read, or the connection shuts down.
-        let _handle = _handle;
+        let _handle = handle;
         while let Some((msg, _)) = messages.next().await {
-            let ev = match msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => event(&m, false),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => event(&m, true),
+            let NetlinkPayload::InnerMessage(m) = msg.payload else {
+                continue;
+            };
+            let ev = match m {
+                RouteNetlinkMessage::NewLink(m) => link_event(&m, false).map(KernelEvent::Link),
+                RouteNetlinkMessage::DelLink(m) => link_event(&m, true).map(KernelEvent::Link),
+                RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => {
+                    Some(KernelEvent::Addresses)
+                }
+                RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)
+                    if in_main_table(&m) =>
+                {
+                    Some(KernelEvent::MainRoutes)
+                }
                 _ => None,
             };
             if let Some(ev) = ev {
