@@ -82,11 +82,19 @@ fn table(s: &Status) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let mut rows = vec![
-        ["LINK", "INTERFACE", "STATE", "FOR", "RTT", "LOSS", "REASON"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![[
+        "LINK",
+        "INTERFACE",
+        "STATE",
+        "FOR",
+        "RTT",
+        "JITTER",
+        "LOSS",
+        "SILENT",
+        "REASON",
+    ]
+    .map(String::from)
+    .to_vec()];
     for l in &s.links {
         rows.push(vec![
             l.name.clone(),
