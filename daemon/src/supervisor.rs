@@ -2,7 +2,6 @@
 //! status socket.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
-use uplinkd_probes::{IcmpProber, ProbeError};
+use uplinkd_probes::{Binding, ProbeError, Prober, Target};
 
 use crate::config::Config;
 use crate::control::{self, LinkStatus, Status, TransitionStatus};
@@ -86,11 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (kernel_tx, mut kernel_rx) = mpsc::channel(64);
     monitor::spawn(kernel_tx).context("cannot subscribe to kernel events")?;
     let (probe_tx, mut probe_rx) = mpsc::channel(1024);
-    let mut probers: Vec<Prober> = config
-        .links
-        .iter()
-        .map(|l| Prober::new(&l.interface, l.mark))
-        .collect();
+    let mut probers: Vec<LinkProber> = config.links.iter().map(LinkProber::new).collect();
     let (purge_tx, mut purge_rx) = mpsc::channel::<PurgeDone>(16);
 
     let mut last: Vec<Option<TransitionStatus>> = vec![None; config.links.len()];
@@ -283,22 +278,28 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// The ICMP prober of one link, opened lazily and re-opened after a send error (the interface it
-/// is bound to may have been deleted and re-created).
-struct Prober {
-    interface: String,
-    mark: u32,
-    icmp: Option<Arc<IcmpProber>>,
+/// The probes of one link, opened lazily and re-opened after a send error (the interface they
+/// are bound to may have been deleted and re-created).
+struct LinkProber {
+    binding: Binding,
+    inner: Arc<Prober>,
+    targets: Arc<Vec<Target>>,
+    open: bool,
     reopen: Arc<AtomicBool>,
     warned: bool,
 }
 
-impl Prober {
-    fn new(interface: &str, mark: u32) -> Self {
-        Prober {
-            interface: interface.to_owned(),
-            mark,
-            icmp: None,
+impl LinkProber {
+    fn new(l: &crate::config::Link) -> Self {
+        let binding = Binding {
+            interface: l.interface.clone(),
+            mark: l.mark,
+        };
+        LinkProber {
+            inner: Arc::new(Prober::new(binding.clone())),
+            binding,
+            targets: Arc::new(l.targets.clone()),
+            open: false,
             reopen: Arc::new(AtomicBool::new(false)),
             warned: false,
         }
@@ -306,44 +307,40 @@ impl Prober {
 
     /// Send one probe in its own task; the outcome arrives on `tx`.
     fn send(&mut self, req: ProbeRequest, timeout: Duration, tx: mpsc::Sender<ProbeOutcome>) {
-        if self.reopen.swap(false, Ordering::Relaxed) {
-            self.icmp = None;
-        }
-        if self.icmp.is_none() {
-            match IcmpProber::new(&self.interface, self.mark) {
-                Ok(p) => {
-                    if !p.is_raw() {
-                        warn!(
-                            "{}: got a datagram ICMP socket, not a raw one",
-                            self.interface
-                        );
-                    }
-                    self.icmp = Some(Arc::new(p));
+        if self.reopen.swap(false, Ordering::Relaxed) || !self.open {
+            // Fresh sockets on a fresh prober; probes in flight finish on the old one.
+            let mut fresh = Prober::new(self.binding.clone());
+            match fresh.open(&self.targets) {
+                Ok(()) => {
+                    self.open = true;
                     self.warned = false;
                 }
-                Err(e) if !self.warned => {
-                    warn!("cannot open probe socket on {}: {e}", self.interface);
-                    self.warned = true;
+                Err(e) => {
+                    self.open = false;
+                    if !self.warned {
+                        warn!(
+                            "cannot open probe sockets on {}: {e}",
+                            self.binding.interface
+                        );
+                        self.warned = true;
+                    }
                 }
-                Err(_) => {}
             }
+            self.inner = Arc::new(fresh);
         }
-        let (icmp, reopen) = (self.icmp.clone(), self.reopen.clone());
+        let (prober, targets, reopen) = (
+            self.inner.clone(),
+            self.targets.clone(),
+            self.reopen.clone(),
+        );
         tokio::spawn(async move {
-            let result = match (icmp, req.addr) {
-                (Some(p), IpAddr::V4(a)) => p.probe(a, timeout).await,
-                (Some(_), IpAddr::V6(_)) => {
-                    Err(ProbeError::Other("IPv6 probes are not supported".into()))
-                }
-                (None, _) => Err(ProbeError::Send(std::io::Error::from(
-                    std::io::ErrorKind::NotConnected,
-                ))),
-            };
-            let result = result.map_err(|e| {
-                debug!("probe {} via link {}: {e}", req.addr, req.link);
+            let target = &targets[req.target];
+            let result = prober.probe(target, timeout).await.map_err(|e| {
+                debug!("probe {target} via link {}: {e}", req.link);
                 match e {
                     ProbeError::Timeout(_) => ProbeFailure::Timeout,
                     ProbeError::IcmpError { .. } => ProbeFailure::IcmpError,
+                    ProbeError::Rejected(_) => ProbeFailure::Rejected,
                     ProbeError::Send(_) | ProbeError::Other(_) => {
                         reopen.store(true, Ordering::Relaxed);
                         ProbeFailure::SendError

@@ -1,26 +1,28 @@
-//! Probes that leave through one WAN only.
+//! Probes that leave through one WAN only: ICMP/ICMPv6 echo, TCP connect, HTTP GET and DNS.
 //!
-//! A probe socket is bound to the WAN's device (SO_BINDTODEVICE) *and* carries the WAN's mark
-//! (SO_MARK). The device binding alone is not enough: with no route for that device in the main
-//! table the kernel would ARP for the target on-link; the mark sends the lookup to the WAN's own
-//! routing table, whose default route points at the WAN's gateway.
+//! Every probe socket is bound to the WAN's device (SO_BINDTODEVICE) *and* carries the WAN's
+//! mark (SO_MARK). The device binding alone is not enough: with no route for that device in the
+//! main table the kernel would ARP for the target on-link; the mark sends the lookup to the WAN's
+//! own routing table, whose default route points at the WAN's gateway.
 
-use std::hash::{BuildHasher, Hasher};
+mod icmp;
+mod target;
+
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
-use surge_ping::{Client, IcmpPacket, PingIdentifier, PingSequence, SurgeError, ICMP};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-/// ICMP type of an echo reply (RFC 792).
-const ICMP_ECHO_REPLY: u8 = 0;
+pub use icmp::IcmpSocket;
+pub use target::Target;
 
 /// Why a probe got no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("no reply within {0:?}")]
+    #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("ICMP error type {icmp_type} code {code} from {from}")]
     IcmpError {
@@ -28,83 +30,189 @@ pub enum ProbeError {
         code: u8,
         from: IpAddr,
     },
+    /// The target answered, but not as expected (connection refused, HTTP status, DNS error).
+    #[error("rejected: {0}")]
+    Rejected(String),
     #[error("cannot send: {0}")]
     Send(#[source] io::Error),
     #[error("{0}")]
     Other(String),
 }
 
-/// ICMP echo prober for one WAN: one socket, any number of concurrent probes.
-pub struct IcmpProber {
-    client: Client,
-    ident: PingIdentifier,
-    seq: AtomicU16,
-    raw: bool,
+/// Which WAN probes leave through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub interface: String,
+    pub mark: u32,
 }
 
-impl IcmpProber {
-    /// A prober whose echo requests leave through `interface` with packet mark `mark`.
-    /// Needs CAP_NET_RAW (raw ICMP socket) and CAP_NET_ADMIN or CAP_NET_RAW (SO_MARK).
-    pub fn new(interface: &str, mark: u32) -> io::Result<Self> {
-        let config = surge_ping::Config::builder()
-            .kind(ICMP::V4)
-            .interface(interface)
-            .sock_type_hint(socket2::Type::RAW)
-            .build();
-        let client = Client::new(&config)?;
-        let socket = client.get_socket();
-        set_mark(socket.get_native_sock(), mark)?;
-        // Identifiers are per socket; a random one keeps replies to other pingers on the same
-        // device (another uplinkd, an operator's ping) from being taken for ours.
-        let ident = PingIdentifier(random_u16());
-        Ok(IcmpProber {
-            client,
-            ident,
-            seq: AtomicU16::new(random_u16()),
-            raw: socket.get_type() == socket2::Type::RAW,
+/// A non-blocking socket bound to the WAN's device and carrying its mark. Needs CAP_NET_RAW (or
+/// CAP_NET_ADMIN) for SO_MARK and SO_BINDTODEVICE.
+pub fn bound_socket(domain: Domain, ty: Type, proto: Protocol, b: &Binding) -> io::Result<Socket> {
+    let socket = Socket::new(domain, ty, Some(proto))?;
+    socket.set_nonblocking(true)?;
+    socket.bind_device(Some(b.interface.as_bytes()))?;
+    socket.set_mark(b.mark)?;
+    Ok(socket)
+}
+
+/// All probes of one link. ICMP sockets are opened on first use and kept; TCP, HTTP and DNS
+/// probes open a socket each.
+pub struct Prober {
+    binding: Binding,
+    icmp4: Option<IcmpSocket>,
+    icmp6: Option<IcmpSocket>,
+}
+
+impl Prober {
+    pub fn new(binding: Binding) -> Self {
+        Prober {
+            binding,
+            icmp4: None,
+            icmp6: None,
+        }
+    }
+
+    /// Open the ICMP sockets `targets` need (inside a tokio runtime).
+    pub fn open(&mut self, targets: &[Target]) -> io::Result<()> {
+        for t in targets {
+            if let Target::Icmp(a) = t {
+                let slot = if a.is_ipv6() {
+                    &mut self.icmp6
+                } else {
+                    &mut self.icmp4
+                };
+                if slot.is_none() {
+                    *slot = Some(IcmpSocket::new(&self.binding, a.is_ipv6())?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One probe of `target`, answered within `timeout` or failed.
+    pub async fn probe(&self, target: &Target, timeout: Duration) -> Result<Duration, ProbeError> {
+        match target {
+            Target::Icmp(a) => {
+                let socket = if a.is_ipv6() {
+                    &self.icmp6
+                } else {
+                    &self.icmp4
+                };
+                match socket {
+                    Some(s) => s.probe(*a, timeout).await,
+                    None => Err(ProbeError::Send(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "probe socket not open",
+                    ))),
+                }
+            }
+            _ => {
+                let start = Instant::now();
+                match tokio::time::timeout(timeout, self.transaction(target)).await {
+                    Ok(Ok(())) => Ok(start.elapsed()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ProbeError::Timeout(timeout)),
+                }
+            }
+        }
+    }
+
+    async fn transaction(&self, target: &Target) -> Result<(), ProbeError> {
+        match target {
+            Target::Icmp(_) => Err(ProbeError::Other("not a transaction".into())),
+            Target::Tcp(addr) => self.connect(*addr).await.map(drop),
+            Target::Http { addr, host, path } => {
+                let mut s = self.connect(*addr).await?;
+                let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: uplinkd-probe\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes())
+                    .await
+                    .map_err(|e| ProbeError::Rejected(format!("write: {e}")))?;
+                let status = read_status(&mut s).await?;
+                if (200..400).contains(&status) {
+                    Ok(())
+                } else {
+                    Err(ProbeError::Rejected(format!("HTTP status {status}")))
+                }
+            }
+            Target::Dns { server, name } => self.dns(*server, name).await,
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProbeError> {
+        let socket = bound_socket(
+            Domain::for_address(addr),
+            Type::STREAM,
+            Protocol::TCP,
+            &self.binding,
+        )
+        .map_err(ProbeError::Send)?;
+        let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+        socket.connect(addr).await.map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionRefused => ProbeError::Rejected("connection refused".into()),
+            _ => ProbeError::Send(e),
         })
     }
 
-    /// True when the kernel gave a raw socket; a datagram ICMP socket ignores our identifier.
-    pub fn is_raw(&self) -> bool {
-        self.raw
-    }
-
-    /// Send one echo request to `target` and wait up to `timeout` for the matching reply.
-    pub async fn probe(&self, target: Ipv4Addr, timeout: Duration) -> Result<Duration, ProbeError> {
-        let seq = PingSequence(self.seq.fetch_add(1, Ordering::Relaxed));
-        let mut pinger = self.client.pinger(IpAddr::V4(target), self.ident).await;
-        pinger.timeout(timeout);
-        match pinger.ping(seq, b"uplinkd-probe").await {
-            Ok((IcmpPacket::V4(reply), rtt)) => {
-                let t = reply.get_icmp_type().0;
-                if t == ICMP_ECHO_REPLY {
-                    Ok(rtt)
-                } else {
-                    Err(ProbeError::IcmpError {
-                        icmp_type: t,
-                        code: reply.get_icmp_code().0,
-                        from: IpAddr::V4(reply.get_source()),
-                    })
-                }
+    async fn dns(&self, server: SocketAddr, name: &str) -> Result<(), ProbeError> {
+        let socket = bound_socket(
+            Domain::for_address(server),
+            Type::DGRAM,
+            Protocol::UDP,
+            &self.binding,
+        )
+        .map_err(ProbeError::Send)?;
+        let any: SocketAddr = if server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|_| ProbeError::Other("bind".into()))?;
+        socket
+            .bind(&SockAddr::from(any))
+            .map_err(ProbeError::Send)?;
+        let socket =
+            UdpSocket::from_std(std::net::UdpSocket::from(socket)).map_err(ProbeError::Send)?;
+        let id = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), name) as u16;
+        let query = target::dns_query(id, name);
+        socket
+            .send_to(&query, server)
+            .await
+            .map_err(ProbeError::Send)?;
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await.map_err(ProbeError::Send)?;
+            if from != server {
+                continue;
             }
-            Ok((IcmpPacket::V6(_), _)) => Err(ProbeError::Other("unexpected ICMPv6 reply".into())),
-            Err(SurgeError::Timeout { .. }) => Err(ProbeError::Timeout(timeout)),
-            Err(SurgeError::IOError(e)) => Err(ProbeError::Send(e)),
-            Err(e) => Err(ProbeError::Other(e.to_string())),
+            match target::dns_answer(&buf[..n], id) {
+                None => continue,
+                Some(Ok(())) => return Ok(()),
+                Some(Err(why)) => return Err(ProbeError::Rejected(why)),
+            }
         }
     }
 }
 
-fn random_u16() -> u16 {
-    std::hash::RandomState::new().build_hasher().finish() as u16
-}
-
-/// SO_MARK is not in surge-ping's config; set it before the first send.
-#[allow(unsafe_code)]
-fn set_mark(fd: RawFd, mark: u32) -> io::Result<()> {
-    // SAFETY: `fd` is the open socket owned by the surge-ping client we hold; the borrow ends
-    // before this function returns, so it cannot outlive the descriptor.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    socket2::SockRef::from(&fd).set_mark(mark)
+/// Read an HTTP status line ("HTTP/1.1 200 OK") and return the status code.
+async fn read_status(s: &mut TcpStream) -> Result<u16, ProbeError> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.contains(&b'\n') && buf.len() < 1024 {
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ProbeError::Rejected(format!("read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let mut parts = line.split_whitespace();
+    match (parts.next(), parts.next().and_then(|c| c.parse().ok())) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/") => Ok(code),
+        _ => Err(ProbeError::Rejected("not an HTTP response".into())),
+    }
 }

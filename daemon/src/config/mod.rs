@@ -6,11 +6,12 @@
 mod raw;
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::parse_duration;
+pub use uplinkd_probes::Target;
 
 /// Most links uplinkd manages. It owns routing tables `table_base .. table_base + MAX_LINKS`
 /// and rule priorities `rule_priority ..= rule_priority + MAX_LINKS`, so objects left over from
@@ -40,7 +41,8 @@ pub struct Link {
     pub gateway: Option<Ipv4Addr>,
     /// Lower is preferred.
     pub priority: u32,
-    pub targets: Vec<IpAddr>,
+    /// What to probe through this link (see `uplinkd_probes::Target` for the syntax).
+    pub targets: Vec<Target>,
     /// Number of silent targets that make this link down (1 ..= targets).
     pub quorum: u32,
     /// Mark value of this link under [`Dataplane::mark_mask`].

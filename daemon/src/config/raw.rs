@@ -1,9 +1,11 @@
 //! The TOML file as written, and its validation into [`super::Config`].
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
+
 use std::path::PathBuf;
 use std::time::Duration;
+use uplinkd_probes::Target;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -515,27 +517,18 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
                 "must list at least one address to probe",
             );
         }
-        let mut targets = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         for t in l.targets.get_ref() {
-            match t.get_ref().parse::<IpAddr>() {
-                Ok(IpAddr::V4(a))
-                    if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() =>
-                {
-                    if targets.contains(&IpAddr::V4(a)) {
-                        c.err(t.span(), key("targets"), format!("{a} is listed twice"));
-                    }
-                    targets.push(IpAddr::V4(a));
+            match t.get_ref().parse::<Target>() {
+                Ok(target) if targets.contains(&target) => {
+                    c.err(
+                        t.span(),
+                        key("targets"),
+                        format!("{target} is listed twice"),
+                    );
                 }
-                Ok(IpAddr::V6(_)) => c.err(
-                    t.span(),
-                    key("targets"),
-                    format!("{:?}: IPv6 targets are not supported yet", t.get_ref()),
-                ),
-                _ => c.err(
-                    t.span(),
-                    key("targets"),
-                    format!("{:?} is not a usable IPv4 unicast address", t.get_ref()),
-                ),
+                Ok(target) => targets.push(target),
+                Err(e) => c.err(t.span(), key("targets"), e),
             }
         }
         let n = targets.len() as u32;
@@ -630,7 +623,7 @@ targets = []
 [[link]]
 name = "lte"
 interface = "wan1"
-targets = ["::1", "300.1.1.1"]
+targets = ["https://203.0.113.1/", "300.1.1.1"]
 
 [lan]
 interfaces = ["wan1"]

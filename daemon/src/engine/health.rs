@@ -350,6 +350,7 @@ impl LinkHealth {
             ProbeFailure::Timeout => "timed out",
             ProbeFailure::IcmpError => "got an ICMP error",
             ProbeFailure::SendError => "could not be sent",
+            ProbeFailure::Rejected => "was rejected",
         };
         let reason = format!(
             "{silent}/{} targets silent, {} probes lost in a row each (quorum {}; last probe {what})",

@@ -5,7 +5,7 @@
 mod health;
 pub mod sim;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -23,6 +23,9 @@ pub enum ProbeFailure {
     IcmpError,
     /// The send itself failed (e.g. ENETUNREACH when the interface is down).
     SendError,
+    /// The target answered, but not as the probe expects (TCP refused, HTTP status, DNS error):
+    /// the path may work, the check does not.
+    Rejected,
 }
 
 /// A probe the engine wants sent now: target `target` (index into the link's targets).
@@ -30,7 +33,6 @@ pub enum ProbeFailure {
 pub struct ProbeRequest {
     pub link: LinkId,
     pub target: usize,
-    pub addr: IpAddr,
     pub sent_at: Instant,
 }
 
@@ -120,11 +122,10 @@ impl Engine {
         let mut out = Vec::new();
         for (link, h) in self.links.iter_mut().enumerate() {
             if h.start_round(now, &self.config) {
-                for (target, &addr) in self.config.links[link].targets.iter().enumerate() {
+                for target in 0..self.config.links[link].targets.len() {
                     out.push(ProbeRequest {
                         link,
                         target,
-                        addr,
                         sent_at: now,
                     });
                 }

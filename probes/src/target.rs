@@ -1,0 +1,225 @@
+//! Probe targets as written in the configuration, and the DNS wire format the DNS probe needs.
+//!
+//! | written                                  | probe                                              |
+//! |------------------------------------------|----------------------------------------------------|
+//! | `203.0.113.10`, `2001:db8::10`           | ICMP / ICMPv6 echo                                 |
+//! | `icmp://203.0.113.10`                    | the same                                           |
+//! | `tcp://203.0.113.10:443`                 | TCP connect; a refused connection fails the probe  |
+//! | `http://203.0.113.10:8080/health`        | HTTP GET; status 200-399 passes                    |
+//! | `dns://203.0.113.53/example.com`         | DNS A query (port 53 unless given); needs an answer|
+//!
+//! Addresses are literals: a probe must not depend on name resolution through the link it tests.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Icmp(IpAddr),
+    Tcp(SocketAddr),
+    Http {
+        addr: SocketAddr,
+        host: String,
+        path: String,
+    },
+    Dns {
+        server: SocketAddr,
+        name: String,
+    },
+}
+
+impl Target {
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            Target::Icmp(a) => *a,
+            Target::Tcp(s) | Target::Http { addr: s, .. } | Target::Dns { server: s, .. } => s.ip(),
+        }
+    }
+}
+
+fn socket_addr(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    match (ip.parse::<IpAddr>(), default_port) {
+        (Ok(ip), Some(port)) => Ok(SocketAddr::new(ip, port)),
+        (Ok(_), None) => Err(format!("{s:?} needs a port, like 203.0.113.10:443")),
+        (Err(_), _) => Err(format!(
+            "{s:?} is not an IP address (host names are not resolved; use an address literal)"
+        )),
+    }
+}
+
+fn usable(ip: IpAddr) -> Result<(), String> {
+    if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
+        Err(format!("{ip} is not a unicast address"))
+    } else {
+        Ok(())
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s.split_once("://").unwrap_or(("icmp", s));
+        let t = match scheme {
+            "icmp" => Target::Icmp(
+                rest.parse()
+                    .map_err(|_| format!("{rest:?} is not an IP address (host names are not resolved; use an address literal)"))?,
+            ),
+            "tcp" => Target::Tcp(socket_addr(rest, None)?),
+            "http" => {
+                let (hostport, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+                let addr = socket_addr(hostport, Some(80))?;
+                Target::Http {
+                    addr,
+                    host: hostport.to_owned(),
+                    path: path.to_owned(),
+                }
+            }
+            "dns" => {
+                let (server, name) = rest
+                    .split_once('/')
+                    .ok_or_else(|| format!("{s:?}: expected dns://SERVER/NAME, like dns://203.0.113.53/example.com"))?;
+                let valid = !name.is_empty()
+                    && name.len() <= 253
+                    && name.trim_end_matches('.').split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+                if !valid {
+                    return Err(format!("{name:?} is not a valid DNS name"));
+                }
+                Target::Dns {
+                    server: socket_addr(server, Some(53))?,
+                    name: name.trim_end_matches('.').to_owned(),
+                }
+            }
+            "https" => return Err("https probes are not supported (no TLS in this build); use http:// or tcp://HOST:443".into()),
+            other => return Err(format!("unknown probe kind {other:?}: use an address, icmp://, tcp://, http:// or dns://")),
+        };
+        usable(t.addr())?;
+        Ok(t)
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Icmp(a) => write!(f, "{a}"),
+            Target::Tcp(s) => write!(f, "tcp://{s}"),
+            Target::Http { host, path, .. } => write!(f, "http://{host}{path}"),
+            Target::Dns { server, name } => write!(f, "dns://{server}/{name}"),
+        }
+    }
+}
+
+/// A recursive A query for `name` with transaction id `id`.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+    q
+}
+
+/// `None`: not a response to our query (wrong id); otherwise whether it answered.
+pub fn dns_answer(msg: &[u8], id: u16) -> Option<Result<(), String>> {
+    if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id || msg[2] & 0x80 == 0 {
+        return None;
+    }
+    let rcode = msg[3] & 0x0f;
+    let answers = u16::from_be_bytes([msg[6], msg[7]]);
+    Some(match (rcode, answers) {
+        (0, n) if n > 0 => Ok(()),
+        (0, _) => Err("DNS answer is empty".into()),
+        (r, _) => Err(format!("DNS rcode {r}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_every_kind() {
+        let t = |s: &str| s.parse::<Target>();
+        assert_eq!(
+            t("203.0.113.10"),
+            Ok(Target::Icmp("203.0.113.10".parse().unwrap()))
+        );
+        assert_eq!(
+            t("icmp://2001:db8::10"),
+            Ok(Target::Icmp("2001:db8::10".parse().unwrap()))
+        );
+        assert_eq!(
+            t("tcp://203.0.113.10:443"),
+            Ok(Target::Tcp("203.0.113.10:443".parse().unwrap()))
+        );
+        assert_eq!(
+            t("tcp://[2001:db8::1]:22"),
+            Ok(Target::Tcp("[2001:db8::1]:22".parse().unwrap()))
+        );
+        assert_eq!(
+            t("http://203.0.113.10:8080/health"),
+            Ok(Target::Http {
+                addr: "203.0.113.10:8080".parse().unwrap(),
+                host: "203.0.113.10:8080".into(),
+                path: "/health".into()
+            })
+        );
+        assert_eq!(
+            t("http://203.0.113.10").unwrap().to_string(),
+            "http://203.0.113.10/"
+        );
+        assert_eq!(
+            t("dns://203.0.113.53/example.com."),
+            Ok(Target::Dns {
+                server: "203.0.113.53:53".parse().unwrap(),
+                name: "example.com".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_probe() {
+        for bad in [
+            "example.com",
+            "tcp://203.0.113.10",
+            "http://example.com/",
+            "https://203.0.113.10/",
+            "dns://203.0.113.53",
+            "dns://203.0.113.53/bad..name",
+            "gopher://203.0.113.10",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn dns_wire_format() {
+        let q = dns_query(0xabcd, "example.com");
+        assert_eq!(&q[..4], &[0xab, 0xcd, 0x01, 0x00]);
+        assert_eq!(&q[12..25], b"\x07example\x03com\x00");
+        let mut r = q.clone();
+        r[2] |= 0x80;
+        assert_eq!(
+            dns_answer(&r, 0xabcd),
+            Some(Err("DNS answer is empty".into()))
+        );
+        r[7] = 1;
+        assert_eq!(dns_answer(&r, 0xabcd), Some(Ok(())));
+        r[3] |= 3;
+        assert_eq!(dns_answer(&r, 0xabcd), Some(Err("DNS rcode 3".into())));
+        assert_eq!(dns_answer(&r, 0x1111), None);
+        assert_eq!(dns_answer(&q, 0xabcd), None, "a query is not a response");
+    }
+}
