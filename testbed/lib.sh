@@ -2,8 +2,10 @@
 # Testbed library: a network-namespace topology with a LAN host, a router running the real
 # uplinkd, two ISPs and an "internet" with probe targets and a TCP server.
 #
-#   lan (10.99.0.2) ── lan0 [rtr] wan1 ── isp1 ── inet: 203.0.113.10-12 (targets)
-#                                 wan2 ── isp2 ──       198.51.100.10:8080 (server)
+#   lan (10.99.0.2) ── lan0 [rtr] wan1 ── isp1 ── inet: 203.0.113.10-12 (ICMP targets)
+#                                 wan2 ── isp2 ──       198.51.100.10: :8080 TCP server that
+#                                                       reports the client's address, :8081 HTTP,
+#                                                       :53 DNS (for the other probe kinds)
 #
 # Every namespace name carries a per-run id; tb_down removes all of them and is installed as an
 # EXIT trap by tb_up, so nothing is left behind on any exit path. No traffic leaves the
@@ -90,6 +92,9 @@ tb_up() {
     done
     for a in 203.0.113.10 203.0.113.11 203.0.113.12 $SERVER; do on inet ip addr add $a/32 dev lo; done
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" server $SERVER $PORT >"$TB_TMP/server.log" 2>&1 &
+    # Services for the TCP, HTTP and DNS probe kinds.
+    ip netns exec "$(ns inet)" python3 "$TB_TOOL" http $SERVER 8081 >"$TB_TMP/http.log" 2>&1 &
+    ip netns exec "$(ns inet)" python3 "$TB_TOOL" dns $SERVER 53 >"$TB_TMP/dns.log" 2>&1 &
     tb_wait 5 "server listening" on inet python3 "$TB_TOOL" whoami $SERVER $PORT >/dev/null
     tb_log "testbed $TB_ID up"
 }
@@ -128,9 +133,11 @@ tb_wait() {
 }
 
 # tb_config [EXTRA]: write the router's uplinkd config; EXTRA is appended verbatim.
-# TB_WAN1_GW= (empty) leaves WAN1's gateway to be learned from the main table.
+# TB_WAN1_GW= (empty) leaves WAN1's gateway to be learned from the main table; TB_WAN1_TARGETS
+# replaces WAN1's targets (a TOML array).
 tb_config() {
     local gw=${TB_WAN1_GW-100.64.1.1} gwline=
+    local targets=${TB_WAN1_TARGETS:-'["203.0.113.10", "203.0.113.11", "203.0.113.12"]'}
     [ -z "$gw" ] || gwline="gateway = \"$gw\""
     cat >"$TB_TMP/uplinkd.toml" <<EOT
 [[link]]
@@ -138,7 +145,7 @@ name = "wan1"
 interface = "wan1"
 $gwline
 priority = 1
-targets = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
+targets = $targets
 
 [[link]]
 name = "wan2"

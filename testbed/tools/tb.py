@@ -28,6 +28,37 @@ def server(args):
         threading.Thread(target=handle, args=(c, peer), daemon=True).start()
 
 
+def http(args):
+    """HTTP server: 200 for /health, 404 for anything else."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    http.server.ThreadingHTTPServer((args.addr, args.port), Handler).serve_forever()
+
+
+def dns(args):
+    """DNS responder: answers every A query with 192.0.2.1."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((args.addr, args.port))
+    while True:
+        q, peer = s.recvfrom(512)
+        if len(q) < 12:
+            continue
+        # Header: same id, QR + RD + RA, one question, one answer; then the question as asked
+        # and an answer pointing back at it (name pointer 0xc00c).
+        end = q.index(b"\0", 12) + 5
+        answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 1])
+        s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + q[12:end] + answer, peer)
+
+
 def whoami(addr, port, timeout):
     """Source address the server saw for a new connection, or None."""
     try:
@@ -81,6 +112,8 @@ def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("server"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a = sub.add_parser("http"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a = sub.add_parser("dns"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("whoami"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--timeout", type=float, default=1.0)
     a = sub.add_parser("until"); a.add_argument("addr"); a.add_argument("port", type=int)
@@ -89,6 +122,10 @@ def main():
     args = p.parse_args()
     if args.cmd == "server":
         server(args)
+    elif args.cmd == "http":
+        http(args)
+    elif args.cmd == "dns":
+        dns(args)
     elif args.cmd == "whoami":
         sys.exit(cmd_whoami(args))
     else:
