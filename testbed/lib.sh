@@ -6,6 +6,7 @@
 #                                 wan2 ── isp2 ──       198.51.100.10: :8080 TCP server that
 #                                                       reports the client's address, :8081 HTTP,
 #                                                       :53 DNS (for the other probe kinds)
+#   IPv6 too: WANs 2001:db8:1::2 and 2001:db8:2::2, targets 2001:db8:ff::10-12.
 #
 # Every namespace name carries a per-run id; tb_down removes all of them and is installed as an
 # EXIT trap by tb_up, so nothing is left behind on any exit path. No traffic leaves the
@@ -91,6 +92,22 @@ tb_up() {
         on inet ip route add 100.64.$i.0/24 via 10.20$i.0.1
     done
     for a in 203.0.113.10 203.0.113.11 203.0.113.12 $SERVER; do on inet ip addr add $a/32 dev lo; done
+
+    # IPv6 alongside (probe targets 2001:db8:ff::10-12): documentation prefixes, no DAD delays.
+    local h6
+    for h6 in lan rtr isp1 isp2 inet; do on $h6 sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0; done
+    on rtr sysctl -qw net.ipv6.conf.all.forwarding=1
+    for i in 1 2; do
+        on rtr ip -6 addr add 2001:db8:$i::2/64 dev wan$i nodad
+        on isp$i ip -6 addr add 2001:db8:$i::1/64 dev cpe nodad
+        on isp$i ip -6 addr add 2001:db8:20$i::1/64 dev core nodad
+        on isp$i ip -6 route add default via 2001:db8:20$i::2
+        on isp$i sysctl -qw net.ipv6.conf.all.forwarding=1
+        on inet ip -6 addr add 2001:db8:20$i::2/64 dev isp$i nodad
+        on inet ip -6 route add 2001:db8:$i::/64 via 2001:db8:20$i::1
+        on rtr ip -6 route add default via 2001:db8:$i::1 dev wan$i metric ${i}00
+    done
+    for a in 2001:db8:ff::10 2001:db8:ff::11 2001:db8:ff::12; do on inet ip -6 addr add $a/128 dev lo; done
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" server $SERVER $PORT >"$TB_TMP/server.log" 2>&1 &
     # Services for the TCP, HTTP and DNS probe kinds.
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" http $SERVER 8081 >"$TB_TMP/http.log" 2>&1 &
