@@ -80,7 +80,7 @@ pub fn render(d: &DesiredState) -> Ruleset {
             },
         ]);
     }
-    // New LAN flows get the mark of the link chosen for them, remembered in the ct mark.
+    // New LAN flows get the mark of the link chosen for them, which routes them to its table.
     if let Some(l) = d.steer_to.and_then(|i| d.links.get(i)) {
         for lan in &d.lan_interfaces {
             pre.push(vec![
@@ -90,17 +90,26 @@ pub fn render(d: &DesiredState) -> Ruleset {
                     mask,
                     value: l.mark,
                 },
+            ]);
+        }
+    }
+    // A nat chain sees the first packet of each flow only: there the flow's ct mark records the
+    // link it actually left through. Flows that stay inside (LAN to LAN, to the router) never
+    // get one, so a failover's purge and resets cannot touch them; router-originated flows out
+    // a WAN do get one.
+    let post = d
+        .links
+        .iter()
+        .map(|l| {
+            vec![
+                Op::OifName(l.interface.clone()),
                 Op::SetCtMark {
                     mask,
                     value: l.mark,
                 },
-            ]);
-        }
-    }
-    let post = d
-        .links
-        .iter()
-        .map(|l| vec![Op::OifName(l.interface.clone()), Op::Masquerade])
+                Op::Masquerade,
+            ]
+        })
         .collect();
     Ruleset {
         chains: vec![
@@ -313,12 +322,12 @@ mod tests {
   chain prerouting { type filter hook prerouting priority -150; policy accept;
     ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
     ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
-    iifname "lan0" ct state new meta mark set meta mark & 0xffff00ff | 0x200 ct mark set ct mark & 0xffff00ff | 0x200
-    iifname "lan1" ct state new meta mark set meta mark & 0xffff00ff | 0x200 ct mark set ct mark & 0xffff00ff | 0x200
+    iifname "lan0" ct state new meta mark set meta mark & 0xffff00ff | 0x200
+    iifname "lan1" ct state new meta mark set meta mark & 0xffff00ff | 0x200
   }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
-    oifname "wan1" masquerade
-    oifname "wan2" masquerade
+    oifname "wan1" ct mark set ct mark & 0xffff00ff | 0x100 masquerade
+    oifname "wan2" ct mark set ct mark & 0xffff00ff | 0x200 masquerade
   }
 }"#;
         assert_eq!(text, want);
