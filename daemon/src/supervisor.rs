@@ -16,6 +16,7 @@ use uplinkd_probes::{Binding, ProbeError, Prober, Target};
 use crate::config::Config;
 use crate::control::{self, LinkStatus, Status, TransitionStatus};
 use crate::dataplane::monitor::{self, KernelEvent};
+use crate::dataplane::reset::{self, PurgeReport};
 use crate::dataplane::Dataplane;
 use crate::engine::{
     DesiredState, Engine, Event, LinkId, LinkState, ProbeFailure, ProbeOutcome, ProbeRequest,
@@ -42,7 +43,7 @@ impl Clock {
 
 struct PurgeDone {
     link: LinkId,
-    result: Result<Duration, crate::dataplane::Error>,
+    result: Result<PurgeReport, crate::dataplane::Error>,
 }
 
 /// Run until SIGTERM or SIGINT, then remove what we created (unless configured not to).
@@ -131,11 +132,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             Some(done) = purge_rx.recv() => {
                 match done.result {
-                    Ok(took) => {
-                        info!("link {}: conntrack entries purged in {:.1} ms", config.links[done.link].name, ms(took));
+                    Ok(r) => {
+                        let total = r.dump + r.stale + r.flush + r.tickle;
+                        info!(
+                            "link {}: purged {} flows, reset {} TCP clients in {:.1} ms (dump {:.1}, stale set {:.1}, flush {:.1}, tickle {:.1})",
+                            config.links[done.link].name, r.flows, r.tcp_reset, ms(total), ms(r.dump), ms(r.stale), ms(r.flush), ms(r.tickle)
+                        );
                         if let Some(t) = last[done.link].as_mut() {
-                            t.purge_ms = Some(ms(took));
+                            t.purge_ms = Some(ms(total));
+                            t.flows_purged = Some(r.flows);
+                            t.tcp_reset = Some(r.tcp_reset);
                         }
+                        dp.remember_stale(r.stale4, r.stale6);
                     }
                     Err(e) => error!("link {}: {:#}", config.links[done.link].name, anyhow::Error::new(e)),
                 }
@@ -162,6 +170,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 reason: t.reason.clone(),
                 steer_ms: None,
                 purge_ms: None,
+                flows_purged: None,
+                tcp_reset: None,
             });
         }
         let next = engine.desired();
@@ -189,7 +199,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         for t in &transitions {
-            purge_if_stranded(t, &desired, &purge_tx);
+            if stranded(t, &desired) {
+                let local = monitor::local_addrs(dp.handle()).await.unwrap_or_default();
+                spawn_purge(t.link, &desired, local, purge_tx.clone());
+            }
         }
         status_tx.send_replace(status(&engine, &desired, &last, clock));
     }
@@ -207,27 +220,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// After the steering moved away from a dead link, its conntrack entries are deleted so its
-/// flows stop using the dead link. Only when another link is usable: otherwise there is nowhere
-/// better to go, and killing the flows would only hurt.
-fn purge_if_stranded(t: &Transition, d: &DesiredState, tx: &mpsc::Sender<PurgeDone>) {
+/// After the steering moved away from a dead link, its flows are purged and their clients
+/// reset, so applications reconnect through a live link at once. Only when another link is
+/// usable: otherwise there is nowhere better to go, and killing the flows would only hurt.
+fn stranded(t: &Transition, d: &DesiredState) -> bool {
     let elsewhere = d.steer_to.is_some_and(|s| s != t.link && d.links[s].usable);
-    if !(t.to == LinkState::Down && t.from.usable() && elsewhere) {
-        return;
-    }
-    let (link, mark, mask) = (t.link, d.links[t.link].mark, d.mark_mask);
-    let tx = tx.clone();
+    t.to == LinkState::Down && t.from.usable() && elsewhere
+}
+
+/// Purge and reset off the event loop; later tickle rounds follow in the same task.
+fn spawn_purge(
+    link: LinkId,
+    d: &DesiredState,
+    local: Vec<std::net::IpAddr>,
+    tx: mpsc::Sender<PurgeDone>,
+) {
+    let (mark, mask, tickle_mark) = (d.links[link].mark, d.mark_mask, d.tickle_mark);
     tokio::spawn(async move {
-        let start = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            crate::dataplane::conntrack::flush_mark(mark, mask)
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map(|()| start.elapsed())
-        .map_err(|source| crate::dataplane::Error::Conntrack { mark, source });
+        let result =
+            tokio::task::spawn_blocking(move || reset::purge(mark, mask, tickle_mark, &local))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|source| crate::dataplane::Error::Purge { mark, source });
+        let flows = result
+            .as_ref()
+            .map(|r| r.tickle_flows.clone())
+            .unwrap_or_default();
         let _ = tx.send(PurgeDone { link, result }).await;
+        for _ in 1..reset::TICKLE_ROUNDS {
+            if flows.is_empty() {
+                break;
+            }
+            tokio::time::sleep(reset::TICKLE_GAP).await;
+            let f = flows.clone();
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || reset::tickle(&f, tickle_mark)).await
+            {
+                warn!("tickle round failed: {e}");
+            }
+        }
     });
 }
 

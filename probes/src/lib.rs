@@ -16,7 +16,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-pub use icmp::IcmpSocket;
+pub use icmp::{checksum, IcmpSocket};
 pub use target::Target;
 
 /// Why a probe got no usable answer.

@@ -108,6 +108,40 @@ def cmd_until(args):
     return 1
 
 
+def cmd_hold(args):
+    """Open a connection and keep it: --talk sends a line every 100 ms and reads the echo,
+    otherwise it waits in recv(). Prints 'seen ADDR', then how the connection ended with the
+    wall-clock time: 'reset T' (ECONNRESET), 'closed T', 'error T ERRNO' or 'alive' at --within."""
+    import errno
+    c = socket.create_connection((args.addr, args.port), timeout=2)
+    f = c.makefile("rb")
+    print("seen", f.readline().split()[1].decode(), flush=True)
+    c.settimeout(None)
+    deadline = time.time() + args.within
+    try:
+        while time.time() < deadline:
+            if args.talk:
+                c.sendall(b"ping\n")
+                c.settimeout(max(0.01, deadline - time.time()))
+                if not c.recv(64):
+                    print(f"closed {time.time():.3f}", flush=True)
+                    return 1
+                time.sleep(0.1)
+            else:
+                c.settimeout(max(0.01, deadline - time.time()))
+                if not c.recv(64):
+                    print(f"closed {time.time():.3f}", flush=True)
+                    return 1
+    except socket.timeout:
+        pass
+    except OSError as e:
+        what = "reset" if e.errno == errno.ECONNRESET else f"error {e.errno}"
+        print(f"{what} {time.time():.3f}", flush=True)
+        return 0
+    print("alive", flush=True)
+    return 1
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -119,6 +153,8 @@ def main():
     a = sub.add_parser("until"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--want", required=True); a.add_argument("--every", type=float, default=0.01)
     a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--within", type=float, default=10)
+    a = sub.add_parser("hold"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--talk", action="store_true"); a.add_argument("--within", type=float, default=30)
     args = p.parse_args()
     if args.cmd == "server":
         server(args)
@@ -128,6 +164,8 @@ def main():
         dns(args)
     elif args.cmd == "whoami":
         sys.exit(cmd_whoami(args))
+    elif args.cmd == "hold":
+        sys.exit(cmd_hold(args))
     else:
         sys.exit(cmd_until(args))
 

@@ -104,6 +104,14 @@ pub struct Dataplane {
     pub cleanup_on_exit: bool,
 }
 
+impl Dataplane {
+    /// The highest value under the mask, never given to a link: it marks the packets uplinkd
+    /// itself sends to reset stranded clients.
+    pub fn reserved_mark(&self) -> u32 {
+        self.mark_mask
+    }
+}
+
 impl Config {
     /// Worst-case time from a silent blackhole to a `down` decision with these settings. The
     /// first probe lost to the blackhole may be sent up to one calm `interval` after it and is

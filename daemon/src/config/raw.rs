@@ -407,7 +407,8 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
     }
     // Mark values count up from the lowest bit of the mask: 0 means "no link" (unmarked).
     let shift = dp.mark_mask.trailing_zeros();
-    let max_links = (dp.mark_mask >> shift).min(u32::MAX - 1);
+    // The all-ones value under the mask is reserved (see `Dataplane::reserved_mark`).
+    let max_links = (dp.mark_mask >> shift).saturating_sub(1);
     if raw.link.len() as u64 > u64::from(max_links) {
         let span = raw.link.last().map_or(0..0, |l| l.span());
         c.err(
@@ -673,7 +674,7 @@ interval = "5 parsecs"
         let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x1\n");
         let p = parse(&text).unwrap_err();
         assert!(p.iter().any(|p| p.key == "dataplane.mark_mask"), "{p:?}");
-        let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x30\n");
+        let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x70\n");
         let c = parse(&text).unwrap();
         assert_eq!((c.links[0].mark, c.links[1].mark), (0x10, 0x20));
     }

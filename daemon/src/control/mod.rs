@@ -74,8 +74,11 @@ pub struct TransitionStatus {
     pub reason: String,
     /// Decision → new steering live in the kernel.
     pub steer_ms: Option<f64>,
-    /// Time the conntrack purge of this link's flows took, when one ran.
+    /// When this transition stranded flows: how long purging them and resetting their clients
+    /// took, how many conntrack entries were purged and how many TCP clients were reset.
     pub purge_ms: Option<f64>,
+    pub flows_purged: Option<usize>,
+    pub tcp_reset: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

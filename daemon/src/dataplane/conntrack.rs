@@ -1,25 +1,75 @@
-//! Conntrack purge by mark over ctnetlink.
+//! Conntrack over ctnetlink: list and purge the flows of one link, selected by ct mark.
 //!
-//! A single IPCTNL_MSG_CT_DELETE that carries only CTA_MARK and CTA_MARK_MASK makes the kernel
-//! flush every entry whose `ct mark & mask == mark` (net/netfilter/nf_conntrack_netlink.c,
-//! `ctnetlink_del_conntrack` → `ctnetlink_flush_conntrack`). With nfgenmsg version 0 no family
-//! filter applies, so IPv4 and IPv6 entries go together. Nothing outside the mark is touched.
-//! The call blocks for the whole walk (≈0.3 s for 100,000 entries): run it off the event loop.
+//! A dump that carries CTA_MARK and CTA_MARK_MASK is filtered in the kernel; a single
+//! IPCTNL_MSG_CT_DELETE carrying only those two attributes makes the kernel flush every entry
+//! whose `ct mark & mask == mark` (net/netfilter/nf_conntrack_netlink.c,
+//! `ctnetlink_del_conntrack` → `ctnetlink_flush_conntrack`). With nfgenmsg family AF_UNSPEC and
+//! version 0 no family filter applies, so IPv4 and IPv6 entries go together. Nothing outside the
+//! mark is touched. Both calls block for a walk of the whole table (≈0.3 s for 100,000 entries):
+//! run them off the event loop.
 
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const CTA_MARK: u16 = 8;
-const CTA_MARK_MASK: u16 = 21;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLA_TYPE_MASK: u16 = 0x3fff;
 
-/// The request bytes: nlmsghdr, nfgenmsg, two u32 attributes (network byte order).
-fn flush_request(mark: u32, mask: u32, seq: u32) -> Vec<u8> {
+// Attribute numbers from linux/netfilter/nfnetlink_conntrack.h.
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_MARK: u16 = 8;
+const CTA_MARK_MASK: u16 = 21;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+
+pub const IPPROTO_TCP: u8 = 6;
+/// TCP conntrack states (enum tcp_conntrack) in which both ends may still send.
+const TCP_SYN_SENT: u8 = 1;
+const TCP_SYN_RECV: u8 = 2;
+const TCP_ESTABLISHED: u8 = 3;
+
+/// A flow in its original direction (as the client sent it, before NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Flow {
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP only: the conntrack TCP state.
+    pub tcp_state: Option<u8>,
+}
+
+impl Flow {
+    /// A TCP flow whose client may still be waiting for data: worth a reset.
+    pub fn tcp_open(&self) -> bool {
+        self.proto == IPPROTO_TCP
+            && matches!(
+                self.tcp_state,
+                Some(TCP_SYN_SENT | TCP_SYN_RECV | TCP_ESTABLISHED)
+            )
+    }
+}
+
+fn request(kind: u16, flags: u16, seq: u32, mark: u32, mask: u32) -> Vec<u8> {
     let attr = |buf: &mut Vec<u8>, kind: u16, value: u32| {
         buf.extend_from_slice(&8u16.to_ne_bytes());
         buf.extend_from_slice(&kind.to_ne_bytes());
@@ -27,8 +77,8 @@ fn flush_request(mark: u32, mask: u32, seq: u32) -> Vec<u8> {
     };
     let mut b = Vec::with_capacity(36);
     b.extend_from_slice(&36u32.to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    b.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: family AF_UNSPEC, version NFNETLINK_V0, res_id 0.
@@ -38,55 +88,191 @@ fn flush_request(mark: u32, mask: u32, seq: u32) -> Vec<u8> {
     b
 }
 
-/// Delete every conntrack entry with `ct mark & mask == mark`.
-pub fn flush_mark(mark: u32, mask: u32) -> io::Result<()> {
+fn open() -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// Netlink messages in a buffer: (type, sequence, payload after the 16-byte header).
+fn messages(buf: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 16 > buf.len() {
+            return None;
+        }
+        let h = &buf[off..];
+        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            off = buf.len();
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            )));
+        }
+        let kind = u16::from_ne_bytes([h[4], h[5]]);
+        let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+        off += (len + 3) & !3;
+        Some(Ok((kind, seq, &h[16..len])))
+    })
+}
+
+/// The errno of an NLMSG_ERROR payload (0 is an acknowledgement).
+fn error_code(payload: &[u8]) -> i32 {
+    payload.get(..4).map_or(-libc::EINVAL, |b| {
+        i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    })
+}
+
+/// Attributes in a buffer: (type without flags, payload).
+fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
+    attrs(buf).find(|(k, _)| *k == kind).map(|(_, p)| p)
+}
+
+fn ip(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
+        _ => None,
+    }
+}
+
+fn port(b: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(..2)?.try_into().ok()?))
+}
+
+/// Parse one conntrack message payload (after the netlink header).
+pub fn parse_flow(payload: &[u8]) -> Option<Flow> {
+    let body = payload.get(4..)?; // nfgenmsg
+    let orig = find(body, CTA_TUPLE_ORIG)?;
+    let ips = find(orig, CTA_TUPLE_IP)?;
+    let src = find(ips, CTA_IP_V4_SRC)
+        .or_else(|| find(ips, CTA_IP_V6_SRC))
+        .and_then(ip)?;
+    let dst = find(ips, CTA_IP_V4_DST)
+        .or_else(|| find(ips, CTA_IP_V6_DST))
+        .and_then(ip)?;
+    let proto = find(orig, CTA_TUPLE_PROTO)?;
+    let num = *find(proto, CTA_PROTO_NUM)?.first()?;
+    let tcp_state = find(body, CTA_PROTOINFO)
+        .and_then(|p| find(p, CTA_PROTOINFO_TCP))
+        .and_then(|t| find(t, CTA_PROTOINFO_TCP_STATE))
+        .and_then(|s| s.first().copied());
+    Some(Flow {
+        proto: num,
+        src,
+        dst,
+        sport: find(proto, CTA_PROTO_SRC_PORT).and_then(port).unwrap_or(0),
+        dport: find(proto, CTA_PROTO_DST_PORT).and_then(port).unwrap_or(0),
+        tcp_state,
+    })
+}
+
+/// Every flow with `ct mark & mask == mark`, IPv4 and IPv6.
+pub fn dump_mark(mark: u32, mask: u32) -> io::Result<Vec<Flow>> {
+    let socket = open()?;
     let seq = 1;
-    socket.send(&flush_request(mark, mask, seq), 0)?;
+    socket.send(
+        &request(
+            IPCTNL_MSG_CT_GET,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            mark,
+            mask,
+        ),
+        0,
+    )?;
+    let mut flows = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        for m in messages(&buf[..n]) {
+            let (kind, msg_seq, payload) = m?;
+            if msg_seq != seq {
+                continue;
+            }
+            match kind {
+                NLMSG_DONE => return Ok(flows),
+                NLMSG_ERROR => return Err(io::Error::from_raw_os_error(-error_code(payload))),
+                _ => flows.extend(parse_flow(payload)),
+            }
+        }
+    }
+}
+
+/// Delete every conntrack entry with `ct mark & mask == mark`.
+pub fn flush_mark(mark: u32, mask: u32) -> io::Result<()> {
+    let socket = open()?;
+    let seq = 1;
+    socket.send(
+        &request(
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            mark,
+            mask,
+        ),
+        0,
+    )?;
     let mut buf = vec![0u8; 8192];
     loop {
         let n = socket.recv(&mut &mut buf[..], 0)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len =
-                u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            let msg_seq =
-                u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-            if len < 16 || off + len > n {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink reply",
-                ));
-            }
-            if kind == NLMSG_ERROR && msg_seq == seq && len >= 20 {
-                let code = i32::from_ne_bytes([
-                    buf[off + 16],
-                    buf[off + 17],
-                    buf[off + 18],
-                    buf[off + 19],
-                ]);
+        for m in messages(&buf[..n]) {
+            let (kind, msg_seq, payload) = m?;
+            if kind == NLMSG_ERROR && msg_seq == seq {
                 // ENOENT: nothing carried that mark.
-                return match code {
+                return match error_code(payload) {
                     0 => Ok(()),
                     c if -c == libc::ENOENT => Ok(()),
                     c => Err(io::Error::from_raw_os_error(-c)),
                 };
             }
-            off += (len + 3) & !3;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(payload);
+        while b.len() % 4 != 0 {
+            b.push(0);
+        }
+        b
+    }
 
     #[test]
     fn request_layout() {
-        let b = flush_request(0x100, 0xff00, 7);
+        let b = request(
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            7,
+            0x100,
+            0xff00,
+        );
         assert_eq!(b.len(), 36);
         assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 0x102);
         assert_eq!(&b[16..20], &[0, 0, 0, 0]);
@@ -94,5 +280,50 @@ mod tests {
         assert_eq!(&b[24..28], &0x100u32.to_be_bytes());
         assert_eq!(u16::from_ne_bytes([b[30], b[31]]), CTA_MARK_MASK);
         assert_eq!(&b[32..36], &0xff00u32.to_be_bytes());
+    }
+
+    #[test]
+    fn parses_a_tcp_flow() {
+        let ips = [
+            nla(CTA_IP_V4_SRC, &[10, 99, 0, 2]),
+            nla(CTA_IP_V4_DST, &[198, 51, 100, 10]),
+        ]
+        .concat();
+        let proto = [
+            nla(CTA_PROTO_NUM, &[6]),
+            nla(CTA_PROTO_SRC_PORT, &40000u16.to_be_bytes()),
+            nla(CTA_PROTO_DST_PORT, &8080u16.to_be_bytes()),
+        ]
+        .concat();
+        let orig = [
+            nla(CTA_TUPLE_IP | 0x8000, &ips),
+            nla(CTA_TUPLE_PROTO | 0x8000, &proto),
+        ]
+        .concat();
+        let tcp = nla(
+            CTA_PROTOINFO_TCP | 0x8000,
+            &nla(CTA_PROTOINFO_TCP_STATE, &[3]),
+        );
+        let payload = [
+            vec![2, 0, 0, 0],
+            nla(CTA_TUPLE_ORIG | 0x8000, &orig),
+            nla(CTA_PROTOINFO | 0x8000, &tcp),
+        ]
+        .concat();
+        let f = parse_flow(&payload).unwrap();
+        assert_eq!(
+            f,
+            Flow {
+                proto: 6,
+                src: "10.99.0.2".parse().unwrap(),
+                dst: "198.51.100.10".parse().unwrap(),
+                sport: 40000,
+                dport: 8080,
+                tcp_state: Some(3),
+            }
+        );
+        assert!(f.tcp_open());
+        assert_eq!(parse_flow(&payload[..10]), None);
+        assert_eq!(parse_flow(&[]), None);
     }
 }

@@ -5,6 +5,8 @@
 pub mod conntrack;
 pub mod monitor;
 pub mod nft;
+mod nft_ext;
+pub mod reset;
 pub mod routes;
 
 use std::time::{Duration, Instant};
@@ -17,8 +19,8 @@ pub enum Error {
     Nft(#[source] std::io::Error),
     #[error("failed to converge routing rules and tables")]
     Route(#[source] rtnetlink::Error),
-    #[error("failed to flush conntrack entries with mark {mark:#x}")]
-    Conntrack {
+    #[error("failed to purge the flows with mark {mark:#x}")]
+    Purge {
         mark: u32,
         #[source]
         source: std::io::Error,
@@ -43,6 +45,8 @@ pub struct Dataplane {
     /// Ruleset last written to the kernel; a new one is written only when it differs, or when
     /// our table has disappeared.
     applied: Option<nft::Ruleset>,
+    /// Stale-set keys of recent purges, until they expire: re-added after a table replacement.
+    stale: Vec<(Instant, Vec<nft::StaleKey4>, Vec<nft::StaleKey6>)>,
 }
 
 impl Dataplane {
@@ -54,6 +58,7 @@ impl Dataplane {
             handle,
             table_base,
             applied: None,
+            stale: Vec::new(),
         })
     }
 
@@ -71,9 +76,24 @@ impl Dataplane {
             || (verify && !blocking(nft::exists).await.map_err(Error::Nft)?);
         if stale {
             let r = rules.clone();
-            blocking(move || nft::replace(&r))
-                .await
-                .map_err(Error::Nft)?;
+            let now = Instant::now();
+            self.stale.retain(|(t, _, _)| *t > now);
+            let v4: Vec<_> = self
+                .stale
+                .iter()
+                .flat_map(|(_, v4, _)| v4.iter().copied())
+                .collect();
+            let v6: Vec<_> = self
+                .stale
+                .iter()
+                .flat_map(|(_, _, v6)| v6.iter().copied())
+                .collect();
+            blocking(move || {
+                nft::replace(&r)?;
+                nft::add_stale(&v4, &v6)
+            })
+            .await
+            .map_err(Error::Nft)?;
             self.applied = Some(rules);
             report.nft_replaced = true;
         }
@@ -89,13 +109,12 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// Delete every conntrack entry of the link with `mark`, off the event loop.
-    pub async fn purge(&self, mark: u32, mask: u32) -> Result<Duration, Error> {
-        let t = Instant::now();
-        blocking(move || conntrack::flush_mark(mark, mask))
-            .await
-            .map_err(|source| Error::Conntrack { mark, source })?;
-        Ok(t.elapsed())
+    /// Remember the keys a purge put in the stale sets, so they survive a later replacement of
+    /// our table for as long as they matter.
+    pub fn remember_stale(&mut self, v4: Vec<nft::StaleKey4>, v6: Vec<nft::StaleKey6>) {
+        let until = Instant::now() + Duration::from_millis(nft::STALE_TIMEOUT_MS);
+        self.stale.retain(|(t, _, _)| *t > Instant::now());
+        self.stale.push((until, v4, v6));
     }
 
     /// Remove everything uplinkd created. Keeps going after an error and reports the first.

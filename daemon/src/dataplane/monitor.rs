@@ -82,6 +82,20 @@ pub async fn with_ipv4(h: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
     Ok(out)
 }
 
+/// Every address of the router, IPv4 and IPv6.
+pub async fn local_addrs(h: &Handle) -> Result<Vec<std::net::IpAddr>, rtnetlink::Error> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
+    Ok(addrs
+        .iter()
+        .flat_map(|a| &a.attributes)
+        .filter_map(|a| match a {
+            AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Subscribe to link, IPv4 address and IPv4 route events and forward them until the receiver
 /// goes away.
 pub fn spawn(tx: mpsc::Sender<KernelEvent>) -> io::Result<()> {

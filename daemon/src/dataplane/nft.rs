@@ -9,11 +9,16 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
 
-use nftnl::expr::{Bitwise, Cmp, CmpOp, Conntrack, InterfaceName, Masquerade, Meta, States};
+use nftnl::expr::{
+    Bitwise, Cmp, CmpOp, Conntrack, InterfaceName, Lookup, Masquerade, Meta, RejectionType, States,
+    Verdict,
+};
+use nftnl::set::Set;
 use nftnl::{
     Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
 };
 
+use super::nft_ext::{set_timeout, Base, ElemsReplace, FlowKey, Notrack, RawLoad};
 use crate::engine::DesiredState;
 
 /// The one table uplinkd owns (DESIGN.md §3).
@@ -23,6 +28,27 @@ pub const TABLE: &CStr = c"uplinkd";
 const PRIO_MANGLE: i32 = libc::NF_IP_PRI_MANGLE;
 /// Source NAT priority, where masquerade belongs.
 const PRIO_SRCNAT: i32 = libc::NF_IP_PRI_NAT_SRC;
+/// Filter priority for the forward chain.
+const PRIO_FILTER: i32 = libc::NF_IP_PRI_FILTER;
+/// Before conntrack (-200): where `notrack` works.
+const PRIO_RAW: i32 = libc::NF_IP_PRI_RAW;
+
+/// Killed IPv4 TCP flows: key = the 12 packet bytes from the IPv4 source address to the TCP
+/// destination port (`@nh,96,96` when the header has no options).
+pub const STALE4: &CStr = c"stale4";
+/// Killed IPv6 TCP flows: 36 bytes from the source address to the TCP destination port
+/// (`@nh,64,288` when TCP follows the fixed header directly).
+pub const STALE6: &CStr = c"stale6";
+pub type StaleKey4 = FlowKey<12>;
+pub type StaleKey6 = FlowKey<36>;
+/// Killed flows stay rejectable this long; their clients are reset within seconds, this only
+/// covers clients that come back late from sleep.
+pub const STALE_TIMEOUT_MS: u64 = 20 * 60 * 1000;
+/// Elements per message when adding to a stale set; a message must fit libnftnl's 64 KiB.
+const ELEMS_PER_MSG: usize = 1000;
+const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
+const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
+const TCP_FLAG_SYN: u8 = 0x02;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -45,6 +71,25 @@ pub enum Op {
         value: u32,
     },
     Masquerade,
+    /// `meta nfproto ipv4|ipv6`
+    NfProto(u8),
+    /// `meta l4proto tcp`
+    L4ProtoTcp,
+    /// `tcp flags & syn == 0`: not a connection attempt.
+    TcpNotSyn,
+    /// The packet's flow key is in a stale set (`@nh,OFFSET,LEN @set`).
+    StaleFlow {
+        v6: bool,
+    },
+    RejectTcpReset,
+    CtStateInvalid,
+    Drop,
+    /// `meta mark & mask == value`
+    MetaMarkIs {
+        mask: u32,
+        value: u32,
+    },
+    Notrack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +142,35 @@ pub fn render(d: &DesiredState) -> Ruleset {
     // link it actually left through. Flows that stay inside (LAN to LAN, to the router) never
     // get one, so a failover's purge and resets cannot touch them; router-originated flows out
     // a WAN do get one.
+    // Stranded TCP flows: after a failover their LAN packets are answered with a reset. Only
+    // flows uplinkd killed are in the sets; a SYN is never rejected, so a new connection that
+    // happens to reuse a killed flow's ports goes through. Invalid LAN packets (e.g. the FIN of a
+    // flow whose entry was deleted) are dropped rather than forwarded un-NATed.
+    let mut forward = Vec::new();
+    for lan in &d.lan_interfaces {
+        for (v6, proto) in [(false, NFPROTO_IPV4), (true, NFPROTO_IPV6)] {
+            forward.push(vec![
+                Op::IifName(lan.clone()),
+                Op::NfProto(proto),
+                Op::L4ProtoTcp,
+                Op::TcpNotSyn,
+                Op::StaleFlow { v6 },
+                Op::RejectTcpReset,
+            ]);
+        }
+    }
+    for lan in &d.lan_interfaces {
+        forward.push(vec![Op::IifName(lan.clone()), Op::CtStateInvalid, Op::Drop]);
+    }
+    // The tickles uplinkd sends to reset idle clients must not create conntrack entries: the
+    // client's answer has to meet the reject rule above, not a fresh entry.
+    let output = vec![vec![
+        Op::MetaMarkIs {
+            mask,
+            value: d.tickle_mark,
+        },
+        Op::Notrack,
+    ]];
     let post = d
         .links
         .iter()
@@ -119,6 +193,20 @@ pub fn render(d: &DesiredState) -> Ruleset {
                 kind: ChainType::Filter,
                 priority: PRIO_MANGLE,
                 rules: pre,
+            },
+            ChainPlan {
+                name: c"forward",
+                hook: Hook::Forward,
+                kind: ChainType::Filter,
+                priority: PRIO_FILTER,
+                rules: forward,
+            },
+            ChainPlan {
+                name: c"output",
+                hook: Hook::Out,
+                kind: ChainType::Filter,
+                priority: PRIO_RAW,
+                rules: output,
             },
             ChainPlan {
                 name: c"postrouting",
@@ -145,6 +233,20 @@ impl fmt::Display for Op {
                 write!(f, "ct mark set ct mark & {:#x} | {value:#x}", !mask)
             }
             Op::Masquerade => write!(f, "masquerade"),
+            Op::NfProto(p) => write!(
+                f,
+                "meta nfproto {}",
+                if *p == NFPROTO_IPV6 { "ipv6" } else { "ipv4" }
+            ),
+            Op::L4ProtoTcp => write!(f, "meta l4proto tcp"),
+            Op::TcpNotSyn => write!(f, "tcp flags & syn == 0"),
+            Op::StaleFlow { v6: false } => write!(f, "@nh,96,96 @stale4"),
+            Op::StaleFlow { v6: true } => write!(f, "@nh,64,288 @stale6"),
+            Op::RejectTcpReset => write!(f, "reject with tcp reset"),
+            Op::CtStateInvalid => write!(f, "ct state invalid"),
+            Op::Drop => write!(f, "drop"),
+            Op::MetaMarkIs { mask, value } => write!(f, "meta mark & {mask:#x} == {value:#x}"),
+            Op::Notrack => write!(f, "notrack"),
         }
     }
 }
@@ -152,13 +254,28 @@ impl fmt::Display for Op {
 impl fmt::Display for Ruleset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table inet {} {{", TABLE.to_string_lossy())?;
+        for (name, len) in [(STALE4, 12), (STALE6, 36)] {
+            writeln!(
+                f,
+                "  set {} {{ type integer ({len} bytes); flags timeout; timeout {}s; }}",
+                name.to_string_lossy(),
+                STALE_TIMEOUT_MS / 1000
+            )?;
+        }
         for c in &self.chains {
             let kind = match c.kind {
                 ChainType::Nat => "nat",
                 ChainType::Route => "route",
                 ChainType::Filter => "filter",
             };
-            let hook = format!("{:?}", c.hook).to_lowercase();
+            let hook = match c.hook {
+                Hook::PreRouting => "prerouting",
+                Hook::In => "input",
+                Hook::Forward => "forward",
+                Hook::Out => "output",
+                Hook::PostRouting => "postrouting",
+                Hook::Ingress => "ingress",
+            };
             writeln!(
                 f,
                 "  chain {} {{ type {kind} hook {hook} priority {}; policy accept;",
@@ -183,6 +300,9 @@ pub fn replace(rules: &Ruleset) -> io::Result<()> {
     batch.add(&table, MsgType::Add);
     batch.add(&table, MsgType::Del);
     batch.add(&table, MsgType::Add);
+    let sets = StaleSets::new(&table);
+    batch.add(&sets.v4, MsgType::Add);
+    batch.add(&sets.v6, MsgType::Add);
     for c in &rules.chains {
         let mut chain = Chain::new(c.name, &table);
         chain.set_hook(c.hook, c.priority);
@@ -192,10 +312,51 @@ pub fn replace(rules: &Ruleset) -> io::Result<()> {
         for ops in &c.rules {
             let mut rule = Rule::new(&chain);
             for op in ops {
-                add_op(&mut rule, op)?;
+                add_op(&mut rule, op, &sets)?;
             }
             batch.add(&rule, MsgType::Add);
         }
+    }
+    send(&batch.finalize())
+}
+
+struct StaleSets<'a> {
+    v4: Set<'a, StaleKey4>,
+    v6: Set<'a, StaleKey6>,
+}
+
+impl<'a> StaleSets<'a> {
+    fn new(table: &'a Table) -> Self {
+        let v4 = Set::new_named(STALE4, 1, table, ProtoFamily::Inet);
+        let v6 = Set::new_named(STALE6, 2, table, ProtoFamily::Inet);
+        set_timeout(&v4, STALE_TIMEOUT_MS);
+        set_timeout(&v6, STALE_TIMEOUT_MS);
+        StaleSets { v4, v6 }
+    }
+}
+
+/// Add killed flows to the stale sets. Adding is cheap for the kernel (no RCU grace period, unlike
+/// deletes); an element already present only has its timeout renewed.
+pub fn add_stale(v4: &[StaleKey4], v6: &[StaleKey6]) -> io::Result<()> {
+    let table = Table::new(TABLE, ProtoFamily::Inet);
+    let sets = StaleSets::new(&table);
+    let mut batch = Batch::new();
+    let mut in_batch = 0;
+    for chunk in v4.chunks(ELEMS_PER_MSG) {
+        let mut set = Set::<StaleKey4>::new_named(STALE4, 1, &table, ProtoFamily::Inet);
+        chunk.iter().for_each(|k| set.add(k));
+        batch.add(&ElemsReplace(&set), MsgType::Add);
+        in_batch += 1;
+    }
+    for chunk in v6.chunks(ELEMS_PER_MSG) {
+        let mut set = Set::<StaleKey6>::new_named(STALE6, 2, &table, ProtoFamily::Inet);
+        chunk.iter().for_each(|k| set.add(k));
+        batch.add(&ElemsReplace(&set), MsgType::Add);
+        in_batch += 1;
+    }
+    drop(sets);
+    if in_batch == 0 {
+        return Ok(());
     }
     send(&batch.finalize())
 }
@@ -236,7 +397,7 @@ pub fn exists() -> io::Result<bool> {
     Ok(tables.contains(TABLE))
 }
 
-fn add_op(rule: &mut Rule<'_>, op: &Op) -> io::Result<()> {
+fn add_op(rule: &mut Rule<'_>, op: &Op, sets: &StaleSets<'_>) -> io::Result<()> {
     match op {
         Op::CtMarkIs { mask, value } => {
             rule.add_expr(&Conntrack::Mark { set: false });
@@ -269,6 +430,49 @@ fn add_op(rule: &mut Rule<'_>, op: &Op) -> io::Result<()> {
             rule.add_expr(&Conntrack::Mark { set: true });
         }
         Op::Masquerade => rule.add_expr(&Masquerade),
+        Op::NfProto(p) => {
+            rule.add_expr(&Meta::NfProto);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, *p));
+        }
+        Op::L4ProtoTcp => {
+            rule.add_expr(&Meta::L4Proto);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_TCP as u8));
+        }
+        Op::TcpNotSyn => {
+            rule.add_expr(&RawLoad {
+                base: Base::Transport,
+                offset: 13,
+                len: 1,
+            });
+            rule.add_expr(&Bitwise::new(TCP_FLAG_SYN, 0u8));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, 0u8));
+        }
+        Op::StaleFlow { v6 } => {
+            let (offset, len) = if *v6 { (8, 36) } else { (12, 12) };
+            rule.add_expr(&RawLoad {
+                base: Base::Network,
+                offset,
+                len,
+            });
+            if *v6 {
+                rule.add_expr(&Lookup::new(&sets.v6));
+            } else {
+                rule.add_expr(&Lookup::new(&sets.v4));
+            }
+        }
+        Op::RejectTcpReset => rule.add_expr(&Verdict::Reject(RejectionType::TcpRst)),
+        Op::CtStateInvalid => {
+            rule.add_expr(&Conntrack::State);
+            rule.add_expr(&Bitwise::new(States::INVALID.bits(), 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+        }
+        Op::Drop => rule.add_expr(&Verdict::Drop),
+        Op::MetaMarkIs { mask, value } => {
+            rule.add_expr(&Meta::Mark { set: false });
+            rule.add_expr(&Bitwise::new(*mask, 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, *value));
+        }
+        Op::Notrack => rule.add_expr(&Notrack),
     }
     Ok(())
 }
@@ -308,6 +512,7 @@ mod tests {
         };
         DesiredState {
             mark_mask: 0xff00,
+            tickle_mark: 0xff00,
             rule_priority: 1000,
             lan_interfaces: vec!["lan0".into(), "lan1".into()],
             links: vec![link(1, false), link(2, true)],
@@ -316,14 +521,27 @@ mod tests {
     }
 
     #[test]
-    fn renders_restore_steer_and_masquerade() {
+    fn renders_restore_steer_resets_and_masquerade() {
         let text = render(&state(Some(1))).to_string();
         let want = r#"table inet uplinkd {
+  set stale4 { type integer (12 bytes); flags timeout; timeout 1200s; }
+  set stale6 { type integer (36 bytes); flags timeout; timeout 1200s; }
   chain prerouting { type filter hook prerouting priority -150; policy accept;
     ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
     ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
     iifname "lan0" ct state new meta mark set meta mark & 0xffff00ff | 0x200
     iifname "lan1" ct state new meta mark set meta mark & 0xffff00ff | 0x200
+  }
+  chain forward { type filter hook forward priority 0; policy accept;
+    iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 @nh,96,96 @stale4 reject with tcp reset
+    iifname "lan0" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 @nh,64,288 @stale6 reject with tcp reset
+    iifname "lan1" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 @nh,96,96 @stale4 reject with tcp reset
+    iifname "lan1" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 @nh,64,288 @stale6 reject with tcp reset
+    iifname "lan0" ct state invalid drop
+    iifname "lan1" ct state invalid drop
+  }
+  chain output { type filter hook output priority -300; policy accept;
+    meta mark & 0xff00 == 0xff00 notrack
   }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
     oifname "wan1" ct mark set ct mark & 0xffff00ff | 0x100 masquerade

@@ -322,6 +322,7 @@ mod tests {
         };
         let d = DesiredState {
             mark_mask: 0xff00,
+            tickle_mark: 0xff00,
             rule_priority: 1000,
             lan_interfaces: vec![],
             links: vec![link(1), link(2)],

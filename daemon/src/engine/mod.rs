@@ -76,6 +76,8 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredState {
     pub mark_mask: u32,
+    /// Mark of the packets uplinkd sends to reset stranded clients (never a link's mark).
+    pub tickle_mark: u32,
     pub rule_priority: u32,
     pub lan_interfaces: Vec<String>,
     pub links: Vec<LinkPlan>,
@@ -188,6 +190,7 @@ impl Engine {
     pub fn desired(&self) -> DesiredState {
         DesiredState {
             mark_mask: self.config.dataplane.mark_mask,
+            tickle_mark: self.config.dataplane.reserved_mark(),
             rule_priority: self.config.dataplane.rule_priority,
             lan_interfaces: self.config.lan_interfaces.clone(),
             links: self

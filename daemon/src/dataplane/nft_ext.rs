@@ -1,0 +1,123 @@
+//! What the `nftnl` crate lacks, built on its public `Expression` trait and `nftnl_sys`:
+//! a payload load of any length (a whole flow key in consecutive registers), `notrack`, and
+//! named sets whose elements expire.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::ptr::NonNull;
+
+use nftnl::expr::Expression;
+use nftnl::nftnl_sys as sys;
+use nftnl::set::{Set, SetKey};
+use nftnl::{MsgType, NlMsg, Rule};
+
+/// Where a payload offset counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    Network,
+    Transport,
+}
+
+/// Load `len` bytes at `offset` of the network or transport header into register 1 and the
+/// registers after it (`@nh,OFFSET*8,LEN*8` in nft syntax). The kernel checks that the load fits
+/// the register file (64 bytes from register 1).
+pub struct RawLoad {
+    pub base: Base,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Expression for RawLoad {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let base = match self.base {
+            Base::Network => libc::NFT_PAYLOAD_NETWORK_HEADER,
+            Base::Transport => libc::NFT_PAYLOAD_TRANSPORT_HEADER,
+        } as u32;
+        // SAFETY: nftnl_expr_alloc returns a fresh expression or NULL (checked); the setters
+        // only copy the integers into it. Ownership passes to the caller (the rule).
+        unsafe {
+            let expr = alloc(c"payload");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, base);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_PAYLOAD_DREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            expr
+        }
+    }
+}
+
+/// `notrack`: conntrack skips the packet (only before conntrack, at priority raw).
+pub struct Notrack;
+
+impl Expression for Notrack {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as above; notrack has no attributes.
+        unsafe { alloc(c"notrack") }
+    }
+}
+
+/// # Safety
+/// `name` must be an expression type libnftnl knows.
+unsafe fn alloc(name: &CStr) -> NonNull<sys::nftnl_expr> {
+    // SAFETY: the caller passes a known name; a NULL result (out of memory) aborts, as the
+    // nftnl crate does for its own expressions.
+    match NonNull::new(unsafe { sys::nftnl_expr_alloc(name.as_ptr()) }) {
+        Some(e) => e,
+        None => std::process::abort(),
+    }
+}
+
+/// A flow key of `N` bytes: exactly the packet bytes a [`RawLoad`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> SetKey for FlowKey<N> {
+    /// nft's "integer" type: `nft list` prints the keys as numbers.
+    const TYPE: u32 = 4;
+    const LEN: u32 = N as u32;
+
+    fn data(&self) -> Box<[u8]> {
+        Box::new(self.0)
+    }
+}
+
+/// Make `set` one whose elements expire after `timeout_ms` (flag NFT_SET_TIMEOUT and a default
+/// timeout for every element).
+pub fn set_timeout<K>(set: &Set<'_, K>, timeout_ms: u64) {
+    let s = set.as_ptr().as_ptr();
+    // SAFETY: `s` is the live nftnl_set owned by `set`, which outlives this call; the setters
+    // copy the integers.
+    unsafe {
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_TIMEOUT as u32);
+        sys::nftnl_set_set_u64(s, sys::NFTNL_SET_TIMEOUT as u16, timeout_ms);
+    }
+}
+
+/// All elements of a set in one NEWSETELEM message, without NLM_F_EXCL: a flow killed twice
+/// within the timeout is no error.
+pub struct ElemsReplace<'s, 'a, K>(pub &'s Set<'a, K>);
+
+// SAFETY: `write` builds one message into `buf`, which the batch guarantees has room for
+// nft_nlmsg_maxsize() bytes; the caller keeps each set's elements below that (ELEMS_PER_MSG).
+unsafe impl<K> NlMsg for ElemsReplace<'_, '_, K> {
+    unsafe fn write(&self, buf: *mut std::ffi::c_void, seq: u32, _msg_type: MsgType) {
+        use nftnl::nftnl_sys as sys;
+        let flags = (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16;
+        // SAFETY: see the impl; the set pointer is live for the borrow of `self.0`.
+        unsafe {
+            let header = sys::nftnl_nlmsg_build_hdr(
+                buf.cast(),
+                libc::NFT_MSG_NEWSETELEM as u16,
+                nftnl::ProtoFamily::Inet as u16,
+                flags,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(header, self.0.as_ptr().as_ptr());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Making the dead link's flows fail fast, and only those (DESIGN.md §1 "Why resets, and how").
+//!
+//! After the new steering is live: list the link's flows (by ct mark), put its TCP flows in the
+//! stale sets (their LAN packets are then answered with a reset), delete every entry of the link
+//! (UDP and the rest re-NAT out a live link with their next packet), then send each LAN client of
+//! an open TCP flow a "tickle": an ACK that appears to come from the remote end with an
+//! out-of-window sequence. The client answers with a challenge ACK carrying its exact sequence
+//! numbers, which meets the reject rule and earns it a reset it accepts, even while it sits idle
+//! in recv(). Order matters: tickling before the delete would send the client's answer out the
+//! dead link, after which it ignores tickles for 500 ms (tcp_invalid_ratelimit).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::conntrack::{self, Flow, IPPROTO_TCP};
+use super::nft::{self, StaleKey4, StaleKey6};
+
+/// Tickle rounds after the first, this far apart: more than tcp_invalid_ratelimit (500 ms), so
+/// a client that missed one answers the next.
+pub const TICKLE_GAP: Duration = Duration::from_millis(700);
+/// Rounds in all (the first right after the delete).
+pub const TICKLE_ROUNDS: u32 = 3;
+
+/// What a purge did, and how long each step took.
+#[derive(Debug, Clone, Default)]
+pub struct PurgeReport {
+    /// Entries of the link (both directions counted once), IPv4 and IPv6.
+    pub flows: usize,
+    /// Open TCP flows of LAN clients: put in the stale sets and tickled.
+    pub tcp_reset: usize,
+    pub dump: Duration,
+    pub stale: Duration,
+    pub flush: Duration,
+    pub tickle: Duration,
+    /// The TCP flows to tickle again in later rounds.
+    pub tickle_flows: Vec<Flow>,
+    /// Keys added to the stale sets (to re-add if the table is replaced while they matter).
+    pub stale4: Vec<StaleKey4>,
+    pub stale6: Vec<StaleKey6>,
+}
+
+/// The key of a flow in the stale sets: the bytes of the client's packets from the source
+/// address to the TCP destination port.
+pub fn stale_key(f: &Flow) -> Option<Result<StaleKey4, StaleKey6>> {
+    let ports = [f.sport.to_be_bytes(), f.dport.to_be_bytes()].concat();
+    match (f.src, f.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut k = [0u8; 12];
+            k[..4].copy_from_slice(&s.octets());
+            k[4..8].copy_from_slice(&d.octets());
+            k[8..].copy_from_slice(&ports);
+            Some(Ok(crate::dataplane::nft_ext::FlowKey(k)))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut k = [0u8; 36];
+            k[..16].copy_from_slice(&s.octets());
+            k[16..32].copy_from_slice(&d.octets());
+            k[32..].copy_from_slice(&ports);
+            Some(Err(crate::dataplane::nft_ext::FlowKey(k)))
+        }
+        _ => None,
+    }
+}
+
+/// Purge the flows with `ct mark & mask == mark` and reset their LAN TCP clients (first tickle
+/// round included). `local` are the router's own addresses: flows it originated are purged but
+/// not tickled. Blocking: run off the event loop.
+pub fn purge(mark: u32, mask: u32, tickle_mark: u32, local: &[IpAddr]) -> io::Result<PurgeReport> {
+    let mut r = PurgeReport::default();
+    let t = Instant::now();
+    let flows = conntrack::dump_mark(mark, mask)?;
+    r.dump = t.elapsed();
+    r.flows = flows.len();
+    r.tickle_flows = flows
+        .into_iter()
+        .filter(|f| f.tcp_open() && !local.contains(&f.src))
+        .collect();
+    r.tickle_flows.sort();
+    r.tickle_flows.dedup();
+    r.tcp_reset = r.tickle_flows.len();
+    for k in r.tickle_flows.iter().filter_map(stale_key) {
+        match k {
+            Ok(k) => r.stale4.push(k),
+            Err(k) => r.stale6.push(k),
+        }
+    }
+    let t = Instant::now();
+    nft::add_stale(&r.stale4, &r.stale6)?;
+    r.stale = t.elapsed();
+    let t = Instant::now();
+    conntrack::flush_mark(mark, mask)?;
+    r.flush = t.elapsed();
+    let t = Instant::now();
+    tickle(&r.tickle_flows, tickle_mark)?;
+    r.tickle = t.elapsed();
+    Ok(r)
+}
+
+/// Send one tickle to the client of each flow. Returns how many went out.
+pub fn tickle(flows: &[Flow], mark: u32) -> io::Result<usize> {
+    let (mut v4, mut v6) = (None, None);
+    let mut sent = 0;
+    for f in flows.iter().filter(|f| f.proto == IPPROTO_TCP) {
+        let slot = if f.src.is_ipv6() { &mut v6 } else { &mut v4 };
+        if slot.is_none() {
+            *slot = Some(raw_socket(f.src.is_ipv6(), mark)?);
+        }
+        let Some(socket) = slot.as_ref() else {
+            continue;
+        };
+        let Some(packet) = tickle_packet(f) else {
+            continue;
+        };
+        // The port of a raw socket's address must be 0 (for IPv6 it would be the protocol).
+        match socket.send_to(&packet, &SockAddr::from(SocketAddr::new(f.src, 0))) {
+            Ok(_) => sent += 1,
+            Err(e) => tracing::debug!("tickle to {}:{}: {e}", f.src, f.sport),
+        }
+    }
+    Ok(sent)
+}
+
+/// A raw socket whose packets carry their own IP header (IPPROTO_RAW implies IP_HDRINCL, and
+/// its IPv6 equivalent) and uplinkd's tickle mark, so our table does not track them.
+fn raw_socket(v6: bool, mark: u32) -> io::Result<Socket> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+    socket.set_mark(mark)?;
+    Ok(socket)
+}
+
+/// The tickle for a flow: from the remote end (`dst:dport`) to the client (`src:sport`), ACK
+/// with sequence and acknowledgement 0 — out of window for any live connection.
+pub fn tickle_packet(f: &Flow) -> Option<Vec<u8>> {
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&f.dport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&f.sport.to_be_bytes());
+    tcp[12] = 5 << 4; // data offset: 5 words
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(40);
+    let mut p = match (f.dst, f.src) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            pseudo.extend_from_slice(&from.octets());
+            pseudo.extend_from_slice(&to.octets());
+            pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, 20]);
+            // The kernel fills in the total length, identification and checksum (raw(7)).
+            let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, IPPROTO_TCP, 0, 0];
+            ip.extend_from_slice(&from.octets());
+            ip.extend_from_slice(&to.octets());
+            ip
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            pseudo.extend_from_slice(&from.octets());
+            pseudo.extend_from_slice(&to.octets());
+            pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, IPPROTO_TCP]);
+            let mut ip = vec![0x60, 0, 0, 0, 0, 20, IPPROTO_TCP, 64];
+            ip.extend_from_slice(&from.octets());
+            ip.extend_from_slice(&to.octets());
+            ip
+        }
+        _ => return None,
+    };
+    pseudo.extend_from_slice(&tcp);
+    let sum = uplinkd_probes::checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&tcp);
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn flow(src: &str, dst: &str) -> Flow {
+        Flow {
+            proto: IPPROTO_TCP,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            sport: 40000,
+            dport: 443,
+            tcp_state: Some(3),
+        }
+    }
+
+    #[test]
+    fn stale_keys_are_the_client_packet_bytes() {
+        let Some(Ok(k)) = stale_key(&flow("10.99.0.2", "198.51.100.10")) else {
+            panic!()
+        };
+        assert_eq!(
+            k.0,
+            [10, 99, 0, 2, 198, 51, 100, 10, 0x9c, 0x40, 0x01, 0xbb]
+        );
+        let Some(Err(k)) = stale_key(&flow("2001:db8::2", "2001:db8:ff::10")) else {
+            panic!()
+        };
+        assert_eq!(&k.0[32..], &[0x9c, 0x40, 0x01, 0xbb]);
+    }
+
+    #[test]
+    fn tickles_come_from_the_remote_end_with_a_valid_checksum() {
+        let f = flow("10.99.0.2", "198.51.100.10");
+        let p = tickle_packet(&f).unwrap();
+        assert_eq!(p.len(), 40);
+        assert_eq!(&p[12..16], &[198, 51, 100, 10], "source is the remote end");
+        assert_eq!(&p[16..20], &[10, 99, 0, 2]);
+        assert_eq!(u16::from_be_bytes([p[20], p[21]]), 443);
+        assert_eq!(u16::from_be_bytes([p[22], p[23]]), 40000);
+        assert_eq!(p[33], 0x10, "ACK only");
+        let mut pseudo = [&p[12..20], &[0, 6, 0, 20][..], &p[20..]].concat();
+        assert_eq!(uplinkd_probes::checksum(&pseudo), 0);
+        pseudo.clear();
+        let p6 = tickle_packet(&flow("2001:db8::2", "2001:db8:ff::10")).unwrap();
+        assert_eq!(p6.len(), 60);
+        let pseudo6 = [&p6[8..40], &[0, 0, 0, 20, 0, 0, 0, 6][..], &p6[40..]].concat();
+        assert_eq!(uplinkd_probes::checksum(&pseudo6), 0);
+    }
+}
