@@ -5,7 +5,8 @@
 #   lan (10.99.0.2) ── lan0 [rtr] wan1 ── isp1 ── inet: 203.0.113.10-12 (ICMP targets)
 #                                 wan2 ── isp2 ──       198.51.100.10: :8080 TCP server that
 #                                                       reports the client's address, :8081 HTTP,
-#                                                       :53 DNS (for the other probe kinds)
+#                                                       :53 DNS (for the other probe kinds),
+#                                                       UDP :8080 answers "seen ADDR"
 #   IPv6 too: WANs 2001:db8:1::2 and 2001:db8:2::2, targets 2001:db8:ff::10-12.
 #
 # Every namespace name carries a per-run id; tb_down removes all of them and is installed as an
@@ -112,6 +113,7 @@ tb_up() {
     # Services for the TCP, HTTP and DNS probe kinds.
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" http $SERVER 8081 >"$TB_TMP/http.log" 2>&1 &
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" dns $SERVER 53 >"$TB_TMP/dns.log" 2>&1 &
+    ip netns exec "$(ns inet)" python3 "$TB_TOOL" udpserver $SERVER $PORT >"$TB_TMP/udp.log" 2>&1 &
     tb_wait 5 "server listening" on inet python3 "$TB_TOOL" whoami $SERVER $PORT >/dev/null
     tb_log "testbed $TB_ID up"
 }

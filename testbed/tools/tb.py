@@ -28,6 +28,40 @@ def server(args):
         threading.Thread(target=handle, args=(c, peer), daemon=True).start()
 
 
+def udpserver(args):
+    """UDP echo: answers every datagram with 'seen ADDR'."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((args.addr, args.port))
+    while True:
+        _, peer = s.recvfrom(512)
+        s.sendto(f"seen {peer[0]}".encode(), peer)
+
+
+def cmd_udp(args):
+    """One UDP socket (one flow) sending every 100 ms; prints the wall-clock time of the first
+    answer seen from --want, or 'timeout' after --within seconds."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.1)
+    s.connect((args.addr, args.port))
+    deadline = time.time() + args.within
+    first = True
+    while time.time() < deadline:
+        s.send(b"ping")
+        try:
+            seen = s.recv(512).decode().split()[1]
+        except (socket.timeout, OSError):
+            continue
+        if first:
+            print("first", seen, flush=True)
+            first = False
+        if seen == args.want:
+            print(f"{time.time():.3f}", flush=True)
+            return 0
+        time.sleep(0.1)
+    print("timeout", flush=True)
+    return 1
+
+
 def http(args):
     """HTTP server: 200 for /health, 404 for anything else."""
     import http.server
@@ -153,6 +187,9 @@ def main():
     a = sub.add_parser("until"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--want", required=True); a.add_argument("--every", type=float, default=0.01)
     a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--within", type=float, default=10)
+    a = sub.add_parser("udpserver"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a = sub.add_parser("udp"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--want", required=True); a.add_argument("--within", type=float, default=20)
     a = sub.add_parser("hold"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--talk", action="store_true"); a.add_argument("--within", type=float, default=30)
     args = p.parse_args()
@@ -164,6 +201,10 @@ def main():
         dns(args)
     elif args.cmd == "whoami":
         sys.exit(cmd_whoami(args))
+    elif args.cmd == "udpserver":
+        udpserver(args)
+    elif args.cmd == "udp":
+        sys.exit(cmd_udp(args))
     elif args.cmd == "hold":
         sys.exit(cmd_hold(args))
     else:
