@@ -170,6 +170,7 @@ targets = $targets
 name = "wan2"
 interface = "wan2"
 priority = 2
+failback = "${TB_WAN2_FAILBACK:-keep}"
 targets = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
 
 [lan]

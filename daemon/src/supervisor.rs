@@ -13,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 use uplinkd_probes::{Binding, ProbeError, Prober, Target};
 
-use crate::config::Config;
+use crate::config::{Config, Failback};
 use crate::control::{self, LinkStatus, Status, TransitionStatus};
 use crate::dataplane::monitor::{self, KernelEvent};
 use crate::dataplane::reset::{self, PurgeReport};
@@ -175,10 +175,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             });
         }
         let next = engine.desired();
+        let mut drain = None;
         if next != desired || reapply {
             match dp.apply(&next, reapply).await {
                 Ok(r) => {
                     if next.steer_to != desired.steer_to {
+                        drain = desired
+                            .steer_to
+                            .filter(|&from| draining(&config, from, &next));
                         info!(
                             "new flows now via {} (nft {:.1} ms, routes {:.1} ms)",
                             steer_name(&next),
@@ -198,11 +202,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Err(e) => error!("{:#}", anyhow::Error::new(e)),
             }
         }
-        for t in &transitions {
-            if stranded(t, &desired) {
-                let local = monitor::local_addrs(dp.handle()).await.unwrap_or_default();
-                spawn_purge(t.link, &desired, local, purge_tx.clone());
+        let purge: Vec<LinkId> = transitions
+            .iter()
+            .filter(|t| stranded(t, &desired))
+            .map(|t| t.link)
+            .chain(drain)
+            .collect();
+        for link in purge {
+            if drain == Some(link) {
+                info!(
+                    "link {}: new flows moved to {}; draining its flows (failback = \"drain\")",
+                    config.links[link].name,
+                    steer_name(&desired)
+                );
             }
+            let local = monitor::local_addrs(dp.handle()).await.unwrap_or_default();
+            spawn_purge(link, &desired, local, purge_tx.clone());
         }
         status_tx.send_replace(status(&engine, &desired, &last, clock));
     }
@@ -226,6 +241,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn stranded(t: &Transition, d: &DesiredState) -> bool {
     let elsewhere = d.steer_to.is_some_and(|s| s != t.link && d.links[s].usable);
     t.to == LinkState::Down && t.from.usable() && elsewhere
+}
+
+/// New flows just moved from the usable link `from` to a preferred one: with `failback =
+/// "drain"` its flows are reset too, so their clients reconnect through the preferred link
+/// (which the steering, already live, sends them to).
+fn draining(config: &Config, from: LinkId, next: &DesiredState) -> bool {
+    config.links[from].failback == Failback::Drain
+        && next.links[from].usable
+        && next
+            .steer_to
+            .is_some_and(|to| config.links[to].priority < config.links[from].priority)
 }
 
 /// Purge and reset off the event loop; later tickle rounds follow in the same task.

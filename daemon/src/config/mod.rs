@@ -45,10 +45,24 @@ pub struct Link {
     pub targets: Vec<Target>,
     /// Number of silent targets that make this link down (1 ..= targets).
     pub quorum: u32,
+    /// What happens to this link's flows when new flows move back to a preferred link.
+    pub failback: Failback,
     /// Mark value of this link under [`Dataplane::mark_mask`].
     pub mark: u32,
     /// Routing table holding this link's default route.
     pub table: u32,
+}
+
+/// What happens to a link's flows when a preferred link recovers and new flows move back to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    /// They stay (the default): nothing is interrupted that works.
+    #[default]
+    Keep,
+    /// They are reset (like a dead link's), so clients reconnect through the preferred link:
+    /// for a metered or slow backup.
+    Drain,
 }
 
 #[derive(Debug, Clone, PartialEq)]

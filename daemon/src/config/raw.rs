@@ -11,7 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, Control, Dataplane, Detection, Link, Probe, Problem, DEFAULT_SOCKET, MAX_LINKS,
+    Config, Control, Dataplane, Detection, Failback, Link, Probe, Problem, DEFAULT_SOCKET,
+    MAX_LINKS,
 };
 
 /// Kernel routing tables 253 (default), 254 (main) and 255 (local) are reserved, 0 is "unspec".
@@ -47,6 +48,8 @@ struct RawLink {
     priority: u32,
     targets: Spanned<Vec<Spanned<String>>>,
     quorum: Option<Spanned<u32>>,
+    #[serde(default)]
+    failback: Failback,
 }
 
 fn default_priority() -> u32 {
@@ -555,6 +558,7 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
         out.push(Link {
             name: name.clone(),
             quorum,
+            failback: l.failback,
             interface: l.interface.get_ref().clone(),
             gateway,
             priority: l.priority,
