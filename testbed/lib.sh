@@ -220,11 +220,11 @@ dead_target() { on "isp$1" nft -f - <<<"table inet target { chain drop_some { ty
 transitions() { grep -c "link $1: [a-z]* -> $2 " "$TB_TMP/uplinkd.log"; }
 carrier() { on "isp$1" ip link set cpe "$2"; }
 
-# hold NAME [--talk] [--within S]: keep a connection from the LAN host in the background; its
-# report goes to $TB_TMP/hold.NAME (see tb.py hold).
+# hold NAME [--talk] [--within S] [--bind ADDR]: keep a connection from the LAN host (or from
+# $HOLD_HOST) in the background; its report goes to $TB_TMP/hold.NAME (see tb.py hold).
 hold() {
     local name=$1; shift
-    ip netns exec "$(ns lan)" python3 "$TB_TOOL" hold $SERVER $PORT "$@" >"$TB_TMP/hold.$name" 2>&1 &
+    ip netns exec "$(ns "${HOLD_HOST:-lan}")" python3 "$TB_TOOL" hold $SERVER $PORT "$@" >"$TB_TMP/hold.$name" 2>&1 &
     tb_wait 5 "connection $name up" grep -q '^seen' "$TB_TMP/hold.$name"
 }
 # held NAME WORD: the held connection NAME ended with WORD (reset, closed, alive, ...).

@@ -133,15 +133,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some(done) = purge_rx.recv() => {
                 match done.result {
                     Ok(r) => {
-                        let total = r.dump + r.stale + r.flush + r.tickle;
+                        let total = r.dump + r.stale + r.flush + r.tickle + r.destroy;
                         info!(
-                            "link {}: purged {} flows, reset {} TCP clients in {:.1} ms (dump {:.1}, stale set {:.1}, flush {:.1}, tickle {:.1})",
-                            config.links[done.link].name, r.flows, r.tcp_reset, ms(total), ms(r.dump), ms(r.stale), ms(r.flush), ms(r.tickle)
+                            "link {}: purged {} flows, reset {} TCP clients, aborted {} router sockets in {:.1} ms (dump {:.1}, stale set {:.1}, flush {:.1}, tickle {:.1}, sockets {:.1})",
+                            config.links[done.link].name, r.flows, r.tcp_reset, r.sockets, ms(total), ms(r.dump), ms(r.stale), ms(r.flush), ms(r.tickle), ms(r.destroy)
                         );
                         if let Some(t) = last[done.link].as_mut() {
                             t.purge_ms = Some(ms(total));
                             t.flows_purged = Some(r.flows);
                             t.tcp_reset = Some(r.tcp_reset);
+                            t.sockets_aborted = Some(r.sockets);
                         }
                         dp.remember_stale(r.stale4, r.stale6);
                     }
@@ -172,6 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 purge_ms: None,
                 flows_purged: None,
                 tcp_reset: None,
+                sockets_aborted: None,
             });
         }
         let next = engine.desired();
@@ -216,8 +218,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     steer_name(&desired)
                 );
             }
-            let local = monitor::local_addrs(dp.handle()).await.unwrap_or_default();
-            spawn_purge(link, &desired, local, purge_tx.clone());
+            let addrs = monitor::local_addrs(dp.handle()).await.unwrap_or_default();
+            spawn_purge(link, &desired, addrs, purge_tx.clone());
         }
         status_tx.send_replace(status(&engine, &desired, &last, clock));
     }
@@ -258,17 +260,25 @@ fn draining(config: &Config, from: LinkId, next: &DesiredState) -> bool {
 fn spawn_purge(
     link: LinkId,
     d: &DesiredState,
-    local: Vec<std::net::IpAddr>,
+    addrs: Vec<(String, std::net::IpAddr)>,
     tx: mpsc::Sender<PurgeDone>,
 ) {
     let (mark, mask, tickle_mark) = (d.links[link].mark, d.mark_mask, d.tickle_mark);
+    let interface = &d.links[link].interface;
+    let link_addrs: Vec<_> = addrs
+        .iter()
+        .filter(|(i, _)| i == interface)
+        .map(|(_, a)| *a)
+        .collect();
+    let local: Vec<_> = addrs.into_iter().map(|(_, a)| a).collect();
     tokio::spawn(async move {
-        let result =
-            tokio::task::spawn_blocking(move || reset::purge(mark, mask, tickle_mark, &local))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-                .map_err(|source| crate::dataplane::Error::Purge { mark, source });
+        let result = tokio::task::spawn_blocking(move || {
+            reset::purge(mark, mask, tickle_mark, &local, &link_addrs)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| crate::dataplane::Error::Purge { mark, source });
         let flows = result
             .as_ref()
             .map(|r| r.tickle_flows.clone())

@@ -147,7 +147,8 @@ def cmd_hold(args):
     otherwise it waits in recv(). Prints 'seen ADDR', then how the connection ended with the
     wall-clock time: 'reset T' (ECONNRESET), 'closed T', 'error T ERRNO' or 'alive' at --within."""
     import errno
-    c = socket.create_connection((args.addr, args.port), timeout=2)
+    source = (args.bind, 0) if args.bind else None
+    c = socket.create_connection((args.addr, args.port), timeout=2, source_address=source)
     f = c.makefile("rb")
     print("seen", f.readline().split()[1].decode(), flush=True)
     c.settimeout(None)
@@ -192,6 +193,7 @@ def main():
     a.add_argument("--want", required=True); a.add_argument("--within", type=float, default=20)
     a = sub.add_parser("hold"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--talk", action="store_true"); a.add_argument("--within", type=float, default=30)
+    a.add_argument("--bind", help="local address to connect from")
     args = p.parse_args()
     if args.cmd == "server":
         server(args)

@@ -79,6 +79,8 @@ pub struct TransitionStatus {
     pub purge_ms: Option<f64>,
     pub flows_purged: Option<usize>,
     pub tcp_reset: Option<usize>,
+    /// Router-local TCP sockets bound to the link's addresses that were aborted.
+    pub sockets_aborted: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@ pub mod nft;
 mod nft_ext;
 pub mod reset;
 pub mod routes;
+pub mod sockets;
 
 use std::time::{Duration, Instant};
 

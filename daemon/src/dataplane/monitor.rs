@@ -82,16 +82,23 @@ pub async fn with_ipv4(h: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
     Ok(out)
 }
 
-/// Every address of the router, IPv4 and IPv6.
-pub async fn local_addrs(h: &Handle) -> Result<Vec<std::net::IpAddr>, rtnetlink::Error> {
+/// Every address of the router, IPv4 and IPv6, with the name of its interface.
+pub async fn local_addrs(h: &Handle) -> Result<Vec<(String, std::net::IpAddr)>, rtnetlink::Error> {
     use rtnetlink::packet_route::address::AddressAttribute;
+    let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
+    let names: BTreeMap<u32, String> = links
+        .iter()
+        .filter_map(|m| link_event(m, false).map(|e| (m.header.index, e.name)))
+        .collect();
     let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
     Ok(addrs
         .iter()
-        .flat_map(|a| &a.attributes)
-        .filter_map(|a| match a {
-            AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
+        .filter_map(|a| {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })?;
+            Some((names.get(&a.header.index)?.clone(), ip))
         })
         .collect())
 }

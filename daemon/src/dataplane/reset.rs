@@ -17,6 +17,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::conntrack::{self, Flow, IPPROTO_TCP};
 use super::nft::{self, StaleKey4, StaleKey6};
+use super::sockets;
 
 /// Tickle rounds after the first, this far apart: more than tcp_invalid_ratelimit (500 ms), so
 /// a client that missed one answers the next.
@@ -31,10 +32,13 @@ pub struct PurgeReport {
     pub flows: usize,
     /// Open TCP flows of LAN clients: put in the stale sets and tickled.
     pub tcp_reset: usize,
+    /// Router-local TCP sockets bound to the link's addresses, aborted.
+    pub sockets: usize,
     pub dump: Duration,
     pub stale: Duration,
     pub flush: Duration,
     pub tickle: Duration,
+    pub destroy: Duration,
     /// The TCP flows to tickle again in later rounds.
     pub tickle_flows: Vec<Flow>,
     /// Keys added to the stale sets (to re-add if the table is replaced while they matter).
@@ -66,9 +70,16 @@ pub fn stale_key(f: &Flow) -> Option<Result<StaleKey4, StaleKey6>> {
 }
 
 /// Purge the flows with `ct mark & mask == mark` and reset their LAN TCP clients (first tickle
-/// round included). `local` are the router's own addresses: flows it originated are purged but
-/// not tickled. Blocking: run off the event loop.
-pub fn purge(mark: u32, mask: u32, tickle_mark: u32, local: &[IpAddr]) -> io::Result<PurgeReport> {
+/// round included), then abort the router's own TCP sockets bound to `link_addrs`. `local` are
+/// all the router's addresses: flows it originated are purged but not tickled. Blocking: run off
+/// the event loop.
+pub fn purge(
+    mark: u32,
+    mask: u32,
+    tickle_mark: u32,
+    local: &[IpAddr],
+    link_addrs: &[IpAddr],
+) -> io::Result<PurgeReport> {
     let mut r = PurgeReport::default();
     let t = Instant::now();
     let flows = conntrack::dump_mark(mark, mask)?;
@@ -96,6 +107,11 @@ pub fn purge(mark: u32, mask: u32, tickle_mark: u32, local: &[IpAddr]) -> io::Re
     let t = Instant::now();
     tickle(&r.tickle_flows, tickle_mark)?;
     r.tickle = t.elapsed();
+    let t = Instant::now();
+    if !link_addrs.is_empty() {
+        r.sockets = sockets::destroy(&sockets::list(link_addrs)?)?;
+    }
+    r.destroy = t.elapsed();
     Ok(r)
 }
 

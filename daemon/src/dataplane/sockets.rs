@@ -1,0 +1,174 @@
+//! Router-local TCP sockets of a dead link: found with sock_diag and aborted with SOCK_DESTROY
+//! (linux/inet_diag.h), so programs on the router (a VPN client, a resolver over TCP) see
+//! ECONNABORTED at once instead of hanging on a source address that leads nowhere. Sockets bound
+//! to other addresses are untouched.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rtnetlink::sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+/// TCP states worth aborting: every state but LISTEN (10), TIME_WAIT (6) and CLOSE (7).
+const STATES: u32 = !((1 << 10) | (1 << 6) | (1 << 7));
+/// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
+const SOCKID_LEN: usize = 48;
+
+/// One socket as sock_diag identifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockId {
+    pub family: u8,
+    pub src: IpAddr,
+    /// The raw `inet_diag_sockid`, echoed back verbatim to destroy exactly this socket.
+    raw: [u8; SOCKID_LEN],
+}
+
+/// `struct inet_diag_req_v2` for TCP of `family`, states `STATES`, with `id`.
+fn req(family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
+    let mut r = vec![family, libc::IPPROTO_TCP as u8, 0, 0];
+    r.extend_from_slice(&STATES.to_ne_bytes());
+    r.extend_from_slice(id);
+    r
+}
+
+fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + payload.len());
+    m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+/// Parse `struct inet_diag_msg` (family, state, timer, retrans, id, ...).
+fn parse(payload: &[u8]) -> Option<SockId> {
+    let family = *payload.first()?;
+    let raw: [u8; SOCKID_LEN] = payload.get(4..4 + SOCKID_LEN)?.try_into().ok()?;
+    let src = if i32::from(family) == libc::AF_INET {
+        IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&raw[4..8]).ok()?))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&raw[4..20]).ok()?))
+    };
+    Some(SockId { family, src, raw })
+}
+
+fn open() -> io::Result<Socket> {
+    let mut s = Socket::new(NETLINK_SOCK_DIAG)?;
+    s.bind_auto()?;
+    s.connect(&SocketAddr::new(0, 0))?;
+    Ok(s)
+}
+
+fn netlink_messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        out.push((
+            u16::from_ne_bytes([buf[off + 4], buf[off + 5]]),
+            &buf[off + 16..off + len],
+        ));
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+fn errno(payload: &[u8]) -> i32 {
+    payload.get(..4).map_or(-libc::EINVAL, |b| {
+        i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    })
+}
+
+/// TCP sockets of this host whose local address is one of `addrs`.
+pub fn list(addrs: &[IpAddr]) -> io::Result<Vec<SockId>> {
+    let socket = open()?;
+    let mut found = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        socket.send(
+            &message(
+                SOCK_DIAG_BY_FAMILY,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                1,
+                &req(family, &[0; SOCKID_LEN]),
+            ),
+            0,
+        )?;
+        let mut buf = vec![0u8; 1 << 15];
+        'dump: loop {
+            let n = socket.recv(&mut &mut buf[..], 0)?;
+            for (kind, payload) in netlink_messages(&buf[..n]) {
+                match kind {
+                    NLMSG_DONE => break 'dump,
+                    NLMSG_ERROR => return Err(io::Error::from_raw_os_error(-errno(payload))),
+                    _ => found.extend(parse(payload).filter(|s| addrs.contains(&s.src))),
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Abort each socket; its owner sees ECONNABORTED. Returns how many were destroyed (a socket
+/// that closed in the meantime is not an error).
+pub fn destroy(sockets: &[SockId]) -> io::Result<usize> {
+    let socket = open()?;
+    let mut destroyed = 0;
+    let mut buf = vec![0u8; 4096];
+    for (i, s) in sockets.iter().enumerate() {
+        let seq = i as u32 + 1;
+        socket.send(
+            &message(
+                SOCK_DESTROY,
+                NLM_F_REQUEST | NLM_F_ACK,
+                seq,
+                &req(s.family, &s.raw),
+            ),
+            0,
+        )?;
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        for (kind, payload) in netlink_messages(&buf[..n]) {
+            if kind == NLMSG_ERROR {
+                match errno(payload) {
+                    0 => destroyed += 1,
+                    e if -e == libc::ENOENT => {}
+                    e => return Err(io::Error::from_raw_os_error(-e)),
+                }
+            }
+        }
+    }
+    Ok(destroyed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_a_socket_and_echoes_its_id() {
+        let mut msg = vec![libc::AF_INET as u8, 1, 0, 0];
+        let mut id = [0u8; SOCKID_LEN];
+        id[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        id[4..8].copy_from_slice(&[100, 64, 1, 2]);
+        id[40..44].copy_from_slice(&7u32.to_ne_bytes());
+        msg.extend_from_slice(&id);
+        msg.extend_from_slice(&[0; 20]);
+        let s = parse(&msg).unwrap();
+        assert_eq!(s.src, "100.64.1.2".parse::<IpAddr>().unwrap());
+        let r = req(s.family, &s.raw);
+        assert_eq!(r.len(), 56);
+        assert_eq!(&r[8..], &id[..]);
+        assert_eq!(parse(&msg[..10]), None);
+    }
+}
