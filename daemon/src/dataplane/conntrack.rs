@@ -217,6 +217,102 @@ pub fn dump_mark(mark: u32, mask: u32) -> io::Result<Vec<Flow>> {
     }
 }
 
+/// Create conntrack entries (for benchmarks and tests in a throwaway namespace): TCP flows in
+/// state ESTABLISHED with `mark`, expiring after `timeout_secs`. Sent in batches; only errors
+/// are acknowledged.
+pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
+    const IPCTNL_MSG_CT_NEW: u16 = 0;
+    const NLM_F_CREATE: u16 = 0x400;
+    const CTA_TUPLE_REPLY: u16 = 2;
+    const CTA_TIMEOUT: u16 = 7;
+    const NESTED: u16 = 0x8000;
+    fn nla(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(payload);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    fn tuple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let mut ips = Vec::new();
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                nla(&mut ips, CTA_IP_V4_SRC, &s.octets());
+                nla(&mut ips, CTA_IP_V4_DST, &d.octets());
+            }
+            (s, d) => {
+                let v6 = |a: IpAddr| match a {
+                    IpAddr::V6(a) => a.octets(),
+                    IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                };
+                nla(&mut ips, CTA_IP_V6_SRC, &v6(s));
+                nla(&mut ips, CTA_IP_V6_DST, &v6(d));
+            }
+        }
+        let mut p = Vec::new();
+        nla(&mut p, CTA_PROTO_NUM, &[proto]);
+        nla(&mut p, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
+        nla(&mut p, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+        let mut t = Vec::new();
+        nla(&mut t, CTA_TUPLE_IP | NESTED, &ips);
+        nla(&mut t, CTA_TUPLE_PROTO | NESTED, &p);
+        t
+    }
+    let socket = open()?;
+    let mut batch = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; 8192];
+    for (i, f) in flows.iter().enumerate() {
+        let mut body = vec![
+            if f.src.is_ipv6() {
+                libc::AF_INET6 as u8
+            } else {
+                libc::AF_INET as u8
+            },
+            0,
+            0,
+            0,
+        ];
+        nla(
+            &mut body,
+            CTA_TUPLE_ORIG | NESTED,
+            &tuple(f.src, f.dst, f.proto, f.sport, f.dport),
+        );
+        nla(
+            &mut body,
+            CTA_TUPLE_REPLY | NESTED,
+            &tuple(f.dst, f.src, f.proto, f.dport, f.sport),
+        );
+        let mut tcp = Vec::new();
+        nla(&mut tcp, CTA_PROTOINFO_TCP_STATE, &[TCP_ESTABLISHED]);
+        let mut info = Vec::new();
+        nla(&mut info, CTA_PROTOINFO_TCP | NESTED, &tcp);
+        nla(&mut body, CTA_PROTOINFO | NESTED, &info);
+        nla(&mut body, CTA_TIMEOUT, &timeout_secs.to_be_bytes());
+        nla(&mut body, CTA_MARK, &mark.to_be_bytes());
+        batch.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        batch.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW).to_ne_bytes());
+        batch.extend_from_slice(&(NLM_F_REQUEST | NLM_F_CREATE).to_ne_bytes());
+        batch.extend_from_slice(&(i as u32 + 1).to_ne_bytes());
+        batch.extend_from_slice(&0u32.to_ne_bytes());
+        batch.extend_from_slice(&body);
+        if batch.len() > 60_000 || i + 1 == flows.len() {
+            socket.send(&batch, 0)?;
+            batch.clear();
+            // Errors (if any) are waiting; without NLM_F_ACK success is silent.
+            while let Ok(n) = socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
+                for m in messages(&buf[..n]) {
+                    let (kind, _, payload) = m?;
+                    if kind == NLMSG_ERROR && error_code(payload) != 0 {
+                        return Err(io::Error::from_raw_os_error(-error_code(payload)));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Delete every conntrack entry with `ct mark & mask == mark`.
 pub fn flush_mark(mark: u32, mask: u32) -> io::Result<()> {
     let socket = open()?;

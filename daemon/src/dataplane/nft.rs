@@ -336,29 +336,25 @@ impl<'a> StaleSets<'a> {
 }
 
 /// Add killed flows to the stale sets. Adding is cheap for the kernel (no RCU grace period, unlike
-/// deletes); an element already present only has its timeout renewed.
+/// deletes); an element already present only has its timeout renewed. Each message of at most
+/// ELEMS_PER_MSG elements goes in a batch of its own: one batch must fit one 128 KiB send.
 pub fn add_stale(v4: &[StaleKey4], v6: &[StaleKey6]) -> io::Result<()> {
     let table = Table::new(TABLE, ProtoFamily::Inet);
-    let sets = StaleSets::new(&table);
-    let mut batch = Batch::new();
-    let mut in_batch = 0;
     for chunk in v4.chunks(ELEMS_PER_MSG) {
         let mut set = Set::<StaleKey4>::new_named(STALE4, 1, &table, ProtoFamily::Inet);
         chunk.iter().for_each(|k| set.add(k));
+        let mut batch = Batch::new();
         batch.add(&ElemsReplace(&set), MsgType::Add);
-        in_batch += 1;
+        send(&batch.finalize())?;
     }
     for chunk in v6.chunks(ELEMS_PER_MSG) {
         let mut set = Set::<StaleKey6>::new_named(STALE6, 2, &table, ProtoFamily::Inet);
         chunk.iter().for_each(|k| set.add(k));
+        let mut batch = Batch::new();
         batch.add(&ElemsReplace(&set), MsgType::Add);
-        in_batch += 1;
+        send(&batch.finalize())?;
     }
-    drop(sets);
-    if in_batch == 0 {
-        return Ok(());
-    }
-    send(&batch.finalize())
+    Ok(())
 }
 
 /// Remove our table, if it exists.
