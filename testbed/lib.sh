@@ -7,7 +7,8 @@
 #                                                       reports the client's address, :8081 HTTP,
 #                                                       :53 DNS (for the other probe kinds),
 #                                                       UDP :8080 answers "seen ADDR"
-#   IPv6 too: WANs 2001:db8:1::2 and 2001:db8:2::2, targets 2001:db8:ff::10-12.
+#   IPv6 too: LAN fd00:99::/64, WANs 2001:db8:1::2 and 2001:db8:2::2, targets
+#   2001:db8:ff::10-12, TCP server [2001:db8:ff::20]:8080.
 #
 # Every namespace name carries a per-run id; tb_down removes all of them and is installed as an
 # EXIT trap by tb_up, so nothing is left behind on any exit path. No traffic leaves the
@@ -18,6 +19,7 @@ TB_TOOL="$TB_ROOT/testbed/tools/tb.py"
 UPLINKD=${UPLINKD:-$TB_ROOT/target/debug/uplinkd}
 UPLINKCTL=${UPLINKCTL:-$TB_ROOT/target/debug/uplinkctl}
 SERVER=198.51.100.10
+SERVER6=2001:db8:ff::20
 PORT=8080
 WAN1_ADDR=100.64.1.2
 WAN2_ADDR=100.64.2.2
@@ -108,7 +110,11 @@ tb_up() {
         on inet ip -6 route add 2001:db8:$i::/64 via 2001:db8:20$i::1
         on rtr ip -6 route add default via 2001:db8:$i::1 dev wan$i metric ${i}00
     done
-    for a in 2001:db8:ff::10 2001:db8:ff::11 2001:db8:ff::12; do on inet ip -6 addr add $a/128 dev lo; done
+    for a in 2001:db8:ff::10 2001:db8:ff::11 2001:db8:ff::12 $SERVER6; do on inet ip -6 addr add $a/128 dev lo; done
+    on lan ip -6 addr add fd00:99::2/64 dev eth0 nodad
+    on lan ip -6 route add default via fd00:99::1
+    on rtr ip -6 addr add fd00:99::1/64 dev lan0 nodad
+    ip netns exec "$(ns inet)" python3 "$TB_TOOL" server $SERVER6 $PORT >"$TB_TMP/server6.log" 2>&1 &
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" server $SERVER $PORT >"$TB_TMP/server.log" 2>&1 &
     # Services for the TCP, HTTP and DNS probe kinds.
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" http $SERVER 8081 >"$TB_TMP/http.log" 2>&1 &
@@ -224,7 +230,7 @@ carrier() { on "isp$1" ip link set cpe "$2"; }
 # $HOLD_HOST) in the background; its report goes to $TB_TMP/hold.NAME (see tb.py hold).
 hold() {
     local name=$1; shift
-    ip netns exec "$(ns "${HOLD_HOST:-lan}")" python3 "$TB_TOOL" hold $SERVER $PORT "$@" >"$TB_TMP/hold.$name" 2>&1 &
+    ip netns exec "$(ns "${HOLD_HOST:-lan}")" python3 "$TB_TOOL" hold "${HOLD_SERVER:-$SERVER}" $PORT "$@" >"$TB_TMP/hold.$name" 2>&1 &
     tb_wait 5 "connection $name up" grep -q '^seen' "$TB_TMP/hold.$name"
 }
 # held NAME WORD: the held connection NAME ended with WORD (reset, closed, alive, ...).
@@ -233,6 +239,7 @@ held() { grep -q "^$2" "$TB_TMP/hold.$1"; }
 held_at() { awk 'NR == 2 { printf "%.0f", $2 * 1000 }' "$TB_TMP/hold.$1"; }
 
 whoami() { on lan python3 "$TB_TOOL" whoami $SERVER $PORT --timeout "${1:-2}"; }
+whoami6() { on lan python3 "$TB_TOOL" whoami $SERVER6 $PORT --timeout "${1:-2}"; }
 
 # ms_between EPOCH_SECONDS_FLOAT EPOCH_MS: milliseconds from the second to the first.
 ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a * 1000 - b }'; }

@@ -6,7 +6,8 @@ import argparse, socket, sys, threading, time
 
 def server(args):
     """Answer every connection with 'seen <addr>\\n', then echo lines until the client leaves."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in args.addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((args.addr, args.port))
     s.listen(256)

@@ -3,13 +3,13 @@
 //! Converged by diffing against a fresh dump: missing objects are added before stale ones are
 //! deleted, so there is never a moment without a route.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder, RuleAddRequest};
 
 use crate::config::MAX_LINKS;
 use crate::engine::DesiredState;
@@ -20,6 +20,7 @@ const RT_TABLE_MAIN: u32 = 254;
 /// An `ip rule` as uplinkd cares about it; anything else about a rule makes it "not ours".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RuleSpec {
+    pub v6: bool,
     pub priority: u32,
     /// `fwmark value/mask`, or none.
     pub fwmark: Option<(u32, u32)>,
@@ -30,29 +31,35 @@ pub struct RuleSpec {
 /// A default route in one of our tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
+    pub v6: bool,
     pub table: u32,
     pub oif: u32,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 /// The rules for a desired state, in priority order.
 pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
-    // `lookup main suppress_prefixlength 0` first: anything the main table routes more
-    // specifically than a default route (LAN subnets, connected networks) stays there, so
-    // replies to the LAN are not sent back out the WAN their restored mark points at.
-    let mut rules = vec![RuleSpec {
-        priority: d.rule_priority,
-        fwmark: None,
-        table: RT_TABLE_MAIN,
-        suppress_prefixlen: Some(0),
-    }];
-    for (i, l) in d.links.iter().enumerate() {
+    let mut rules = Vec::new();
+    for v6 in [false, true] {
+        // `lookup main suppress_prefixlength 0` first: anything the main table routes more
+        // specifically than a default route (LAN subnets, connected networks) stays there, so
+        // replies to the LAN are not sent back out the WAN their restored mark points at.
         rules.push(RuleSpec {
-            priority: d.rule_priority + 1 + i as u32,
-            fwmark: Some((l.mark, d.mark_mask)),
-            table: l.table,
-            suppress_prefixlen: None,
+            v6,
+            priority: d.rule_priority,
+            fwmark: None,
+            table: RT_TABLE_MAIN,
+            suppress_prefixlen: Some(0),
         });
+        for (i, l) in d.links.iter().enumerate() {
+            rules.push(RuleSpec {
+                v6,
+                priority: d.rule_priority + 1 + i as u32,
+                fwmark: Some((l.mark, d.mark_mask)),
+                table: l.table,
+                suppress_prefixlen: None,
+            });
+        }
     }
     rules
 }
@@ -69,6 +76,7 @@ fn owns_table(table_base: u32, t: u32) -> bool {
 /// means "not set".
 pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
     let mut s = RuleSpec {
+        v6: m.header.family == AddressFamily::Inet6,
         priority: 0,
         fwmark: None,
         table: u32::from(m.header.table),
@@ -95,10 +103,9 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
 /// Converge our `ip rule` band to `desired_rules(d)`. Returns what was changed.
 pub async fn converge_rules(h: &Handle, d: &DesiredState) -> Result<usize, rtnetlink::Error> {
     let want = desired_rules(d);
-    let have: Vec<RuleMessage> = h.rule().get(IpVersion::V4).execute().try_collect().await?;
+    let have = dump_rules(h).await?;
     let ours: Vec<(RuleSpec, &RuleMessage)> = have
         .iter()
-        .filter(|m| m.header.family == AddressFamily::Inet)
         .map(|m| (rule_spec(m), m))
         .filter(|(s, _)| owns_priority(d, s.priority))
         .collect();
@@ -121,13 +128,26 @@ pub async fn converge_rules(h: &Handle, d: &DesiredState) -> Result<usize, rtnet
     Ok(changes)
 }
 
+/// Our rules of both families (a dump of one family returns only that family).
+async fn dump_rules(h: &Handle) -> Result<Vec<RuleMessage>, rtnetlink::Error> {
+    let mut rules: Vec<RuleMessage> = h.rule().get(IpVersion::V4).execute().try_collect().await?;
+    let v6: Vec<RuleMessage> = h.rule().get(IpVersion::V6).execute().try_collect().await?;
+    rules.extend(v6);
+    Ok(rules)
+}
+
 async fn add_rule(h: &Handle, s: &RuleSpec) -> Result<(), rtnetlink::Error> {
+    if s.v6 {
+        rule_request(h.rule().add().v6(), s).execute().await
+    } else {
+        rule_request(h.rule().add().v4(), s).execute().await
+    }
+}
+
+fn rule_request<T>(req: RuleAddRequest<T>, s: &RuleSpec) -> RuleAddRequest<T> {
     // The action must be set explicitly: the default "unspecified" action makes every lookup
     // that hits the rule fail with EINVAL, a silent blackhole.
-    let mut req = h
-        .rule()
-        .add()
-        .v4()
+    let mut req = req
         .priority(s.priority)
         .table_id(s.table)
         .action(RuleAction::ToTable);
@@ -142,7 +162,7 @@ async fn add_rule(h: &Handle, s: &RuleSpec) -> Result<(), rtnetlink::Error> {
             .attributes
             .push(RuleAttribute::SuppressPrefixLen(p));
     }
-    req.execute().await
+    req
 }
 
 /// Interface index by name; `None` when the interface does not exist (yet).
@@ -163,43 +183,71 @@ pub async fn ifindex(h: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::E
 }
 
 fn route_spec(m: &RouteMessage) -> Option<RouteSpec> {
-    if m.header.destination_prefix_length != 0 || m.header.address_family != AddressFamily::Inet {
+    let v6 = match m.header.address_family {
+        AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
+        _ => return None,
+    };
+    if m.header.destination_prefix_length != 0 {
         return None;
     }
-    let mut table = u32::from(m.header.table);
     let mut oif = None;
     let mut gateway = None;
     for a in &m.attributes {
         match a {
-            RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
             _ => {}
         }
     }
     Some(RouteSpec {
-        table,
+        v6,
+        table: route_table(m),
         oif: oif?,
         gateway,
     })
 }
 
-/// All IPv4 routes (a dump returns every table: callers filter).
+/// All routes of both families (a dump returns every table: callers filter).
 async fn dump_routes(h: &Handle) -> Result<Vec<RouteMessage>, rtnetlink::Error> {
-    let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    h.route().get(req).execute().try_collect().await
+    let mut routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await?;
+    let v6: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await?;
+    routes.extend(v6);
+    Ok(routes)
 }
 
-/// The gateway of a default route via `oif` in the main table (as DHCP or the operator set it).
-pub fn learned_gateway(main: &[RouteMessage], oif: u32) -> Option<Ipv4Addr> {
-    main.iter()
+/// The default route via `oif` in the main table (as DHCP, router advertisements or the operator
+/// set it), of one family.
+fn main_default(routes: &[RouteMessage], oif: u32, v6: bool) -> Option<RouteSpec> {
+    routes
+        .iter()
         .filter_map(route_spec)
-        .find(|r| r.table == RT_TABLE_MAIN && r.oif == oif && r.gateway.is_some())
-        .and_then(|r| r.gateway)
+        .find(|r| r.table == RT_TABLE_MAIN && r.oif == oif && r.v6 == v6)
 }
 
-/// Converge the default route of every link's table. A link whose interface does not exist is
-/// skipped (its name is returned) and any stale route in its table removed; the rest proceed.
+/// The gateway of an IPv4 default route via `oif` in the main table.
+pub fn learned_gateway(routes: &[RouteMessage], oif: u32) -> Option<Ipv4Addr> {
+    match main_default(routes, oif, false)?.gateway? {
+        IpAddr::V4(g) => Some(g),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Converge the default routes of every link's table: IPv4 via the configured or learned
+/// gateway (on-link without one), IPv6 like the main table's IPv6 default route via the link,
+/// when there is one. A link whose interface does not exist is skipped (its name is returned)
+/// and any stale route in its table removed; the rest proceed.
 pub async fn converge_routes(
     h: &Handle,
     d: &DesiredState,
@@ -209,13 +257,25 @@ pub async fn converge_routes(
     let mut want = Vec::new();
     let mut missing = Vec::new();
     for l in &d.links {
-        match ifindex(h, &l.interface).await? {
-            Some(oif) => want.push(RouteSpec {
+        let Some(oif) = ifindex(h, &l.interface).await? else {
+            missing.push(l.interface.clone());
+            continue;
+        };
+        let gateway = l
+            .gateway
+            .or_else(|| learned_gateway(&routes, oif))
+            .map(IpAddr::V4);
+        want.push(RouteSpec {
+            v6: false,
+            table: l.table,
+            oif,
+            gateway,
+        });
+        if let Some(r6) = main_default(&routes, oif, true) {
+            want.push(RouteSpec {
                 table: l.table,
-                oif,
-                gateway: l.gateway.or_else(|| learned_gateway(&routes, oif)),
-            }),
-            None => missing.push(l.interface.clone()),
+                ..r6
+            });
         }
     }
     let ours: Vec<&RouteMessage> = routes
@@ -246,16 +306,24 @@ fn route_table(m: &RouteMessage) -> u32 {
 }
 
 async fn add_route(h: &Handle, r: &RouteSpec) -> Result<(), rtnetlink::Error> {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(r.table)
-        .output_interface(r.oif);
-    b = match r.gateway {
-        Some(g) => b.gateway(g),
+    let msg = match (r.v6, r.gateway) {
+        (false, Some(IpAddr::V4(g))) => route_builder::<Ipv4Addr>(r).gateway(g).build(),
+        (true, Some(IpAddr::V6(g))) => route_builder::<Ipv6Addr>(r).gateway(g).build(),
         // No gateway (point-to-point links such as PPPoE): the route is on-link.
-        None => b.scope(RouteScope::Link),
+        (false, _) => route_builder::<Ipv4Addr>(r).scope(RouteScope::Link).build(),
+        (true, _) => route_builder::<Ipv6Addr>(r).build(),
     };
     // Replace, not add: a route left with another gateway (renumbered WAN) is swapped in one step.
-    h.route().add(b.build()).replace().execute().await
+    h.route().add(msg).replace().execute().await
+}
+
+fn route_builder<T>(r: &RouteSpec) -> RouteMessageBuilder<T>
+where
+    RouteMessageBuilder<T>: Default,
+{
+    RouteMessageBuilder::<T>::default()
+        .table_id(r.table)
+        .output_interface(r.oif)
 }
 
 /// Remove every rule in our band and every route in our tables. Keeps going on errors and
@@ -266,13 +334,7 @@ pub async fn remove_all(
     table_base: u32,
 ) -> Result<(), rtnetlink::Error> {
     let mut first_err = None;
-    match h
-        .rule()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect::<Vec<_>>()
-        .await
-    {
+    match dump_rules(h).await {
         Ok(rules) => {
             for m in rules
                 .into_iter()
@@ -330,6 +392,7 @@ mod tests {
         };
         let text: Vec<String> = desired_rules(&d)
             .iter()
+            .filter(|r| !r.v6)
             .map(|r| match (r.fwmark, r.suppress_prefixlen) {
                 (Some((v, m)), _) => {
                     format!("{}: fwmark {v:#x}/{m:#x} lookup {}", r.priority, r.table)
@@ -349,5 +412,12 @@ mod tests {
                 "1002: fwmark 0x200/0xff00 lookup 101",
             ]
         );
+        // The same for IPv6.
+        let (v4, v6): (Vec<_>, Vec<_>) = desired_rules(&d).into_iter().partition(|r| !r.v6);
+        assert_eq!(v4.len(), v6.len());
+        assert!(v4
+            .iter()
+            .zip(&v6)
+            .all(|(a, b)| RuleSpec { v6: true, ..*a } == *b));
     }
 }
