@@ -2,19 +2,20 @@
 //! status socket.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 use uplinkd_probes::{Binding, ProbeError, Prober, Target};
 
 use crate::config::{Config, Failback};
-use crate::control::{self, LinkStatus, Status, TransitionStatus};
+use crate::control::{self, Command, LinkStatus, Status, TransitionStatus};
 use crate::dataplane::monitor::{self, KernelEvent};
 use crate::dataplane::reset::{self, PurgeReport};
 use crate::dataplane::Dataplane;
@@ -43,11 +44,42 @@ impl Clock {
 
 struct PurgeDone {
     link: LinkId,
+    name: String,
     result: Result<PurgeReport, crate::dataplane::Error>,
 }
 
-/// Run until SIGTERM or SIGINT, then remove what we created (unless configured not to).
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Counters per link name (they survive reloads).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    transitions: u64,
+    flows: u64,
+    tcp: u64,
+    sockets: u64,
+}
+
+/// Tell systemd (when it started us with Type=notify); harmless otherwise.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        debug!("sd_notify: {e}");
+    }
+}
+
+/// Read `path` again for a reload. Changes to the kernel footprint or the control socket would
+/// orphan objects or clients, so they need a restart.
+fn reload_config(path: &Path, running: &Config) -> Result<Config, String> {
+    let new = crate::config::load(path).map_err(|e| e.to_string())?;
+    if new.dataplane != running.dataplane
+        || new.control != running.control
+        || new.metrics != running.metrics
+    {
+        return Err("changes to [dataplane], [control] or [metrics] need a restart; the running configuration stays".into());
+    }
+    Ok(new)
+}
+
+/// Run until SIGTERM or SIGINT, then remove what we created (unless configured not to). `path`
+/// is where the configuration came from, for reloads (SIGHUP or `uplinkctl reload`).
+pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     let clock = Clock {
         start: Instant::now(),
         wall: SystemTime::now(),
@@ -90,10 +122,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (purge_tx, mut purge_rx) = mpsc::channel::<PurgeDone>(16);
 
     let mut last: Vec<Option<TransitionStatus>> = vec![None; config.links.len()];
-    let (status_tx, status_rx) = watch::channel(status(&engine, &desired, &last, clock));
-    let listener = control::bind(&config.control.socket)
+    let mut counters: BTreeMap<String, Counters> = BTreeMap::new();
+    let mut applies = (1u64, Some(ms(report.nft + report.routes)));
+    let (status_tx, status_rx) =
+        watch::channel(status(&engine, &desired, &last, &counters, applies, clock));
+    let listener = control::bind(&config.control.socket, config.control.gid)
         .with_context(|| format!("cannot listen on {}", config.control.socket.display()))?;
-    let control = tokio::spawn(control::serve(listener, status_rx));
+    let (events, _) = broadcast::channel::<serde_json::Value>(256);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(8);
+    let shared = control::Shared {
+        status: status_rx.clone(),
+        events: events.clone(),
+        commands: cmd_tx,
+    };
+    let control = tokio::spawn(control::serve(listener, shared));
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            info!("metrics on http://{addr}/metrics");
+            Some(tokio::spawn(control::metrics::listen(l, status_rx)))
+        }
+        None => None,
+    };
+    // READY only now: the first apply succeeded and the status socket answers.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("new flows via {}", steer_name(&desired))),
+    ]);
+    let mut watchdog = sd_notify::watchdog_enabled().map(|t| {
+        let mut i = tokio::time::interval(t / 2);
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        i
+    });
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -102,6 +164,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
     reconcile.tick().await;
 
+    // Links whose flows an operator asked to reset (drain --reset), handled after the apply.
+    let mut drains: Vec<LinkId> = Vec::new();
     loop {
         let mut reapply = false;
         let next_probe = engine.poll_timeout().map(|(t, _)| Instant::from_std(t));
@@ -136,23 +200,67 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         let total = r.dump + r.stale + r.flush + r.tickle + r.destroy;
                         info!(
                             "link {}: purged {} flows, reset {} TCP clients, aborted {} router sockets in {:.1} ms (dump {:.1}, stale set {:.1}, flush {:.1}, tickle {:.1}, sockets {:.1})",
-                            config.links[done.link].name, r.flows, r.tcp_reset, r.sockets, ms(total), ms(r.dump), ms(r.stale), ms(r.flush), ms(r.tickle), ms(r.destroy)
+                            done.name, r.flows, r.tcp_reset, r.sockets, ms(total), ms(r.dump), ms(r.stale), ms(r.flush), ms(r.tickle), ms(r.destroy)
                         );
-                        if let Some(t) = last[done.link].as_mut() {
+                        if let Some(t) = last.get_mut(done.link).and_then(Option::as_mut) {
                             t.purge_ms = Some(ms(total));
                             t.flows_purged = Some(r.flows);
                             t.tcp_reset = Some(r.tcp_reset);
                             t.sockets_aborted = Some(r.sockets);
                         }
+                        let c = counters.entry(done.name.clone()).or_default();
+                        c.flows += r.flows as u64;
+                        c.tcp += r.tcp_reset as u64;
+                        c.sockets += r.sockets as u64;
+                        let _ = events.send(serde_json::json!({
+                            "type": "purge", "link": done.name, "flows": r.flows, "tcp_reset": r.tcp_reset,
+                            "sockets_aborted": r.sockets, "ms": ms(total),
+                        }));
                         dp.remember_stale(r.stale4, r.stale6);
                     }
-                    Err(e) => error!("link {}: {:#}", config.links[done.link].name, anyhow::Error::new(e)),
+                    Err(e) => error!("link {}: {:#}", done.name, anyhow::Error::new(e)),
                 }
                 Vec::new()
             }
             _ = reconcile.tick() => { reapply = true; Vec::new() }
+            () = tick(&mut watchdog) => {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                Vec::new()
+            }
+            Some((cmd, reply)) = cmd_rx.recv() => {
+                let answer = match cmd {
+                    Command::Reload => {
+                        let r = reload(&path, &mut config, &mut engine, &mut probers, &mut last, dp.handle()).await;
+                        reapply = r.is_ok();
+                        r
+                    }
+                    Command::Drain { link, reset } => match engine.link_id(&link) {
+                        None => Err(format!("no link named {link:?}")),
+                        Some(id) => {
+                            engine.set_drained(id, true);
+                            if reset {
+                                drains.push(id);
+                            }
+                            let _ = events.send(serde_json::json!({"type": "drain", "link": link, "reset": reset}));
+                            info!("link {link}: drained by request{}", if reset { ", its flows will be reset" } else { "" });
+                            Ok(format!("drained {link}"))
+                        }
+                    },
+                    Command::Undrain { link } => match engine.link_id(&link) {
+                        None => Err(format!("no link named {link:?}")),
+                        Some(id) => {
+                            engine.set_drained(id, false);
+                            let _ = events.send(serde_json::json!({"type": "undrain", "link": link}));
+                            info!("link {link}: back in service by request");
+                            Ok(format!("undrained {link}"))
+                        }
+                    },
+                };
+                let _ = reply.send(answer);
+                Vec::new()
+            }
             _ = sighup.recv() => {
-                warn!("SIGHUP: configuration reload is not supported yet; restart uplinkd to apply changes");
+                reapply = reload(&path, &mut config, &mut engine, &mut probers, &mut last, dp.handle()).await.is_ok();
                 Vec::new()
             }
             _ = sigterm.recv() => break,
@@ -160,10 +268,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
 
         for t in &transitions {
-            info!(
-                "link {}: {} -> {} ({})",
-                config.links[t.link].name, t.from, t.to, t.reason
-            );
+            let name = &config.links[t.link].name;
+            info!("link {name}: {} -> {} ({})", t.from, t.to, t.reason);
+            counters.entry(name.clone()).or_default().transitions += 1;
+            let _ = events.send(serde_json::json!({
+                "type": "transition", "link": name, "from": t.from.as_str(), "to": t.to.as_str(),
+                "reason": t.reason, "at": clock.epoch_secs(t.at),
+            }));
             last[t.link] = Some(TransitionStatus {
                 from: t.from.to_string(),
                 to: t.to.to_string(),
@@ -181,7 +292,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if next != desired || reapply {
             match dp.apply(&next, reapply).await {
                 Ok(r) => {
+                    applies = (applies.0 + 1, Some(ms(r.nft + r.routes)));
                     if next.steer_to != desired.steer_to {
+                        let _ = events
+                            .send(serde_json::json!({"type": "steer", "to": steer_name(&next)}));
+                        notify(&[sd_notify::NotifyState::Status(&format!(
+                            "new flows via {}",
+                            steer_name(&next)
+                        ))]);
                         drain = desired
                             .steer_to
                             .filter(|&from| draining(&config, from, &next));
@@ -204,11 +322,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 Err(e) => error!("{:#}", anyhow::Error::new(e)),
             }
         }
+        // Operator drains with reset wait until the steering away from the link is live.
+        let requested: Vec<LinkId> = if desired == engine.desired() {
+            std::mem::take(&mut drains)
+        } else {
+            Vec::new()
+        };
         let purge: Vec<LinkId> = transitions
             .iter()
             .filter(|t| stranded(t, &desired))
             .map(|t| t.link)
             .chain(drain)
+            .chain(requested.into_iter().filter(|&l| {
+                desired
+                    .steer_to
+                    .is_some_and(|s| s != l && desired.links[s].usable)
+            }))
             .collect();
         for link in purge {
             if drain == Some(link) {
@@ -221,10 +350,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let addrs = monitor::local_addrs(dp.handle()).await.unwrap_or_default();
             spawn_purge(link, &desired, addrs, purge_tx.clone());
         }
-        status_tx.send_replace(status(&engine, &desired, &last, clock));
+        status_tx.send_replace(status(&engine, &desired, &last, &counters, applies, clock));
     }
 
+    notify(&[sd_notify::NotifyState::Stopping]);
     control.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&config.control.socket);
     if config.dataplane.cleanup_on_exit {
         info!("stopping: removing nft table, rules and routes");
@@ -264,6 +397,7 @@ fn spawn_purge(
     tx: mpsc::Sender<PurgeDone>,
 ) {
     let (mark, mask, tickle_mark) = (d.links[link].mark, d.mark_mask, d.tickle_mark);
+    let name = d.links[link].name.clone();
     let interface = &d.links[link].interface;
     let link_addrs: Vec<_> = addrs
         .iter()
@@ -283,7 +417,7 @@ fn spawn_purge(
             .as_ref()
             .map(|r| r.tickle_flows.clone())
             .unwrap_or_default();
-        let _ = tx.send(PurgeDone { link, result }).await;
+        let _ = tx.send(PurgeDone { link, name, result }).await;
         for _ in 1..reset::TICKLE_ROUNDS {
             if flows.is_empty() {
                 break;
@@ -336,6 +470,74 @@ async fn addresses(
         .enumerate()
         .flat_map(|(link, present)| engine.handle(now, Event::Address { link, present }))
         .collect()
+}
+
+/// Reload the configuration; on any error the running one stays and the error is reported.
+async fn reload(
+    path: &Path,
+    config: &mut Config,
+    engine: &mut Engine,
+    probers: &mut Vec<LinkProber>,
+    last: &mut Vec<Option<TransitionStatus>>,
+    h: &rtnetlink::Handle,
+) -> Result<String, String> {
+    notify(&[sd_notify::NotifyState::Reloading]);
+    let result = match reload_config(path, config) {
+        Err(e) => {
+            error!(
+                "reload of {} failed, the running configuration stays:\n{e}",
+                path.display()
+            );
+            Err(e)
+        }
+        Ok(new) => {
+            let now = Instant::now().into_std();
+            let old = std::mem::replace(engine, Engine::new(new.clone(), now));
+            *engine = old.reconfigure(new.clone(), now);
+            // Links kept their health; new ones learn carrier and addresses like at start.
+            if let Ok(links) = monitor::snapshot(h).await {
+                for ev in links {
+                    carrier(engine, &ev, now);
+                }
+            }
+            addresses(engine, h, now).await;
+            let names: Vec<String> = config.links.iter().map(|l| l.name.clone()).collect();
+            *last = new
+                .links
+                .iter()
+                .map(|l| {
+                    names
+                        .iter()
+                        .position(|n| *n == l.name)
+                        .and_then(|i| last[i].clone())
+                })
+                .collect();
+            *probers = new.links.iter().map(LinkProber::new).collect();
+            *config = new;
+            info!(
+                "configuration reloaded from {}: {} links",
+                path.display(),
+                config.links.len()
+            );
+            Ok(format!(
+                "reloaded {} ({} links)",
+                path.display(),
+                config.links.len()
+            ))
+        }
+    };
+    notify(&[sd_notify::NotifyState::Ready]);
+    result
+}
+
+/// Wait for the next tick, or forever without an interval.
+async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleep until `t`, or forever when nothing is scheduled.
@@ -430,6 +632,8 @@ fn status(
     engine: &Engine,
     d: &DesiredState,
     last: &[Option<TransitionStatus>],
+    counters: &BTreeMap<String, Counters>,
+    applies: (u64, Option<f64>),
     clock: Clock,
 ) -> Status {
     let cfg = engine.config();
@@ -444,6 +648,7 @@ fn status(
             .enumerate()
             .map(|(i, l)| {
                 let h = engine.link(i);
+                let c = counters.get(&l.name).copied().unwrap_or_default();
                 LinkStatus {
                     name: l.name.clone(),
                     interface: l.interface.clone(),
@@ -462,10 +667,19 @@ fn status(
                     hold_ms: ms(h.hold(now, &cfg.detection)),
                     mark: l.mark,
                     table: l.table,
-                    last_transition: last[i].clone(),
+                    drained: engine.drained(i),
+                    probes_sent: h.probes,
+                    probes_lost: h.probes_lost,
+                    transitions: c.transitions,
+                    flows_purged_total: c.flows,
+                    tcp_reset_total: c.tcp,
+                    sockets_aborted_total: c.sockets,
+                    last_transition: last.get(i).cloned().flatten(),
                 }
             })
             .collect(),
+        last_apply_ms: applies.1,
+        applies: applies.0,
     }
 }
 

@@ -5,34 +5,75 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use uplinkd::control::{self, Status};
+use uplinkd::control::{Connection, Status};
 
-/// Query a running uplinkd.
+/// Query and steer a running uplinkd over its control socket.
 ///
 /// Exit codes: 0 ok, 1 the daemon answered with an error, 2 cannot connect.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, long_about)]
 struct Args {
     /// Control socket of the daemon.
     #[arg(long, value_name = "PATH", default_value = uplinkd::config::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[command(subcommand)]
-    command: Command,
+    command: Cmd,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Show every link: state, since when and why, RTT, loss, and where new flows go.
+enum Cmd {
+    /// Show every link: state, for how long and why, RTT, jitter, loss, silent targets, and where
+    /// new flows go.
     Status {
         /// Print the daemon's JSON status object instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Follow transitions and actions (purges, steering changes, drains, reloads) as they
+    /// happen, one line each, until interrupted.
+    Watch {
+        /// Print each event as the daemon's JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the metrics in Prometheus text format.
+    Metrics,
+    /// Re-read the configuration file; on any error the running configuration stays (root only).
+    Reload,
+    /// Take a link out of service for maintenance: it gets no new flows (root only).
+    Drain {
+        /// The link's name.
+        link: String,
+        /// Also reset its flows now, so their clients reconnect through another link.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Put a drained link back in service (root only).
+    Undrain {
+        /// The link's name.
+        link: String,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let Command::Status { json } = args.command;
+    let req = match &args.command {
+        Cmd::Completions { shell } => {
+            let mut cmd = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "uplinkctl", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Status { .. } => serde_json::json!({"v": 1, "cmd": "status"}),
+        Cmd::Watch { .. } => serde_json::json!({"v": 1, "cmd": "watch"}),
+        Cmd::Metrics => serde_json::json!({"v": 1, "cmd": "metrics"}),
+        Cmd::Reload => serde_json::json!({"v": 1, "cmd": "reload"}),
+        Cmd::Drain { link, reset } => {
+            serde_json::json!({"v": 1, "cmd": "drain", "link": link, "reset": reset})
+        }
+        Cmd::Undrain { link } => serde_json::json!({"v": 1, "cmd": "undrain", "link": link}),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,38 +84,87 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let reply = match runtime.block_on(control::request(&args.socket, "status")) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "uplinkctl: cannot talk to uplinkd at {}: {e}",
-                args.socket.display()
-            );
-            return ExitCode::from(2);
-        }
-    };
-    match (reply.ok, reply.status) {
-        (true, Some(s)) => {
-            if json {
-                match serde_json::to_string_pretty(&s) {
-                    Ok(t) => println!("{t}"),
-                    Err(e) => {
-                        eprintln!("uplinkctl: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
-            } else {
-                print!("{}", table(&s));
+    runtime.block_on(async {
+        let mut conn = match Connection::open(&args.socket).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "uplinkctl: cannot talk to uplinkd at {}: {e}",
+                    args.socket.display()
+                );
+                return ExitCode::from(2);
             }
-            ExitCode::SUCCESS
-        }
-        _ => {
+        };
+        let reply = match conn.request(&req).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "uplinkctl: no answer from uplinkd at {}: {e}",
+                    args.socket.display()
+                );
+                return ExitCode::from(2);
+            }
+        };
+        if !reply.ok {
             eprintln!(
                 "uplinkctl: {}",
-                reply.error.unwrap_or_else(|| "empty reply".into())
+                reply
+                    .error
+                    .unwrap_or_else(|| "error without a message".into())
             );
-            ExitCode::from(1)
+            return ExitCode::from(1);
         }
+        match args.command {
+            Cmd::Status { json } => match reply.status {
+                Some(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default())
+                }
+                Some(s) => print!("{}", table(&s)),
+                None => return ExitCode::from(1),
+            },
+            Cmd::Metrics => print!("{}", reply.metrics.unwrap_or_default()),
+            Cmd::Watch { json } => {
+                while let Ok(Some(line)) = conn.line().await {
+                    if json {
+                        print!("{line}");
+                    } else {
+                        println!("{}", event_line(&line));
+                    }
+                }
+                eprintln!("uplinkctl: the daemon closed the connection");
+                return ExitCode::from(2);
+            }
+            _ => println!("{}", reply.message.unwrap_or_default()),
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// One readable line for a watched event.
+fn event_line(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let e = &v["event"];
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+    match e["type"].as_str() {
+        Some("transition") => format!(
+            "link {}: {} -> {} ({})",
+            s("link"),
+            s("from"),
+            s("to"),
+            s("reason")
+        ),
+        Some("steer") => format!("new flows via {}", s("to")),
+        Some("purge") => format!(
+            "link {}: purged {} flows, reset {} TCP clients, aborted {} router sockets in {:.1} ms",
+            s("link"),
+            e["flows"],
+            e["tcp_reset"],
+            e["sockets_aborted"],
+            e["ms"].as_f64().unwrap_or(0.0)
+        ),
+        Some("drain") => format!("link {}: drained", s("link")),
+        Some("undrain") => format!("link {}: back in service", s("link")),
+        _ => line.trim_end().to_owned(),
     }
 }
 
@@ -99,7 +189,11 @@ fn table(s: &Status) -> String {
         rows.push(vec![
             l.name.clone(),
             l.interface.clone(),
-            l.state.clone(),
+            if l.drained {
+                format!("{} (drained)", l.state)
+            } else {
+                l.state.clone()
+            },
             format!("{:.1}s", (now - l.since).max(0.0)),
             l.srtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
             l.jitter_ms.map_or("-".into(), |r| format!("{r:.1}ms")),

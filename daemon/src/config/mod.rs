@@ -28,6 +28,7 @@ pub struct Config {
     pub links: Vec<Link>,
     pub lan_interfaces: Vec<String>,
     pub control: Control,
+    pub metrics: Metrics,
     pub probe: Probe,
     pub detection: Detection,
     pub dataplane: Dataplane,
@@ -68,6 +69,16 @@ pub enum Failback {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Control {
     pub socket: PathBuf,
+    /// Group allowed to read status (the socket is owner root, mode 0660).
+    pub group: Option<String>,
+    /// Its numeric id, resolved when the configuration is loaded.
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metrics {
+    /// Address of the Prometheus HTTP listener; none by default.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, Control, Dataplane, Detection, Failback, Link, Probe, Problem, DEFAULT_SOCKET,
+    Config, Control, Dataplane, Detection, Failback, Link, Metrics, Probe, Problem, DEFAULT_SOCKET,
     MAX_LINKS,
 };
 
@@ -30,6 +30,8 @@ struct RawConfig {
     lan: Option<Spanned<RawLan>>,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     probe: RawProbe,
     #[serde(default)]
@@ -66,6 +68,24 @@ struct RawLan {
 #[serde(deny_unknown_fields)]
 struct RawControl {
     socket: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
+/// The id of a group, from /etc/group (name:password:gid:members).
+fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some(name))
+            .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+            .flatten()
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -352,7 +372,44 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         }
     };
 
+    let gid = raw
+        .control
+        .group
+        .as_ref()
+        .and_then(|g| match group_id(g.get_ref()) {
+            Some(id) => Some(id),
+            None => {
+                c.err(
+                    g.span(),
+                    "control.group",
+                    format!("no group named {:?} in /etc/group", g.get_ref()),
+                );
+                None
+            }
+        });
+    let metrics = Metrics {
+        listen: raw
+            .metrics
+            .listen
+            .as_ref()
+            .and_then(|l| match l.get_ref().parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.err(
+                        l.span(),
+                        "metrics.listen",
+                        format!(
+                            "{:?} is not an address:port, like \"127.0.0.1:9184\"",
+                            l.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }),
+    };
     let control = Control {
+        group: raw.control.group.as_ref().map(|g| g.get_ref().clone()),
+        gid,
         socket: match &raw.control.socket {
             Some(s) if !s.get_ref().starts_with('/') => {
                 c.err(s.span(), "control.socket", "must be an absolute path");
@@ -368,6 +425,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
             links,
             lan_interfaces,
             control,
+            metrics,
             probe,
             detection,
             dataplane,

@@ -1,7 +1,14 @@
-//! The status socket: newline-delimited JSON over a Unix stream socket.
+//! The status socket: newline-delimited JSON over a Unix stream socket (DESIGN.md §5).
 //!
-//! Request: `{"cmd":"status"}` (optionally `"v":1`). Reply: `{"ok":true,"status":{...}}` or
-//! `{"ok":false,"error":"..."}`, one line each. A connection may send any number of requests.
+//! Request, one line: `{"v":1,"cmd":"status"}`; `cmd` is one of `status`, `metrics`, `watch`,
+//! `reload`, `drain` / `undrain` (with `"link":NAME`, and for drain optionally `"reset":true`).
+//! Reply, one line: `{"ok":true,...}` with `status`, `metrics` or `message`, or
+//! `{"ok":false,"error":"..."}`. `watch` answers once and then streams one `{"event":{...}}`
+//! line per transition or action until the client goes away. A connection may send any number
+//! of requests. Anyone who can open the socket (owner root, mode 0660, optionally a group) may
+//! read; `reload`, `drain` and `undrain` need a root peer (SO_PEERCRED).
+
+pub mod metrics;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -12,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 
 /// Protocol version; bumped on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -31,13 +38,16 @@ pub struct Status {
     /// Worst-case time from a silent blackhole to a `down` decision with this configuration.
     pub worst_case_detection_ms: u64,
     pub links: Vec<LinkStatus>,
+    /// Duration of the newest dataplane apply, and how many applies there were.
+    pub last_apply_ms: Option<f64>,
+    pub applies: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LinkStatus {
     pub name: String,
     pub interface: String,
-    /// `unknown`, `up` or `down`.
+    /// `unknown`, `up`, `degraded` or `down`.
     pub state: String,
     /// When the link entered its state, seconds since the Unix epoch.
     pub since: f64,
@@ -62,6 +72,15 @@ pub struct LinkStatus {
     pub hold_ms: f64,
     pub mark: u32,
     pub table: u32,
+    /// Taken out of service by `uplinkctl drain`: gets no new flows.
+    pub drained: bool,
+    /// Counters since the daemon started.
+    pub probes_sent: u64,
+    pub probes_lost: u64,
+    pub transitions: u64,
+    pub flows_purged_total: u64,
+    pub tcp_reset_total: u64,
+    pub sockets_aborted_total: u64,
     pub last_transition: Option<TransitionStatus>,
 }
 
@@ -83,55 +102,111 @@ pub struct TransitionStatus {
     pub sockets_aborted: Option<usize>,
 }
 
+/// A state-changing request, handed to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Reload,
+    Drain { link: String, reset: bool },
+    Undrain { link: String },
+}
+
+/// What the supervisor answers to a [`Command`]: a message, or an error.
+pub type CommandReply = Result<String, String>;
+
+/// What the server shares with the supervisor.
+#[derive(Clone)]
+pub struct Shared {
+    pub status: watch::Receiver<Status>,
+    /// Events as JSON objects, for `watch`.
+    pub events: broadcast::Sender<serde_json::Value>,
+    pub commands: mpsc::Sender<(Command, oneshot::Sender<CommandReply>)>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Request {
     #[serde(default)]
     v: Option<u32>,
     cmd: String,
+    #[serde(default)]
+    link: Option<String>,
+    #[serde(default)]
+    reset: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 fn error(msg: impl Into<String>) -> Reply {
     Reply {
-        ok: false,
-        status: None,
         error: Some(msg.into()),
+        ..Reply::default()
     }
 }
 
-/// Answer one request line.
-pub fn answer(line: &str, status: &Status) -> Reply {
-    let req: Request = match serde_json::from_str(line) {
-        Ok(r) => r,
-        Err(e) => return error(format!("malformed request: {e}")),
-    };
+fn ok() -> Reply {
+    Reply {
+        ok: true,
+        ..Reply::default()
+    }
+}
+
+/// What a request line asks for, checked but not yet executed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Status,
+    Metrics,
+    Watch,
+    Command(Command),
+}
+
+/// Parse and check one request line. `root`: the peer is root (may change state).
+pub fn parse(line: &str, root: bool) -> Result<Parsed, String> {
+    let req: Request = serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
     if let Some(v) = req.v.filter(|&v| v != PROTOCOL_VERSION) {
-        return error(format!(
+        return Err(format!(
             "unsupported protocol version {v}, this daemon speaks {PROTOCOL_VERSION}"
         ));
     }
-    match req.cmd.as_str() {
-        "status" => Reply {
-            ok: true,
-            status: Some(status.clone()),
-            error: None,
-        },
-        other => error(format!("unknown command {other:?}")),
+    let link = || {
+        req.link
+            .clone()
+            .ok_or_else(|| format!("{:?} needs \"link\"", req.cmd))
+    };
+    let parsed = match req.cmd.as_str() {
+        "status" => Parsed::Status,
+        "metrics" => Parsed::Metrics,
+        "watch" => Parsed::Watch,
+        "reload" => Parsed::Command(Command::Reload),
+        "drain" => Parsed::Command(Command::Drain {
+            link: link()?,
+            reset: req.reset,
+        }),
+        "undrain" => Parsed::Command(Command::Undrain { link: link()? }),
+        other => return Err(format!("unknown command {other:?}")),
+    };
+    if matches!(parsed, Parsed::Command(_)) && !root {
+        return Err(format!(
+            "{:?} changes state and is only allowed for root",
+            req.cmd
+        ));
     }
+    Ok(parsed)
 }
 
 /// Bind the socket: create its directory, replace a stale socket file (never another kind of
-/// file), and let only the owner and group connect.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+/// file), and let only the owner and `group` (when given) connect.
+pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -148,11 +223,14 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
     Ok(listener)
 }
 
 /// Serve clients until the task is dropped.
-pub async fn serve(listener: UnixListener, status: watch::Receiver<Status>) {
+pub async fn serve(listener: UnixListener, shared: Shared) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -166,9 +244,9 @@ pub async fn serve(listener: UnixListener, status: watch::Receiver<Status>) {
                 continue;
             }
         };
-        let status = status.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = client(stream, status).await {
+            if let Err(e) = client(stream, shared).await {
                 tracing::debug!("control client: {e}");
             }
             drop(permit);
@@ -176,7 +254,14 @@ pub async fn serve(listener: UnixListener, status: watch::Receiver<Status>) {
     }
 }
 
-async fn client(stream: UnixStream, status: watch::Receiver<Status>) -> io::Result<()> {
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, v: &impl Serialize) -> io::Result<()> {
+    let mut out = serde_json::to_vec(v).map_err(io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+async fn client(stream: UnixStream, shared: Shared) -> io::Result<()> {
+    let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut line = Vec::new();
@@ -191,95 +276,104 @@ async fn client(stream: UnixStream, status: watch::Receiver<Status>) -> io::Resu
         if n == 0 {
             return Ok(());
         }
-        let reply = if line.len() > MAX_REQUEST {
-            error(format!("request longer than {MAX_REQUEST} bytes"))
-        } else {
-            match std::str::from_utf8(&line) {
-                Ok(text) => answer(text.trim(), &status.borrow()),
-                Err(_) => error("request is not UTF-8"),
-            }
-        };
-        let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
-        out.push(b'\n');
-        w.write_all(&out).await?;
         if line.len() > MAX_REQUEST {
             // The rest of an oversized line cannot be parsed; end the conversation.
-            return Ok(());
+            return send(
+                &mut w,
+                &error(format!("request longer than {MAX_REQUEST} bytes")),
+            )
+            .await;
+        }
+        let parsed = match std::str::from_utf8(&line) {
+            Ok(text) => parse(text.trim(), root),
+            Err(_) => Err("request is not UTF-8".into()),
+        };
+        let reply = match parsed {
+            Err(e) => error(e),
+            Ok(Parsed::Status) => Reply {
+                status: Some(shared.status.borrow().clone()),
+                ..ok()
+            },
+            Ok(Parsed::Metrics) => Reply {
+                metrics: Some(metrics::render(&shared.status.borrow())),
+                ..ok()
+            },
+            Ok(Parsed::Watch) => return watch_events(w, shared.events.subscribe()).await,
+            Ok(Parsed::Command(c)) => {
+                let (tx, rx) = oneshot::channel();
+                match shared.commands.send((c, tx)).await {
+                    Err(_) => error("the daemon is shutting down"),
+                    Ok(()) => match rx.await {
+                        Ok(Ok(message)) => Reply {
+                            message: Some(message),
+                            ..ok()
+                        },
+                        Ok(Err(e)) => error(e),
+                        Err(_) => error("the daemon is shutting down"),
+                    },
+                }
+            }
+        };
+        send(&mut w, &reply).await?;
+    }
+}
+
+/// Stream events until the client goes away. A client too slow to keep up loses events (and is
+/// told how many) rather than holding the daemon back.
+async fn watch_events(
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    mut events: broadcast::Receiver<serde_json::Value>,
+) -> io::Result<()> {
+    send(
+        &mut w,
+        &Reply {
+            message: Some("watching".into()),
+            ..ok()
+        },
+    )
+    .await?;
+    loop {
+        match events.recv().await {
+            Ok(e) => send(&mut w, &serde_json::json!({ "event": e })).await?,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                send(&mut w, &serde_json::json!({ "lost_events": n })).await?
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
 }
 
-/// Send one request and read one reply (used by `uplinkctl`).
-pub async fn request(path: &Path, cmd: &str) -> io::Result<Reply> {
-    let stream = UnixStream::connect(path).await?;
-    let (r, mut w) = stream.into_split();
-    let req = serde_json::json!({ "v": PROTOCOL_VERSION, "cmd": cmd });
-    w.write_all(format!("{req}\n").as_bytes()).await?;
-    let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
-    serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// An open conversation with the daemon (used by `uplinkctl`).
+pub struct Connection {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Connection {
+    pub async fn open(path: &Path) -> io::Result<Self> {
+        let (r, writer) = UnixStream::connect(path).await?.into_split();
+        Ok(Connection {
+            reader: BufReader::new(r),
+            writer,
+        })
+    }
+
+    /// Send one request and read its reply.
+    pub async fn request(&mut self, req: &serde_json::Value) -> io::Result<Reply> {
+        self.writer.write_all(format!("{req}\n").as_bytes()).await?;
+        let line = self
+            .line()
+            .await?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The next line the daemon sends (after `watch`), or `None` when it closed the connection.
+    pub async fn line(&mut self) -> io::Result<Option<String>> {
+        let mut line = String::new();
+        Ok((self.reader.read_line(&mut line).await? > 0).then_some(line))
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn status_request() {
-        let s = Status {
-            version: PROTOCOL_VERSION,
-            ..Default::default()
-        };
-        let r = answer(r#"{"cmd":"status"}"#, &s);
-        assert!(r.ok);
-        assert_eq!(r.status, Some(s.clone()));
-        let r = answer(r#"{"v":1,"cmd":"status"}"#, &s);
-        assert!(r.ok);
-    }
-
-    #[test]
-    fn bad_requests_get_error_replies() {
-        let s = Status::default();
-        for bad in [
-            "",
-            "{",
-            "null",
-            "[]",
-            r#"{"cmd":5}"#,
-            r#"{"cmd":"status","x":1}"#,
-            r#"{"cmd":"format-disk"}"#,
-            r#"{"v":2,"cmd":"status"}"#,
-        ] {
-            let r = answer(bad, &s);
-            assert!(!r.ok, "{bad:?} was accepted");
-            assert!(r.error.is_some_and(|e| !e.is_empty()));
-        }
-    }
-
-    #[tokio::test]
-    async fn socket_round_trip_and_oversized_line() {
-        let dir = std::env::temp_dir().join(format!("uplinkd-test-{}", std::process::id()));
-        let path = dir.join("control.sock");
-        let listener = bind(&path).unwrap();
-        let (_tx, rx) = watch::channel(Status {
-            version: 1,
-            steer_to: Some("fiber".into()),
-            ..Default::default()
-        });
-        let server = tokio::spawn(serve(listener, rx));
-        let r = request(&path, "status").await.unwrap();
-        assert_eq!(r.status.unwrap().steer_to.as_deref(), Some("fiber"));
-
-        let mut s = UnixStream::connect(&path).await.unwrap();
-        s.write_all(&vec![b'x'; MAX_REQUEST * 4]).await.unwrap();
-        s.write_all(b"\n").await.unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).await.unwrap();
-        assert!(line.contains("longer than"), "{line}");
-        // The daemon still answers.
-        assert!(request(&path, "status").await.unwrap().ok);
-        server.abort();
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-}
+mod tests;

@@ -505,6 +505,7 @@ mod tests {
             mark: i << 8,
             table: 99 + i,
             usable,
+            drained: false,
         };
         DesiredState {
             mark_mask: 0xff00,

@@ -381,6 +381,7 @@ mod tests {
             mark: i << 8,
             table: 99 + i,
             usable: true,
+            drained: false,
         };
         let d = DesiredState {
             mark_mask: 0xff00,

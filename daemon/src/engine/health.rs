@@ -100,6 +100,9 @@ pub struct LinkHealth {
     epoch: Instant,
     srtt: Option<f64>,
     rttvar: f64,
+    /// Probe outcomes since start, and how many of them failed.
+    pub probes: u64,
+    pub probes_lost: u64,
 }
 
 impl LinkHealth {
@@ -124,6 +127,8 @@ impl LinkHealth {
             epoch: now,
             srtt: None,
             rttvar: 0.0,
+            probes: 0,
+            probes_lost: 0,
         }
     }
 
@@ -281,6 +286,8 @@ impl LinkHealth {
             return None;
         }
         self.record_loss(now, p.target, p.result.is_err());
+        self.probes += 1;
+        self.probes_lost += u64::from(p.result.is_err());
         let target = &mut self.targets[p.target];
         match p.result {
             Ok(rtt) => {

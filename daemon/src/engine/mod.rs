@@ -93,21 +93,65 @@ pub struct LinkPlan {
     pub mark: u32,
     pub table: u32,
     pub usable: bool,
+    /// Taken out of service: no new flows, though it may work.
+    pub drained: bool,
 }
 
 pub struct Engine {
     config: Config,
     links: Vec<LinkHealth>,
+    /// Links taken out of service by the operator: probed, but given no new flows.
+    drained: Vec<bool>,
 }
 
 impl Engine {
     pub fn new(config: Config, now: Instant) -> Self {
-        let links = config
+        let links: Vec<LinkHealth> = config
             .links
             .iter()
             .map(|l| LinkHealth::new(now, l.targets.len(), l.quorum, config.detection.misses))
             .collect();
-        Engine { config, links }
+        let drained = vec![false; links.len()];
+        Engine {
+            config,
+            links,
+            drained,
+        }
+    }
+
+    /// The engine for a new configuration: links that kept their name, interface, targets and
+    /// quorum keep their health (and drain), so a reload changes nothing for them; others start
+    /// afresh.
+    pub fn reconfigure(self, config: Config, now: Instant) -> Engine {
+        let mut next = Engine::new(config, now);
+        for (i, l) in next.config.links.iter().enumerate() {
+            let same = |o: &crate::config::Link| {
+                o.name == l.name
+                    && o.interface == l.interface
+                    && o.targets == l.targets
+                    && o.quorum == l.quorum
+            };
+            if let Some(j) = self.config.links.iter().position(same) {
+                next.links[i] = self.links[j].clone();
+                next.drained[i] = self.drained[j];
+            }
+        }
+        next
+    }
+
+    pub fn link_id(&self, name: &str) -> Option<LinkId> {
+        self.config.links.iter().position(|l| l.name == name)
+    }
+
+    pub fn drained(&self, id: LinkId) -> bool {
+        self.drained.get(id).copied().unwrap_or(false)
+    }
+
+    /// Take a link out of service (no new flows) or put it back.
+    pub fn set_drained(&mut self, id: LinkId, drained: bool) {
+        if let Some(d) = self.drained.get_mut(id) {
+            *d = drained;
+        }
     }
 
     /// When the engine next wants to be asked for probes, and why.
@@ -182,7 +226,7 @@ impl Engine {
             (degraded, self.config.links[i].priority, i)
         };
         (0..self.links.len())
-            .filter(|&i| self.links[i].state.usable())
+            .filter(|&i| self.links[i].state.usable() && !self.drained[i])
             .min_by_key(|&i| rank(i))
             .or_else(|| (0..self.links.len()).min_by_key(|&i| (self.config.links[i].priority, i)))
     }
@@ -198,13 +242,15 @@ impl Engine {
                 .links
                 .iter()
                 .zip(&self.links)
-                .map(|(l, h)| LinkPlan {
+                .enumerate()
+                .map(|(i, (l, h))| LinkPlan {
                     name: l.name.clone(),
                     interface: l.interface.clone(),
                     gateway: l.gateway,
                     mark: l.mark,
                     table: l.table,
                     usable: h.state.usable(),
+                    drained: self.drained[i],
                 })
                 .collect(),
             steer_to: self.best_link(),

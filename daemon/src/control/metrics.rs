@@ -1,0 +1,207 @@
+//! Prometheus text exposition (version 0.0.4) of the status, for `uplinkctl metrics` and the
+//! optional HTTP listener.
+
+use std::fmt::Write;
+
+use super::Status;
+
+/// Every metric, one family after the other, labels escaped.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+        let _ = writeln!(
+            out,
+            "# HELP uplinkd_{name} {help}\n# TYPE uplinkd_{name} {kind}"
+        );
+        for (labels, v) in rows {
+            let _ = writeln!(out, "uplinkd_{name}{labels} {v}");
+        }
+    };
+    let per_link = |f: &dyn Fn(&super::LinkStatus) -> Option<f64>| -> Vec<(String, f64)> {
+        s.links
+            .iter()
+            .filter_map(|l| f(l).map(|v| (format!("{{link=\"{}\"}}", escape(&l.name)), v)))
+            .collect()
+    };
+    let states = ["unknown", "up", "degraded", "down"];
+    let state_rows = s
+        .links
+        .iter()
+        .flat_map(|l| {
+            states.iter().map(move |st| {
+                (
+                    format!("{{link=\"{}\",state=\"{st}\"}}", escape(&l.name)),
+                    f64::from(u8::from(l.state == *st)),
+                )
+            })
+        })
+        .collect();
+    family(
+        "link_state",
+        "gauge",
+        "1 for the state each link is in.",
+        state_rows,
+    );
+    family(
+        "link_drained",
+        "gauge",
+        "1 when the link was drained for maintenance.",
+        per_link(&|l| Some(f64::from(u8::from(l.drained)))),
+    );
+    family(
+        "link_rtt_seconds",
+        "gauge",
+        "Smoothed probe round-trip time.",
+        per_link(&|l| l.srtt_ms.map(|v| v / 1000.0)),
+    );
+    family(
+        "link_jitter_seconds",
+        "gauge",
+        "Mean deviation of the probe round-trip time.",
+        per_link(&|l| l.jitter_ms.map(|v| v / 1000.0)),
+    );
+    family(
+        "link_loss_ratio",
+        "gauge",
+        "Share of recent probes to answering targets that were lost.",
+        per_link(&|l| l.loss_pct.map(|v| v / 100.0)),
+    );
+    family(
+        "link_silent_targets",
+        "gauge",
+        "Targets that stopped answering.",
+        per_link(&|l| Some(l.silent_targets as f64)),
+    );
+    family(
+        "probes_sent_total",
+        "counter",
+        "Probes sent.",
+        per_link(&|l| Some(l.probes_sent as f64)),
+    );
+    family(
+        "probes_lost_total",
+        "counter",
+        "Probes unanswered, failed or answered with an error.",
+        per_link(&|l| Some(l.probes_lost as f64)),
+    );
+    family(
+        "transitions_total",
+        "counter",
+        "State changes of the link.",
+        per_link(&|l| Some(l.transitions as f64)),
+    );
+    family(
+        "flows_purged_total",
+        "counter",
+        "Conntrack entries purged when the link died or was drained.",
+        per_link(&|l| Some(l.flows_purged_total as f64)),
+    );
+    family(
+        "tcp_resets_total",
+        "counter",
+        "TCP clients reset when the link died or was drained.",
+        per_link(&|l| Some(l.tcp_reset_total as f64)),
+    );
+    family(
+        "sockets_aborted_total",
+        "counter",
+        "Router-local sockets aborted when the link died or was drained.",
+        per_link(&|l| Some(l.sockets_aborted_total as f64)),
+    );
+    let steer = s
+        .links
+        .iter()
+        .map(|l| {
+            (
+                format!("{{link=\"{}\"}}", escape(&l.name)),
+                f64::from(u8::from(s.steer_to.as_deref() == Some(&l.name))),
+            )
+        })
+        .collect();
+    family(
+        "steering_link",
+        "gauge",
+        "1 for the link new flows are steered to.",
+        steer,
+    );
+    family(
+        "apply_seconds",
+        "gauge",
+        "Duration of the newest dataplane apply.",
+        s.last_apply_ms
+            .map(|v| (String::new(), v / 1000.0))
+            .into_iter()
+            .collect(),
+    );
+    family(
+        "applies_total",
+        "counter",
+        "Dataplane applies.",
+        vec![(String::new(), s.applies as f64)],
+    );
+    out
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serve the metrics over HTTP on `addr` (any path) until the task is dropped.
+pub async fn listen(
+    listener: tokio::net::TcpListener,
+    status: tokio::sync::watch::Receiver<Status>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let body = render(&status.borrow());
+        tokio::spawn(async move {
+            // Read (and ignore) the request head; answer whatever was asked.
+            let mut buf = [0u8; 2048];
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::LinkStatus;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let s = Status {
+            steer_to: Some("fiber".into()),
+            links: vec![LinkStatus {
+                name: "fiber".into(),
+                state: "up".into(),
+                srtt_ms: Some(12.0),
+                probes_sent: 10,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("uplinkd_link_state{link=\"fiber\",state=\"up\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("uplinkd_link_state{link=\"fiber\",state=\"down\"} 0\n"));
+        assert!(text.contains("uplinkd_link_rtt_seconds{link=\"fiber\"} 0.012\n"));
+        assert!(text.contains("uplinkd_probes_sent_total{link=\"fiber\"} 10\n"));
+        assert!(text.contains("uplinkd_steering_link{link=\"fiber\"} 1\n"));
+        assert!(text.contains("# TYPE uplinkd_transitions_total counter\n"));
+        assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+    }
+}
