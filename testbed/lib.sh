@@ -184,6 +184,7 @@ interfaces = ["lan0"]
 
 [control]
 socket = "$TB_TMP/control.sock"
+${TB_CONFIG_EXTRA:-}
 ${1:-}
 EOT
 }
