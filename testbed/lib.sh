@@ -192,7 +192,8 @@ EOT
 # tb_start: run the real uplinkd in the router namespace and wait until both links are up.
 tb_start() {
     [ -f "$TB_TMP/uplinkd.toml" ] || tb_config
-    ip netns exec "$(ns rtr)" "$UPLINKD" --config "$TB_TMP/uplinkd.toml" >>"$TB_TMP/uplinkd.log" 2>&1 &
+    # shellcheck disable=SC2086 # UPLINKD_ARGS holds extra arguments
+    ip netns exec "$(ns rtr)" "$UPLINKD" ${UPLINKD_ARGS:-} --config "$TB_TMP/uplinkd.toml" >>"$TB_TMP/uplinkd.log" 2>&1 &
     UPLINKD_PID=$!
     tb_wait 10 "uplinkd answers and both links are up" tb_all_up || { cat "$TB_TMP/uplinkd.log" >&2; return 1; }
 }

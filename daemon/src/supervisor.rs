@@ -270,6 +270,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         for t in &transitions {
             let name = &config.links[t.link].name;
             info!("link {name}: {} -> {} ({})", t.from, t.to, t.reason);
+            run_hook(&config, t, steer_name(&engine.desired()));
             counters.entry(name.clone()).or_default().transitions += 1;
             let _ = events.send(serde_json::json!({
                 "type": "transition", "link": name, "from": t.from.as_str(), "to": t.to.as_str(),
@@ -528,6 +529,42 @@ async fn reload(
     };
     notify(&[sd_notify::NotifyState::Ready]);
     result
+}
+
+/// Run the transition hook, if any, in its own task: it can neither block nor outlive its
+/// timeout.
+fn run_hook(config: &Config, t: &Transition, steer_to: &str) {
+    let Some((program, args)) = config.hooks.on_transition.split_first() else {
+        return;
+    };
+    let l = &config.links[t.link];
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env("UPLINKD_EVENT", "transition")
+        .env("UPLINKD_LINK", &l.name)
+        .env("UPLINKD_INTERFACE", &l.interface)
+        .env("UPLINKD_FROM", t.from.as_str())
+        .env("UPLINKD_TO", t.to.as_str())
+        .env("UPLINKD_REASON", &t.reason)
+        .env("UPLINKD_STEER_TO", steer_to)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let (timeout, program) = (config.hooks.timeout, program.clone());
+    tokio::spawn(async move {
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return warn!("hook {program}: cannot start: {e}"),
+        };
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(s)) if s.success() => debug!("hook {program}: done"),
+            Ok(Ok(s)) => warn!("hook {program}: {s}"),
+            Ok(Err(e)) => warn!("hook {program}: {e}"),
+            Err(_) => {
+                warn!("hook {program}: still running after {timeout:?}; killed");
+                let _ = child.kill().await;
+            }
+        }
+    });
 }
 
 /// Wait for the next tick, or forever without an interval.

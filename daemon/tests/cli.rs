@@ -81,3 +81,18 @@ fn uplinkctl_exits_2_when_it_cannot_connect() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot talk to uplinkd"));
 }
+
+#[test]
+fn log_format_takes_text_or_json_only() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .args(["--log-format", "json", "--check-config", example])
+        .output()
+        .expect("run uplinkd");
+    assert!(out.status.success());
+    let bad = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .args(["--log-format", "yaml", "--check-config", example])
+        .output()
+        .expect("run uplinkd");
+    assert_eq!(bad.status.code(), Some(2), "clap refuses an unknown format");
+}

@@ -22,6 +22,9 @@ struct Args {
     /// Validate FILE, print every problem with its line, exit 0 (valid) or 1.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
+    /// Log line format: `text`, or `json` (one object per line, for log shippers).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 fn main() -> ExitCode {
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
     let Some(path) = args.config else {
         return ExitCode::FAILURE;
     };
-    init_logging();
+    init_logging(args.log_format == "json");
     let config = match uplinkd::config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -76,15 +79,17 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr. `UPLINKD_LOG` (RUST_LOG syntax) sets the filter; the netlink crates are
 /// quiet by default. Under journald (JOURNAL_STREAM set) timestamps are left to the journal.
-fn init_logging() {
+fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("UPLINKD_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,netlink_proto=warn,netlink_sys=warn,rtnetlink=warn,surge_ping=warn")
+        EnvFilter::new("info,netlink_proto=warn,netlink_sys=warn,rtnetlink=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if json {
+        builder.json().init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
         builder.init();

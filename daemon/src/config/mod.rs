@@ -29,6 +29,7 @@ pub struct Config {
     pub lan_interfaces: Vec<String>,
     pub control: Control,
     pub metrics: Metrics,
+    pub hooks: Hooks,
     pub probe: Probe,
     pub detection: Detection,
     pub dataplane: Dataplane,
@@ -73,6 +74,16 @@ pub struct Control {
     pub group: Option<String>,
     /// Its numeric id, resolved when the configuration is loaded.
     pub gid: Option<u32>,
+}
+
+/// Commands run on every link transition, with the details in the environment (UPLINKD_EVENT,
+/// UPLINKD_LINK, UPLINKD_INTERFACE, UPLINKD_FROM, UPLINKD_TO, UPLINKD_REASON, UPLINKD_STEER_TO).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Hooks {
+    /// Program and arguments (no shell); empty: no hook.
+    pub on_transition: Vec<String>,
+    /// A hook still running after this is killed.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

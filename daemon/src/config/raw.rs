@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, Control, Dataplane, Detection, Failback, Link, Metrics, Probe, Problem, DEFAULT_SOCKET,
-    MAX_LINKS,
+    Config, Control, Dataplane, Detection, Failback, Hooks, Link, Metrics, Probe, Problem,
+    DEFAULT_SOCKET, MAX_LINKS,
 };
 
 /// Kernel routing tables 253 (default), 254 (main) and 255 (local) are reserved, 0 is "unspec".
@@ -32,6 +32,8 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    hooks: RawHooks,
     #[serde(default)]
     probe: RawProbe,
     #[serde(default)]
@@ -69,6 +71,13 @@ struct RawLan {
 struct RawControl {
     socket: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    on_transition: Option<Spanned<Vec<String>>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -407,6 +416,26 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
                 }
             }),
     };
+    let hooks = Hooks {
+        on_transition: match &raw.hooks.on_transition {
+            Some(cmd) if cmd.get_ref().first().is_none_or(|p| !p.starts_with('/')) => {
+                c.err(
+                    cmd.span(),
+                    "hooks.on_transition",
+                    "must be [\"/absolute/program\", \"arg\", ...]",
+                );
+                Vec::new()
+            }
+            Some(cmd) => cmd.get_ref().clone(),
+            None => Vec::new(),
+        },
+        timeout: c.duration(
+            &raw.hooks.timeout,
+            "hooks.timeout",
+            secs(10),
+            range(ms(100), secs(3600)),
+        ),
+    };
     let control = Control {
         group: raw.control.group.as_ref().map(|g| g.get_ref().clone()),
         gid,
@@ -426,6 +455,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
             lan_interfaces,
             control,
             metrics,
+            hooks,
             probe,
             detection,
             dataplane,
