@@ -24,8 +24,9 @@ use crate::engine::{
     Transition,
 };
 
-/// How often the kernel state is re-read and repaired even when nothing happened.
-const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How often the kernel state is re-read and repaired even when nothing happened (three cheap
+/// netlink dumps; someone deleting our rules is repaired within this time).
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
 /// Maps the monotonic clock to wall-clock time for status output.
 #[derive(Clone, Copy)]
@@ -189,7 +190,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                     reapply = true;
                     addresses(&mut engine, dp.handle(), Instant::now().into_std()).await
                 }
-                KernelEvent::MainRoutes => {
+                KernelEvent::Routing => {
                     reapply = true;
                     Vec::new()
                 }
@@ -312,6 +313,9 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                         );
                     } else if r.nft_replaced {
                         warn!("nft table inet uplinkd was missing or changed; restored");
+                    }
+                    if next == desired && r.route_changes > 0 {
+                        warn!("{} of uplinkd's routing rules or routes were missing or changed; restored", r.route_changes);
                     }
                     for t in &transitions {
                         if let Some(s) = last[t.link].as_mut() {

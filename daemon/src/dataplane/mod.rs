@@ -38,6 +38,8 @@ pub struct ApplyReport {
     pub routes: Duration,
     /// Interfaces of configured links that do not exist; their routes wait for them.
     pub missing_interfaces: Vec<String>,
+    /// Rules and routes added or removed to converge.
+    pub route_changes: usize,
 }
 
 pub struct Dataplane {
@@ -100,12 +102,14 @@ impl Dataplane {
         }
         report.nft = t.elapsed();
         let t = Instant::now();
-        routes::converge_rules(&self.handle, d)
+        let rules = routes::converge_rules(&self.handle, d)
             .await
             .map_err(Error::Route)?;
-        report.missing_interfaces = routes::converge_routes(&self.handle, d, self.table_base)
+        let (missing, changes) = routes::converge_routes(&self.handle, d, self.table_base)
             .await
             .map_err(Error::Route)?;
+        report.missing_interfaces = missing;
+        report.route_changes = rules + changes;
         report.routes = t.elapsed();
         Ok(report)
     }

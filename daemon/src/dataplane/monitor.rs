@@ -3,8 +3,10 @@
 //!
 //! Carrier loss arrives as a link event within about a millisecond (LowerUp cleared); no route
 //! event comes with it, and the route stays (flagged linkdown), so probes alone would need the
-//! whole detection window to notice. Address and main-table route events tell that a WAN was
-//! renumbered (DHCP, PPPoE): the learned gateway and the masquerade address follow on re-apply.
+//! whole detection window to notice. Address and route events tell that a WAN was renumbered
+//! (DHCP, PPPoE): the learned gateway and the masquerade address follow on re-apply. Route
+//! events also tell that someone edited uplinkd's tables: re-apply repairs them. (Rule events did
+//! not arrive in the testbed on this kernel; the periodic reconcile catches deleted rules.)
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,8 +20,8 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc;
 
-/// The kernel's main routing table.
-const RT_TABLE_MAIN: u32 = 254;
+/// The kernel's local routing table.
+const RT_TABLE_LOCAL: u32 = 255;
 
 /// An interface is usable for traffic when it is administratively up and has carrier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +35,9 @@ pub enum KernelEvent {
     Link(LinkEvent),
     /// Some interface gained or lost an IPv4 address: re-read them.
     Addresses,
-    /// A route in the main table changed (e.g. a new default gateway from DHCP).
-    MainRoutes,
+    /// A route or routing rule changed: a new default gateway in the main table (DHCP), or
+    /// someone edited uplinkd's rules or tables.
+    Routing,
 }
 
 fn link_event(m: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
@@ -46,7 +49,8 @@ fn link_event(m: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
     Some(LinkEvent { name, up })
 }
 
-fn in_main_table(m: &RouteMessage) -> bool {
+/// The local table (255) changes with every address; it is not ours and says nothing new.
+fn in_local_table(m: &RouteMessage) -> bool {
     let table = m
         .attributes
         .iter()
@@ -55,7 +59,7 @@ fn in_main_table(m: &RouteMessage) -> bool {
             _ => None,
         })
         .unwrap_or(u32::from(m.header.table));
-    table == RT_TABLE_MAIN
+    table == RT_TABLE_LOCAL
 }
 
 /// The current state of every interface.
@@ -127,9 +131,9 @@ pub fn spawn(tx: mpsc::Sender<KernelEvent>) -> io::Result<()> {
                     Some(KernelEvent::Addresses)
                 }
                 RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)
-                    if in_main_table(&m) =>
+                    if !in_local_table(&m) =>
                 {
-                    Some(KernelEvent::MainRoutes)
+                    Some(KernelEvent::Routing)
                 }
                 _ => None,
             };

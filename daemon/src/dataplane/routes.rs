@@ -246,13 +246,14 @@ pub fn learned_gateway(routes: &[RouteMessage], oif: u32) -> Option<Ipv4Addr> {
 
 /// Converge the default routes of every link's table: IPv4 via the configured or learned
 /// gateway (on-link without one), IPv6 like the main table's IPv6 default route via the link,
-/// when there is one. A link whose interface does not exist is skipped (its name is returned)
-/// and any stale route in its table removed; the rest proceed.
+/// when there is one. A link whose interface does not exist is skipped (its name is returned
+/// with the number of routes changed) and any stale route in its table removed; the rest
+/// proceed.
 pub async fn converge_routes(
     h: &Handle,
     d: &DesiredState,
     table_base: u32,
-) -> Result<Vec<String>, rtnetlink::Error> {
+) -> Result<(Vec<String>, usize), rtnetlink::Error> {
     let routes = dump_routes(h).await?;
     let mut want = Vec::new();
     let mut missing = Vec::new();
@@ -282,17 +283,20 @@ pub async fn converge_routes(
         .iter()
         .filter(|m| owns_table(table_base, route_table(m)))
         .collect();
+    let mut changes = 0;
     for w in &want {
         if !ours.iter().any(|m| route_spec(m) == Some(*w)) {
             add_route(h, w).await?;
+            changes += 1;
         }
     }
     for m in ours {
         if !route_spec(m).is_some_and(|s| want.contains(&s)) {
             h.route().del(m.clone()).execute().await?;
+            changes += 1;
         }
     }
-    Ok(missing)
+    Ok((missing, changes))
 }
 
 fn route_table(m: &RouteMessage) -> u32 {
