@@ -232,6 +232,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                 let answer = match cmd {
                     Command::Reload => {
                         let r = reload(&path, &mut config, &mut engine, &mut probers, &mut last, dp.handle()).await;
+                        let _ = events.send(reload_event(&r));
                         reapply = r.is_ok();
                         r
                     }
@@ -261,7 +262,9 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                 Vec::new()
             }
             _ = sighup.recv() => {
-                reapply = reload(&path, &mut config, &mut engine, &mut probers, &mut last, dp.handle()).await.is_ok();
+                let r = reload(&path, &mut config, &mut engine, &mut probers, &mut last, dp.handle()).await;
+                let _ = events.send(reload_event(&r));
+                reapply = r.is_ok();
                 Vec::new()
             }
             _ = sigterm.recv() => break,
@@ -569,6 +572,13 @@ fn run_hook(config: &Config, t: &Transition, steer_to: &str) {
             }
         }
     });
+}
+
+fn reload_event(r: &Result<String, String>) -> serde_json::Value {
+    match r {
+        Ok(m) => serde_json::json!({"type": "reload", "ok": true, "message": m}),
+        Err(e) => serde_json::json!({"type": "reload", "ok": false, "error": e}),
+    }
 }
 
 /// Wait for the next tick, or forever without an interval.

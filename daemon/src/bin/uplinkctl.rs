@@ -164,6 +164,11 @@ fn event_line(line: &str) -> String {
         ),
         Some("drain") => format!("link {}: drained", s("link")),
         Some("undrain") => format!("link {}: back in service", s("link")),
+        Some("reload") if e["ok"].as_bool() == Some(true) => s("message"),
+        Some("reload") => format!(
+            "reload failed, the running configuration stays: {}",
+            s("error")
+        ),
         _ => line.trim_end().to_owned(),
     }
 }
