@@ -70,7 +70,11 @@ fn main() -> std::io::Result<()> {
     let before1 = conntrack::dump_mark(d.links[1].mark, d.mark_mask)?.len();
 
     let t = Instant::now();
-    let r = reset::purge(d.links[0].mark, d.mark_mask, d.tickle_mark, &[], &[])?;
+    let scope = reset::Scope {
+        lan: vec![(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 0)), 16)],
+        ..Default::default()
+    };
+    let r = reset::purge(d.links[0].mark, d.mark_mask, d.tickle_mark, &scope)?;
     let all = t.elapsed();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     println!("\npurge of the dead link's flows out of {total} tracked:");

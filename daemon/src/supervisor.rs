@@ -401,26 +401,32 @@ fn draining(config: &Config, from: LinkId, next: &DesiredState) -> bool {
 fn spawn_purge(
     link: LinkId,
     d: &DesiredState,
-    addrs: Vec<(String, std::net::IpAddr)>,
+    addrs: Vec<(String, std::net::IpAddr, u8)>,
     tx: mpsc::Sender<PurgeDone>,
 ) {
     let (mark, mask, tickle_mark) = (d.links[link].mark, d.mark_mask, d.tickle_mark);
     let name = d.links[link].name.clone();
     let interface = &d.links[link].interface;
-    let link_addrs: Vec<_> = addrs
-        .iter()
-        .filter(|(i, _)| i == interface)
-        .map(|(_, a)| *a)
-        .collect();
-    let local: Vec<_> = addrs.into_iter().map(|(_, a)| a).collect();
+    let scope = reset::Scope {
+        local: addrs.iter().map(|(_, a, _)| *a).collect(),
+        lan: addrs
+            .iter()
+            .filter(|(i, _, _)| d.lan_interfaces.contains(i))
+            .map(|(_, a, len)| (*a, *len))
+            .collect(),
+        link: addrs
+            .iter()
+            .filter(|(i, _, _)| i == interface)
+            .map(|(_, a, _)| *a)
+            .collect(),
+    };
     tokio::spawn(async move {
-        let result = tokio::task::spawn_blocking(move || {
-            reset::purge(mark, mask, tickle_mark, &local, &link_addrs)
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map_err(|source| crate::dataplane::Error::Purge { mark, source });
+        let result =
+            tokio::task::spawn_blocking(move || reset::purge(mark, mask, tickle_mark, &scope))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|source| crate::dataplane::Error::Purge { mark, source });
         let flows = result
             .as_ref()
             .map(|r| r.tickle_flows.clone())

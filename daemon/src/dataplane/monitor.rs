@@ -86,8 +86,11 @@ pub async fn with_ipv4(h: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
     Ok(out)
 }
 
-/// Every address of the router, IPv4 and IPv6, with the name of its interface.
-pub async fn local_addrs(h: &Handle) -> Result<Vec<(String, std::net::IpAddr)>, rtnetlink::Error> {
+/// Every address of the router, IPv4 and IPv6, with the name of its interface and its prefix
+/// length.
+pub async fn local_addrs(
+    h: &Handle,
+) -> Result<Vec<(String, std::net::IpAddr, u8)>, rtnetlink::Error> {
     use rtnetlink::packet_route::address::AddressAttribute;
     let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
     let names: BTreeMap<u32, String> = links
@@ -102,18 +105,19 @@ pub async fn local_addrs(h: &Handle) -> Result<Vec<(String, std::net::IpAddr)>, 
                 AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
                 _ => None,
             })?;
-            Some((names.get(&a.header.index)?.clone(), ip))
+            Some((names.get(&a.header.index)?.clone(), ip, a.header.prefix_len))
         })
         .collect())
 }
 
-/// Subscribe to link, IPv4 address and IPv4 route events and forward them until the receiver
+/// Subscribe to link, IPv4 address and route events and forward them until the receiver
 /// goes away.
 pub fn spawn(tx: mpsc::Sender<KernelEvent>) -> io::Result<()> {
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
     ];
     let (conn, handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
     tokio::spawn(conn);

@@ -125,6 +125,18 @@ pub fn render(d: &DesiredState) -> Ruleset {
             },
         ]);
     }
+    // Connections that arrive on a link (port forwards, services on the router) belong to it:
+    // the ct mark then routes their answers back out the same link, whatever new flows do.
+    for l in &d.links {
+        pre.push(vec![
+            Op::IifName(l.interface.clone()),
+            Op::CtStateNew,
+            Op::SetCtMark {
+                mask,
+                value: l.mark,
+            },
+        ]);
+    }
     // New LAN flows get the mark of the link chosen for them, which routes them to its table.
     if let Some(l) = d.steer_to.and_then(|i| d.links.get(i)) {
         for lan in &d.lan_interfaces {
@@ -171,6 +183,25 @@ pub fn render(d: &DesiredState) -> Ruleset {
         },
         Op::Notrack,
     ]];
+    // The router's own packets of a flow that has a link (answers of its services to
+    // connections that came in on a link, its own connections out a link) keep that link: the
+    // route chain re-routes when the mark changes.
+    let route_out = d
+        .links
+        .iter()
+        .map(|l| {
+            vec![
+                Op::CtMarkIs {
+                    mask,
+                    value: l.mark,
+                },
+                Op::SetMetaMark {
+                    mask,
+                    value: l.mark,
+                },
+            ]
+        })
+        .collect();
     let post = d
         .links
         .iter()
@@ -207,6 +238,13 @@ pub fn render(d: &DesiredState) -> Ruleset {
                 kind: ChainType::Filter,
                 priority: PRIO_RAW,
                 rules: output,
+            },
+            ChainPlan {
+                name: c"output_route",
+                hook: Hook::Out,
+                kind: ChainType::Route,
+                priority: PRIO_MANGLE,
+                rules: route_out,
             },
             ChainPlan {
                 name: c"postrouting",
@@ -526,6 +564,8 @@ mod tests {
   chain prerouting { type filter hook prerouting priority -150; policy accept;
     ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
     ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
+    iifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0x100
+    iifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x200
     iifname "lan0" ct state new meta mark set meta mark & 0xffff00ff | 0x200
     iifname "lan1" ct state new meta mark set meta mark & 0xffff00ff | 0x200
   }
@@ -540,6 +580,10 @@ mod tests {
   chain output { type filter hook output priority -300; policy accept;
     meta mark & 0xff00 == 0xff00 notrack
   }
+  chain output_route { type route hook output priority -150; policy accept;
+    ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
+    ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
+  }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
     oifname "wan1" ct mark set ct mark & 0xffff00ff | 0x100 masquerade
     oifname "wan2" ct mark set ct mark & 0xffff00ff | 0x200 masquerade
@@ -551,6 +595,8 @@ mod tests {
     #[test]
     fn nothing_to_steer_to_means_no_steering_rules() {
         let r = render(&state(None));
-        assert_eq!(r.chains[0].rules.len(), 2);
+        // Restore and inbound rules only, two of each for the two links.
+        assert_eq!(r.chains[0].rules.len(), 4);
+        assert!(r.chains[0].rules.iter().all(|ops| !ops.contains(&Op::IifName("lan0".into()))));
     }
 }

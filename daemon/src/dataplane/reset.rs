@@ -69,17 +69,41 @@ pub fn stale_key(f: &Flow) -> Option<Result<StaleKey4, StaleKey6>> {
     }
 }
 
+/// Where a purge's resets may go.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// The router's own addresses: flows it originated are purged but not tickled.
+    pub local: Vec<IpAddr>,
+    /// The LAN subnets: only flows whose client is there are reset (a flow that came in on the
+    /// dead link, like a port forward, has its client on the far side).
+    pub lan: Vec<(IpAddr, u8)>,
+    /// The dead link's own addresses: router sockets bound to them are aborted.
+    pub link: Vec<IpAddr>,
+}
+
+/// Whether `ip` is in `net/len`.
+pub fn in_net(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & m == u32::from(n) & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & m == u128::from(n) & m
+        }
+        _ => false,
+    }
+}
+
 /// Purge the flows with `ct mark & mask == mark` and reset their LAN TCP clients (first tickle
-/// round included), then abort the router's own TCP sockets bound to `link_addrs`. `local` are
-/// all the router's addresses: flows it originated are purged but not tickled. Blocking: run off
-/// the event loop.
-pub fn purge(
-    mark: u32,
-    mask: u32,
-    tickle_mark: u32,
-    local: &[IpAddr],
-    link_addrs: &[IpAddr],
-) -> io::Result<PurgeReport> {
+/// round included), then abort the router's own TCP sockets bound to the link's addresses.
+/// Blocking: run off the event loop.
+pub fn purge(mark: u32, mask: u32, tickle_mark: u32, scope: &Scope) -> io::Result<PurgeReport> {
     let mut r = PurgeReport::default();
     let t = Instant::now();
     let flows = conntrack::dump_mark(mark, mask)?;
@@ -87,7 +111,11 @@ pub fn purge(
     r.flows = flows.len();
     r.tickle_flows = flows
         .into_iter()
-        .filter(|f| f.tcp_open() && !local.contains(&f.src))
+        .filter(|f| {
+            f.tcp_open()
+                && !scope.local.contains(&f.src)
+                && scope.lan.iter().any(|n| in_net(f.src, *n))
+        })
         .collect();
     r.tickle_flows.sort();
     r.tickle_flows.dedup();
@@ -108,8 +136,8 @@ pub fn purge(
     tickle(&r.tickle_flows, tickle_mark)?;
     r.tickle = t.elapsed();
     let t = Instant::now();
-    if !link_addrs.is_empty() {
-        r.sockets = sockets::destroy(&sockets::list(link_addrs)?)?;
+    if !scope.link.is_empty() {
+        r.sockets = sockets::destroy(&sockets::list(&scope.link)?)?;
     }
     r.destroy = t.elapsed();
     Ok(r)
@@ -201,6 +229,17 @@ mod tests {
             dport: 443,
             tcp_state: Some(3),
         }
+    }
+
+    #[test]
+    fn subnets() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_net(ip("10.99.0.2"), (ip("10.99.0.1"), 24)));
+        assert!(!in_net(ip("10.98.0.2"), (ip("10.99.0.1"), 24)));
+        assert!(in_net(ip("1.2.3.4"), (ip("9.9.9.9"), 0)));
+        assert!(in_net(ip("fd00:99::2"), (ip("fd00:99::1"), 64)));
+        assert!(!in_net(ip("fd00:98::2"), (ip("fd00:99::1"), 64)));
+        assert!(!in_net(ip("10.99.0.2"), (ip("fd00:99::1"), 64)));
     }
 
     #[test]
