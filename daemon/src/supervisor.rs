@@ -231,6 +231,8 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             Some((cmd, reply)) = cmd_rx.recv() => {
                 let answer = match cmd {
                     Command::Reload => {
+                        // Pending drains name links by their old ids.
+                        drains.clear();
                         let r = reload(&path, &mut config, &mut engine, &mut probers, &mut last, dp.handle()).await;
                         let _ = events.send(reload_event(&r));
                         reapply = r.is_ok();
@@ -342,9 +344,11 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             .map(|t| t.link)
             .chain(drain)
             .chain(requested.into_iter().filter(|&l| {
-                desired
-                    .steer_to
-                    .is_some_and(|s| s != l && desired.links[s].usable)
+                // (A reload may have removed the link meanwhile.)
+                l < desired.links.len()
+                    && desired
+                        .steer_to
+                        .is_some_and(|s| s != l && desired.links[s].usable)
             }))
             .collect();
         for link in purge {

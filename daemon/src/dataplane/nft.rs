@@ -597,6 +597,9 @@ mod tests {
         let r = render(&state(None));
         // Restore and inbound rules only, two of each for the two links.
         assert_eq!(r.chains[0].rules.len(), 4);
-        assert!(r.chains[0].rules.iter().all(|ops| !ops.contains(&Op::IifName("lan0".into()))));
+        assert!(r.chains[0]
+            .rules
+            .iter()
+            .all(|ops| !ops.contains(&Op::IifName("lan0".into()))));
     }
 }
