@@ -70,16 +70,11 @@ pub async fn snapshot(h: &Handle) -> Result<Vec<LinkEvent>, rtnetlink::Error> {
 
 /// Names of the interfaces that have at least one IPv4 address.
 pub async fn with_ipv4(h: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
-    let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
-    let names: BTreeMap<u32, String> = links
-        .iter()
-        .filter_map(|m| link_event(m, false).map(|e| (m.header.index, e.name)))
-        .collect();
-    let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
-    let mut out: Vec<String> = addrs
-        .iter()
-        .filter(|a| a.header.family == AddressFamily::Inet)
-        .filter_map(|a| names.get(&a.header.index).cloned())
+    let mut out: Vec<String> = local_addrs(h)
+        .await?
+        .into_iter()
+        .filter(|(_, ip, _)| ip.is_ipv4())
+        .map(|(name, _, _)| name)
         .collect();
     out.sort();
     out.dedup();

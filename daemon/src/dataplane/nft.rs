@@ -109,22 +109,10 @@ pub struct Ruleset {
 /// The table for a desired state.
 pub fn render(d: &DesiredState) -> Ruleset {
     let mask = d.mark_mask;
-    let mut pre = Vec::new();
     // Every packet of a flow that already has a link keeps it: restore our mark bits from the
     // flow's ct mark. Replies to the LAN then match `lookup main suppress_prefixlength 0` first
     // (see routes.rs), so restoring does not send them back out a WAN.
-    for l in &d.links {
-        pre.push(vec![
-            Op::CtMarkIs {
-                mask,
-                value: l.mark,
-            },
-            Op::SetMetaMark {
-                mask,
-                value: l.mark,
-            },
-        ]);
-    }
+    let mut pre = restore_marks(d);
     // Connections that arrive on a link (port forwards, services on the router) belong to it:
     // the ct mark then routes their answers back out the same link, whatever new flows do.
     for l in &d.links {
@@ -186,22 +174,7 @@ pub fn render(d: &DesiredState) -> Ruleset {
     // The router's own packets of a flow that has a link (answers of its services to
     // connections that came in on a link, its own connections out a link) keep that link: the
     // route chain re-routes when the mark changes.
-    let route_out = d
-        .links
-        .iter()
-        .map(|l| {
-            vec![
-                Op::CtMarkIs {
-                    mask,
-                    value: l.mark,
-                },
-                Op::SetMetaMark {
-                    mask,
-                    value: l.mark,
-                },
-            ]
-        })
-        .collect();
+    let route_out = restore_marks(d);
     let post = d
         .links
         .iter()
@@ -255,6 +228,26 @@ pub fn render(d: &DesiredState) -> Ruleset {
             },
         ],
     }
+}
+
+/// For each link: `ct mark & mask == mark → meta mark set ... | mark`.
+fn restore_marks(d: &DesiredState) -> Vec<Vec<Op>> {
+    let mask = d.mark_mask;
+    d.links
+        .iter()
+        .map(|l| {
+            vec![
+                Op::CtMarkIs {
+                    mask,
+                    value: l.mark,
+                },
+                Op::SetMetaMark {
+                    mask,
+                    value: l.mark,
+                },
+            ]
+        })
+        .collect()
 }
 
 impl fmt::Display for Op {
