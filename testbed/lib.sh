@@ -170,12 +170,13 @@ name = "wan1"
 interface = "wan1"
 $gwline
 priority = 1
+weight = ${TB_WAN1_WEIGHT:-1}
 targets = $targets
 
 [[link]]
 name = "wan2"
 interface = "wan2"
-priority = 2
+priority = ${TB_WAN2_PRIORITY:-2}
 failback = "${TB_WAN2_FAILBACK:-keep}"
 targets = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
 

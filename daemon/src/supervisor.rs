@@ -276,7 +276,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         for t in &transitions {
             let name = &config.links[t.link].name;
             info!("link {name}: {} -> {} ({})", t.from, t.to, t.reason);
-            run_hook(&config, t, steer_name(&engine.desired()));
+            run_hook(&config, t, &steer_name(&engine.desired()));
             counters.entry(name.clone()).or_default().transitions += 1;
             let _ = events.send(serde_json::json!({
                 "type": "transition", "link": name, "from": t.from.as_str(), "to": t.to.as_str(),
@@ -295,12 +295,12 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             });
         }
         let next = engine.desired();
-        let mut drain = None;
+        let mut drain: Vec<LinkId> = Vec::new();
         if next != desired || reapply {
             match dp.apply(&next, reapply).await {
                 Ok(r) => {
                     applies = (applies.0 + 1, Some(ms(r.nft + r.routes)));
-                    if next.steer_to != desired.steer_to {
+                    if next.share != desired.share {
                         let _ = events
                             .send(serde_json::json!({"type": "steer", "to": steer_name(&next)}));
                         notify(&[sd_notify::NotifyState::Status(&format!(
@@ -308,8 +308,11 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                             steer_name(&next)
                         ))]);
                         drain = desired
-                            .steer_to
-                            .filter(|&from| draining(&config, from, &next));
+                            .share
+                            .iter()
+                            .map(|&(l, _)| l)
+                            .filter(|&from| draining(&config, from, &next))
+                            .collect();
                         info!(
                             "new flows now via {} (nft {:.1} ms, routes {:.1} ms)",
                             steer_name(&next),
@@ -342,7 +345,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             .iter()
             .filter(|t| stranded(t, &desired))
             .map(|t| t.link)
-            .chain(drain)
+            .chain(drain.iter().copied())
             .chain(requested.into_iter().filter(|&l| {
                 // (A reload may have removed the link meanwhile.)
                 l < desired.links.len()
@@ -352,7 +355,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             }))
             .collect();
         for link in purge {
-            if drain == Some(link) {
+            if drain.contains(&link) {
                 info!(
                     "link {}: new flows moved to {}; draining its flows (failback = \"drain\")",
                     config.links[link].name,
@@ -386,7 +389,10 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
 /// reset, so applications reconnect through a live link at once. Only when another link is
 /// usable: otherwise there is nowhere better to go, and killing the flows would only hurt.
 fn stranded(t: &Transition, d: &DesiredState) -> bool {
-    let elsewhere = d.steer_to.is_some_and(|s| s != t.link && d.links[s].usable);
+    let elsewhere = d
+        .share
+        .iter()
+        .any(|&(s, _)| s != t.link && d.links[s].usable);
     t.to == LinkState::Down && t.from.usable() && elsewhere
 }
 
@@ -396,6 +402,7 @@ fn stranded(t: &Transition, d: &DesiredState) -> bool {
 fn draining(config: &Config, from: LinkId, next: &DesiredState) -> bool {
     config.links[from].failback == Failback::Drain
         && next.links[from].usable
+        && !next.share.iter().any(|&(l, _)| l == from)
         && next
             .steer_to
             .is_some_and(|to| config.links[to].priority < config.links[from].priority)
@@ -702,6 +709,17 @@ fn status(
     Status {
         version: control::PROTOCOL_VERSION,
         steer_to: d.steer_to.map(|i| cfg.links[i].name.clone()),
+        share: {
+            let total: u32 = d.share.iter().map(|(_, w)| w).sum();
+            d.share
+                .iter()
+                .map(|&(l, w)| control::Share {
+                    link: cfg.links[l].name.clone(),
+                    weight: w,
+                    pct: 100.0 * f64::from(w) / f64::from(total.max(1)),
+                })
+                .collect()
+        },
         worst_case_detection_ms: cfg.worst_case_detection().as_millis() as u64,
         links: cfg
             .links
@@ -744,8 +762,24 @@ fn status(
     }
 }
 
-fn steer_name(d: &DesiredState) -> &str {
-    d.steer_to.map_or("(no link)", |i| d.links[i].name.as_str())
+/// Where new flows go: a link's name, or the links of a tier with their shares.
+fn steer_name(d: &DesiredState) -> String {
+    let total: u32 = d.share.iter().map(|(_, w)| w).sum();
+    match d.share.as_slice() {
+        [] => "(no link)".into(),
+        [(l, _)] => d.links[*l].name.clone(),
+        many => many
+            .iter()
+            .map(|&(l, w)| {
+                format!(
+                    "{} {:.0}%",
+                    d.links[l].name,
+                    100.0 * f64::from(w) / f64::from(total)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -111,6 +111,18 @@ def cmd_whoami(args):
     return 0 if seen else 1
 
 
+def cmd_count(args):
+    """Open --n new connections one after another; print how many the server saw from each
+    address, as 'ADDR COUNT' lines."""
+    seen = {}
+    for _ in range(args.n):
+        a = whoami(args.addr, args.port, args.timeout) or "none"
+        seen[a] = seen.get(a, 0) + 1
+    for a, n in sorted(seen.items()):
+        print(a, n)
+    return 0
+
+
 def cmd_until(args):
     """Start a new connection every --every seconds (overlapping, each with its own timeout)
     until one is seen from --want; print the wall-clock time at which the first such connection
@@ -189,6 +201,8 @@ def main():
     a = sub.add_parser("until"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--want", required=True); a.add_argument("--every", type=float, default=0.01)
     a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--within", type=float, default=10)
+    a = sub.add_parser("count"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--n", type=int, default=1000); a.add_argument("--timeout", type=float, default=2)
     a = sub.add_parser("udpserver"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("udp"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--want", required=True); a.add_argument("--within", type=float, default=20)
@@ -204,6 +218,8 @@ def main():
         dns(args)
     elif args.cmd == "whoami":
         sys.exit(cmd_whoami(args))
+    elif args.cmd == "count":
+        sys.exit(cmd_count(args))
     elif args.cmd == "udpserver":
         udpserver(args)
     elif args.cmd == "udp":

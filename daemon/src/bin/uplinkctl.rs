@@ -222,7 +222,15 @@ fn table(s: &Status) -> String {
     }
     out.push_str(&format!(
         "new flows via: {}   worst-case blackhole detection: {} ms\n",
-        s.steer_to.as_deref().unwrap_or("(none)"),
+        if s.share.len() > 1 {
+            s.share
+                .iter()
+                .map(|x| format!("{} {:.0}%", x.link, x.pct))
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            s.steer_to.clone().unwrap_or_else(|| "(none)".into())
+        },
         s.worst_case_detection_ms
     ));
     out

@@ -43,6 +43,8 @@ pub struct Link {
     pub gateway: Option<Ipv4Addr>,
     /// Lower is preferred.
     pub priority: u32,
+    /// Share of new flows among usable links of the same priority (1 ..= 1000).
+    pub weight: u32,
     /// What to probe through this link (see `uplinkd_probes::Target` for the syntax).
     pub targets: Vec<Target>,
     /// Number of silent targets that make this link down (1 ..= targets).

@@ -50,6 +50,7 @@ struct RawLink {
     gateway: Option<Spanned<String>>,
     #[serde(default = "default_priority")]
     priority: u32,
+    weight: Option<Spanned<u32>>,
     targets: Spanned<Vec<Spanned<String>>>,
     quorum: Option<Spanned<u32>>,
     #[serde(default)]
@@ -650,6 +651,7 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
             interface: l.interface.get_ref().clone(),
             gateway,
             priority: l.priority,
+            weight: c.int(&l.weight, &key("weight"), 1, 1..=1000),
             targets,
             mark: ((i as u32).wrapping_add(1) << shift) & dp.mark_mask,
             table: dp.table_base.wrapping_add(i as u32),

@@ -114,14 +114,17 @@ pub fn render(s: &Status) -> String {
         .map(|l| {
             (
                 format!("{{link=\"{}\"}}", escape(&l.name)),
-                f64::from(u8::from(s.steer_to.as_deref() == Some(&l.name))),
+                s.share
+                    .iter()
+                    .find(|x| x.link == l.name)
+                    .map_or(0.0, |x| x.pct / 100.0),
             )
         })
         .collect();
     family(
-        "steering_link",
+        "steering_share",
         "gauge",
-        "1 for the link new flows are steered to.",
+        "Share of new flows each link gets (0 to 1).",
         steer,
     );
     family(
@@ -183,6 +186,11 @@ mod tests {
     fn renders_every_family_with_labels() {
         let s = Status {
             steer_to: Some("fiber".into()),
+            share: vec![crate::control::Share {
+                link: "fiber".into(),
+                weight: 1,
+                pct: 100.0,
+            }],
             links: vec![LinkStatus {
                 name: "fiber".into(),
                 state: "up".into(),
@@ -200,7 +208,10 @@ mod tests {
         assert!(text.contains("uplinkd_link_state{link=\"fiber\",state=\"down\"} 0\n"));
         assert!(text.contains("uplinkd_link_rtt_seconds{link=\"fiber\"} 0.012\n"));
         assert!(text.contains("uplinkd_probes_sent_total{link=\"fiber\"} 10\n"));
-        assert!(text.contains("uplinkd_steering_link{link=\"fiber\"} 1\n"));
+        assert!(
+            text.contains("uplinkd_steering_share{link=\"fiber\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE uplinkd_transitions_total counter\n"));
         assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
     }

@@ -33,14 +33,24 @@ const MAX_CLIENTS: usize = 64;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub version: u32,
-    /// Name of the link new LAN flows are steered to.
+    /// Name of the link new LAN flows are steered to (the first of `share`).
     pub steer_to: Option<String>,
+    /// The links sharing new flows (one tier), with their weights and percentages.
+    #[serde(default)]
+    pub share: Vec<Share>,
     /// Worst-case time from a silent blackhole to a `down` decision with this configuration.
     pub worst_case_detection_ms: u64,
     pub links: Vec<LinkStatus>,
     /// Duration of the newest dataplane apply, and how many applies there were.
     pub last_apply_ms: Option<f64>,
     pub applies: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Share {
+    pub link: String,
+    pub weight: u32,
+    pub pct: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

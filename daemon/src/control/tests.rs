@@ -111,7 +111,7 @@ async fn socket_serves_many_requests_and_survives_abuse() {
         .request(&serde_json::json!({"cmd":"metrics"}))
         .await
         .unwrap();
-    assert!(r.metrics.unwrap().contains("uplinkd_steering_link"));
+    assert!(r.metrics.unwrap().contains("uplinkd_steering_share"));
 
     // A huge line gets an error and the connection is closed; the daemon keeps answering.
     let mut s = UnixStream::connect(&path).await.unwrap();

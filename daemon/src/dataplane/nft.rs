@@ -18,7 +18,9 @@ use nftnl::{
     Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
 };
 
-use super::nft_ext::{set_timeout, Base, ElemsReplace, FlowKey, Notrack, RawLoad};
+use super::nft_ext::{
+    set_timeout, Base, ElemsReplace, FlowKey, Hton32, Notrack, NumgenRandom, RawLoad,
+};
 use crate::engine::DesiredState;
 
 /// The one table uplinkd owns (DESIGN.md §3).
@@ -84,6 +86,11 @@ pub enum Op {
     RejectTcpReset,
     CtStateInvalid,
     Drop,
+    /// `numgen random mod MODULUS < BELOW`
+    RandomBelow {
+        modulus: u32,
+        below: u32,
+    },
     /// `meta mark & mask == value`
     MetaMarkIs {
         mask: u32,
@@ -126,22 +133,32 @@ pub fn render(d: &DesiredState) -> Ruleset {
         ]);
     }
     // New LAN flows get the mark of the link chosen for them, which routes them to its table.
-    if let Some(l) = d.steer_to.and_then(|i| d.links.get(i)) {
-        for lan in &d.lan_interfaces {
-            pre.push(vec![
+    // Links sharing a tier split new flows by weight: link i of n takes a flow with probability
+    // w_i / (w_i + ... + w_n) among those the links before it left unmarked, which gives each
+    // exactly w_i / total.
+    for lan in &d.lan_interfaces {
+        let mut remaining: u32 = d.share.iter().map(|(_, w)| w).sum();
+        for (n, &(link, w)) in d.share.iter().enumerate() {
+            let Some(l) = d.links.get(link) else { continue };
+            let mut rule = vec![
                 Op::IifName(lan.clone()),
                 Op::CtStateNew,
-                Op::SetMetaMark {
-                    mask,
-                    value: l.mark,
-                },
-            ]);
+                Op::MetaMarkIs { mask, value: 0 },
+            ];
+            if n + 1 < d.share.len() {
+                rule.push(Op::RandomBelow {
+                    modulus: remaining,
+                    below: w,
+                });
+            }
+            rule.push(Op::SetMetaMark {
+                mask,
+                value: l.mark,
+            });
+            pre.push(rule);
+            remaining -= w;
         }
     }
-    // A nat chain sees the first packet of each flow only: there the flow's ct mark records the
-    // link it actually left through. Flows that stay inside (LAN to LAN, to the router) never
-    // get one, so a failover's purge and resets cannot touch them; router-originated flows out
-    // a WAN do get one.
     // Stranded TCP flows: after a failover their LAN packets are answered with a reset. Only
     // flows uplinkd killed are in the sets; a SYN is never rejected, so a new connection that
     // happens to reuse a killed flow's ports goes through. Invalid LAN packets (e.g. the FIN of a
@@ -277,6 +294,9 @@ impl fmt::Display for Op {
             Op::CtStateInvalid => write!(f, "ct state invalid"),
             Op::Drop => write!(f, "drop"),
             Op::MetaMarkIs { mask, value } => write!(f, "meta mark & {mask:#x} == {value:#x}"),
+            Op::RandomBelow { modulus, below } => {
+                write!(f, "numgen random mod {modulus} < {below}")
+            }
             Op::Notrack => write!(f, "notrack"),
         }
     }
@@ -500,6 +520,11 @@ fn add_op(rule: &mut Rule<'_>, op: &Op, sets: &StaleSets<'_>) -> io::Result<()> 
             rule.add_expr(&Cmp::new(CmpOp::Eq, *value));
         }
         Op::Notrack => rule.add_expr(&Notrack),
+        Op::RandomBelow { modulus, below } => {
+            rule.add_expr(&NumgenRandom { modulus: *modulus });
+            rule.add_expr(&Hton32);
+            rule.add_expr(&Cmp::new(CmpOp::Lt, &below.to_be_bytes()[..]));
+        }
     }
     Ok(())
 }
@@ -545,6 +570,7 @@ mod tests {
             lan_interfaces: vec!["lan0".into(), "lan1".into()],
             links: vec![link(1, false), link(2, true)],
             steer_to,
+            share: steer_to.map(|s| vec![(s, 1)]).unwrap_or_default(),
         }
     }
 
@@ -559,8 +585,8 @@ mod tests {
     ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
     iifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0x100
     iifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x200
-    iifname "lan0" ct state new meta mark set meta mark & 0xffff00ff | 0x200
-    iifname "lan1" ct state new meta mark set meta mark & 0xffff00ff | 0x200
+    iifname "lan0" ct state new meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200
+    iifname "lan1" ct state new meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200
   }
   chain forward { type filter hook forward priority 0; policy accept;
     iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 @nh,96,96 @stale4 reject with tcp reset
@@ -583,6 +609,16 @@ mod tests {
   }
 }"#;
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn links_of_a_tier_share_new_flows_by_weight() {
+        let mut d = state(Some(0));
+        d.share = vec![(0, 3), (1, 1)];
+        d.lan_interfaces = vec!["lan0".into()];
+        let text = render(&d).to_string();
+        assert!(text.contains("iifname \"lan0\" ct state new meta mark & 0xff00 == 0x0 numgen random mod 4 < 3 meta mark set meta mark & 0xffff00ff | 0x100\n"), "{text}");
+        assert!(text.contains("iifname \"lan0\" ct state new meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200\n"), "{text}");
     }
 
     #[test]

@@ -51,6 +51,62 @@ impl Expression for RawLoad {
     }
 }
 
+/// `numgen random mod MODULUS` into register 1 (host byte order).
+pub struct NumgenRandom {
+    pub modulus: u32,
+}
+
+impl Expression for NumgenRandom {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for RawLoad.
+        unsafe {
+            let expr = alloc(c"numgen");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NG_DREG as u16, libc::NFT_REG_1 as u32);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NG_MODULUS as u16, self.modulus);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NG_TYPE as u16,
+                libc::NFT_NG_RANDOM as u32,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NG_OFFSET as u16, 0);
+            expr
+        }
+    }
+}
+
+/// Register 1's 32-bit value to network byte order, so `cmp lt` (a byte-wise comparison in
+/// the kernel) orders it as a number.
+pub struct Hton32;
+
+impl Expression for Hton32 {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for RawLoad.
+        unsafe {
+            let expr = alloc(c"byteorder");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_BYTEORDER_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_BYTEORDER_DREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_BYTEORDER_OP as u16,
+                libc::NFT_BYTEORDER_HTON as u32,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_BYTEORDER_LEN as u16, 4);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_BYTEORDER_SIZE as u16, 4);
+            expr
+        }
+    }
+}
+
 /// `notrack`: conntrack skips the packet (only before conntrack, at priority raw).
 pub struct Notrack;
 

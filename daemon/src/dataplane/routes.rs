@@ -394,6 +394,7 @@ mod tests {
             lan_interfaces: vec![],
             links: vec![link(1), link(2)],
             steer_to: Some(0),
+            share: vec![(0, 1)],
         };
         let text: Vec<String> = desired_rules(&d)
             .iter()

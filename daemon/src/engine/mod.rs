@@ -81,8 +81,12 @@ pub struct DesiredState {
     pub rule_priority: u32,
     pub lan_interfaces: Vec<String>,
     pub links: Vec<LinkPlan>,
-    /// The link whose mark new LAN flows get; `None` when no link is configured.
+    /// The link whose mark new LAN flows get (the first of `share`); `None` when no link is
+    /// configured.
     pub steer_to: Option<LinkId>,
+    /// The links that share new flows, with their weights: the usable links of the best tier
+    /// (lowest priority, not degraded unless all are, not drained).
+    pub share: Vec<(LinkId, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +235,27 @@ impl Engine {
             .or_else(|| (0..self.links.len()).min_by_key(|&i| (self.config.links[i].priority, i)))
     }
 
+    /// The links of the best tier and their weights; the preferred link alone when nothing is
+    /// usable.
+    pub fn share(&self) -> Vec<(LinkId, u32)> {
+        let Some(best) = self.best_link() else {
+            return Vec::new();
+        };
+        let rank = |i: LinkId| {
+            (
+                self.links[i].state == LinkState::Degraded,
+                self.config.links[i].priority,
+            )
+        };
+        if !self.links[best].state.usable() || self.drained[best] {
+            return vec![(best, self.config.links[best].weight)];
+        }
+        (0..self.links.len())
+            .filter(|&i| self.links[i].state.usable() && !self.drained[i] && rank(i) == rank(best))
+            .map(|i| (i, self.config.links[i].weight))
+            .collect()
+    }
+
     pub fn desired(&self) -> DesiredState {
         DesiredState {
             mark_mask: self.config.dataplane.mark_mask,
@@ -254,6 +279,7 @@ impl Engine {
                 })
                 .collect(),
             steer_to: self.best_link(),
+            share: self.share(),
         }
     }
 }

@@ -319,6 +319,19 @@ fn new_flows_follow_the_best_usable_link() {
 }
 
 #[test]
+fn links_of_the_best_tier_share_new_flows_by_weight() {
+    let cfg = config::parse(&CONFIG.replace("priority = 2", "priority = 1\nweight = 3")).unwrap();
+    let t0 = Instant::now();
+    let mut e = Engine::new(cfg, t0);
+    assert_eq!(e.desired().share, vec![(0, 1), (1, 3)]);
+    e.handle(t0, Event::Carrier { link: 1, up: false });
+    assert_eq!(e.desired().share, vec![(0, 1)]);
+    e.set_drained(0, true);
+    // Nothing usable and not drained: the preferred link alone.
+    assert_eq!(e.desired().share, vec![(0, 1)]);
+}
+
+#[test]
 fn events_for_unknown_links_or_targets_are_ignored() {
     let t0 = Instant::now();
     let mut e = Engine::new(config(), t0);
