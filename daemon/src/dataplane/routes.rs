@@ -24,6 +24,8 @@ pub struct RuleSpec {
     pub priority: u32,
     /// `fwmark value/mask`, or none.
     pub fwmark: Option<(u32, u32)>,
+    /// `from ADDR` (a host address), or none.
+    pub from: Option<IpAddr>,
     pub table: u32,
     pub suppress_prefixlen: Option<u32>,
 }
@@ -48,6 +50,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
             v6,
             priority: d.rule_priority,
             fwmark: None,
+            from: None,
             table: RT_TABLE_MAIN,
             suppress_prefixlen: Some(0),
         });
@@ -56,6 +59,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
                 v6,
                 priority: d.rule_priority + 1 + i as u32,
                 fwmark: Some((l.mark, d.mark_mask)),
+                from: None,
                 table: l.table,
                 suppress_prefixlen: None,
             });
@@ -79,6 +83,7 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
         v6: m.header.family == AddressFamily::Inet6,
         priority: 0,
         fwmark: None,
+        from: None,
         table: u32::from(m.header.table),
         suppress_prefixlen: None,
     };
@@ -90,6 +95,7 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
             RuleAttribute::FwMark(v) => mark = Some(*v),
             RuleAttribute::FwMask(v) => mask = *v,
             RuleAttribute::Table(t) => s.table = *t,
+            RuleAttribute::Source(ip) => s.from = Some(*ip),
             RuleAttribute::SuppressPrefixLen(v) if *v != u32::MAX => {
                 s.suppress_prefixlen = Some(*v)
             }
@@ -100,9 +106,47 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
     s
 }
 
-/// Converge our `ip rule` band to `desired_rules(d)`. Returns what was changed.
+/// Rules that send traffic from each link's own addresses out that link's table, whatever the
+/// steering: a socket bound to a WAN's address (a VPN endpoint, an answer to an inbound
+/// connection) must leave through that WAN, or its ISP drops it as spoofed.
+async fn source_rules(h: &Handle, d: &DesiredState) -> Result<Vec<RuleSpec>, rtnetlink::Error> {
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+    let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
+    let mut rules = Vec::new();
+    for (i, l) in d.links.iter().enumerate() {
+        let Some(index) = ifindex(h, &l.interface).await? else {
+            continue;
+        };
+        for a in addrs.iter().filter(|a| a.header.index == index) {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip else { continue };
+            if matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
+                continue; // link-local: never a source of routed traffic
+            }
+            let rule = RuleSpec {
+                v6: ip.is_ipv6(),
+                priority: d.rule_priority + 1 + i as u32,
+                fwmark: None,
+                from: Some(ip),
+                table: l.table,
+                suppress_prefixlen: None,
+            };
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// Converge our `ip rule` band to `desired_rules(d)` plus the source rules of the links'
+/// current addresses. Returns what was changed.
 pub async fn converge_rules(h: &Handle, d: &DesiredState) -> Result<usize, rtnetlink::Error> {
-    let want = desired_rules(d);
+    let mut want = desired_rules(d);
+    want.extend(source_rules(h, d).await?);
     let have = dump_rules(h).await?;
     let ours: Vec<(RuleSpec, &RuleMessage)> = have
         .iter()
@@ -161,6 +205,11 @@ fn rule_request<T>(req: RuleAddRequest<T>, s: &RuleSpec) -> RuleAddRequest<T> {
         req.message_mut()
             .attributes
             .push(RuleAttribute::SuppressPrefixLen(p));
+    }
+    if let Some(ip) = s.from {
+        let m = req.message_mut();
+        m.header.src_len = if ip.is_ipv6() { 128 } else { 32 };
+        m.attributes.push(RuleAttribute::Source(ip));
     }
     req
 }
