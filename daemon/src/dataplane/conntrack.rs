@@ -96,7 +96,7 @@ fn open() -> io::Result<Socket> {
 }
 
 /// Netlink messages in a buffer: (type, sequence, payload after the 16-byte header).
-fn messages(buf: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
+pub(super) fn messages(buf: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
     let mut off = 0;
     std::iter::from_fn(move || {
         if off + 16 > buf.len() {
@@ -119,7 +119,7 @@ fn messages(buf: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
 }
 
 /// The errno of an NLMSG_ERROR payload (0 is an acknowledgement).
-fn error_code(payload: &[u8]) -> i32 {
+pub(super) fn error_code(payload: &[u8]) -> i32 {
     payload.get(..4).map_or(-libc::EINVAL, |b| {
         i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
     })

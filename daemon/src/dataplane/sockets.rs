@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
+use super::conntrack::{error_code, messages};
+
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
 const NLMSG_ERROR: u16 = 2;
@@ -67,29 +69,6 @@ fn open() -> io::Result<Socket> {
     Ok(s)
 }
 
-fn netlink_messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            break;
-        }
-        out.push((
-            u16::from_ne_bytes([buf[off + 4], buf[off + 5]]),
-            &buf[off + 16..off + len],
-        ));
-        off += (len + 3) & !3;
-    }
-    out
-}
-
-fn errno(payload: &[u8]) -> i32 {
-    payload.get(..4).map_or(-libc::EINVAL, |b| {
-        i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
-    })
-}
-
 /// TCP sockets of this host whose local address is one of `addrs`.
 pub fn list(addrs: &[IpAddr]) -> io::Result<Vec<SockId>> {
     let socket = open()?;
@@ -107,10 +86,11 @@ pub fn list(addrs: &[IpAddr]) -> io::Result<Vec<SockId>> {
         let mut buf = vec![0u8; 1 << 15];
         'dump: loop {
             let n = socket.recv(&mut &mut buf[..], 0)?;
-            for (kind, payload) in netlink_messages(&buf[..n]) {
+            for m in messages(&buf[..n]) {
+                let (kind, _, payload) = m?;
                 match kind {
                     NLMSG_DONE => break 'dump,
-                    NLMSG_ERROR => return Err(io::Error::from_raw_os_error(-errno(payload))),
+                    NLMSG_ERROR => return Err(io::Error::from_raw_os_error(-error_code(payload))),
                     _ => found.extend(parse(payload).filter(|s| addrs.contains(&s.src))),
                 }
             }
@@ -137,9 +117,10 @@ pub fn destroy(sockets: &[SockId]) -> io::Result<usize> {
             0,
         )?;
         let n = socket.recv(&mut &mut buf[..], 0)?;
-        for (kind, payload) in netlink_messages(&buf[..n]) {
+        for m in messages(&buf[..n]) {
+            let (kind, _, payload) = m?;
             if kind == NLMSG_ERROR {
-                match errno(payload) {
+                match error_code(payload) {
                     0 => destroyed += 1,
                     e if -e == libc::ENOENT => {}
                     e => return Err(io::Error::from_raw_os_error(-e)),
