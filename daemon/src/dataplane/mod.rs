@@ -102,12 +102,16 @@ impl Dataplane {
         }
         report.nft = t.elapsed();
         let t = Instant::now();
-        let rules = routes::converge_rules(&self.handle, d)
+        let ifindexes = routes::ifindexes(&self.handle, d)
             .await
             .map_err(Error::Route)?;
-        let (missing, changes) = routes::converge_routes(&self.handle, d, self.table_base)
+        let rules = routes::converge_rules(&self.handle, d, &ifindexes)
             .await
             .map_err(Error::Route)?;
+        let (missing, changes) =
+            routes::converge_routes(&self.handle, d, self.table_base, &ifindexes)
+                .await
+                .map_err(Error::Route)?;
         report.missing_interfaces = missing;
         report.route_changes = rules + changes;
         report.routes = t.elapsed();

@@ -109,12 +109,16 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
 /// Rules that send traffic from each link's own addresses out that link's table, whatever the
 /// steering: a socket bound to a WAN's address (a VPN endpoint, an answer to an inbound
 /// connection) must leave through that WAN, or its ISP drops it as spoofed.
-async fn source_rules(h: &Handle, d: &DesiredState) -> Result<Vec<RuleSpec>, rtnetlink::Error> {
+async fn source_rules(
+    h: &Handle,
+    d: &DesiredState,
+    ifindexes: &[Option<u32>],
+) -> Result<Vec<RuleSpec>, rtnetlink::Error> {
     use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
     let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
     let mut rules = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
-        let Some(index) = ifindex(h, &l.interface).await? else {
+        let Some(index) = ifindexes[i] else {
             continue;
         };
         for a in addrs.iter().filter(|a| a.header.index == index) {
@@ -143,10 +147,14 @@ async fn source_rules(h: &Handle, d: &DesiredState) -> Result<Vec<RuleSpec>, rtn
 }
 
 /// Converge our `ip rule` band to `desired_rules(d)` plus the source rules of the links'
-/// current addresses. Returns what was changed.
-pub async fn converge_rules(h: &Handle, d: &DesiredState) -> Result<usize, rtnetlink::Error> {
+/// current addresses (`ifindexes` from [`ifindexes`]). Returns what was changed.
+pub async fn converge_rules(
+    h: &Handle,
+    d: &DesiredState,
+    ifindexes: &[Option<u32>],
+) -> Result<usize, rtnetlink::Error> {
     let mut want = desired_rules(d);
-    want.extend(source_rules(h, d).await?);
+    want.extend(source_rules(h, d, ifindexes).await?);
     let have = dump_rules(h).await?;
     let ours: Vec<(RuleSpec, &RuleMessage)> = have
         .iter()
@@ -212,6 +220,16 @@ fn rule_request<T>(req: RuleAddRequest<T>, s: &RuleSpec) -> RuleAddRequest<T> {
         m.attributes.push(RuleAttribute::Source(ip));
     }
     req
+}
+
+/// The interface index of every link (`None`: the interface does not exist yet), looked up once
+/// per apply for both rules and routes.
+pub async fn ifindexes(h: &Handle, d: &DesiredState) -> Result<Vec<Option<u32>>, rtnetlink::Error> {
+    let mut out = Vec::with_capacity(d.links.len());
+    for l in &d.links {
+        out.push(ifindex(h, &l.interface).await?);
+    }
+    Ok(out)
 }
 
 /// Interface index by name; `None` when the interface does not exist (yet).
@@ -302,12 +320,13 @@ pub async fn converge_routes(
     h: &Handle,
     d: &DesiredState,
     table_base: u32,
+    ifindexes: &[Option<u32>],
 ) -> Result<(Vec<String>, usize), rtnetlink::Error> {
     let routes = dump_routes(h).await?;
     let mut want = Vec::new();
     let mut missing = Vec::new();
-    for l in &d.links {
-        let Some(oif) = ifindex(h, &l.interface).await? else {
+    for (l, index) in d.links.iter().zip(ifindexes) {
+        let Some(oif) = *index else {
             missing.push(l.interface.clone());
             continue;
         };
