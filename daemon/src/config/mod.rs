@@ -3,10 +3,11 @@
 //! Every semantic error is collected, each with the file, line and TOML path it refers to, so an
 //! operator fixes a broken file in one pass.
 
+mod policy;
 mod raw;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ pub struct Config {
     /// Links in configuration order; index = link id everywhere in the daemon.
     pub links: Vec<Link>,
     pub lan_interfaces: Vec<String>,
+    /// Steering policies; index 0 is always the default policy (configured as `name =
+    /// "default"`, or implicitly every link with its own priority and weight).
+    pub policies: Vec<Policy>,
+    /// Traffic rules in file order: the first that matches a new flow picks its policy.
+    pub rules: Vec<Rule>,
     pub control: Control,
     pub metrics: Metrics,
     pub hooks: Hooks,
@@ -51,6 +57,9 @@ pub struct Link {
     pub quorum: u32,
     /// What happens to this link's flows when new flows move back to a preferred link.
     pub failback: Failback,
+    /// IPv6 leaving through this link gets its source prefix translated to this prefix
+    /// (NPTv6-style, the interface identifier kept) instead of being masqueraded.
+    pub nptv6: Option<Prefix>,
     /// Mark value of this link under [`Dataplane::mark_mask`].
     pub mark: u32,
     /// Routing table holding this link's default route.
@@ -67,6 +76,134 @@ pub enum Failback {
     /// They are reset (like a dead link's), so clients reconnect through the preferred link:
     /// for a metered or slow backup.
     Drain,
+}
+
+/// Name of the policy for traffic no rule matches (DESIGN.md: the default policy).
+pub const DEFAULT_POLICY: &str = "default";
+
+/// A named steering policy: which links carry the traffic given to it, in tiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub members: Vec<Member>,
+    pub last_resort: LastResort,
+    /// Remember the link each source address was given for this long after its last new flow,
+    /// and give its new flows the same link while it is usable.
+    pub sticky: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub link: usize,
+    /// Lower is preferred; members of equal priority share by weight.
+    pub priority: u32,
+    pub weight: u32,
+}
+
+/// What happens to a policy's new flows when none of its links is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LastResort {
+    /// The default policy takes them (for the default policy itself: its preferred link,
+    /// as if uplinkd were not there).
+    #[default]
+    Default,
+    /// They are refused at once (ICMP network unreachable, ENETUNREACH on the router), so
+    /// clients see an error instead of a timeout.
+    Unreachable,
+}
+
+/// Which new flows go to a policy. Every non-empty list must match (any of its entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Index into [`Config::policies`].
+    pub policy: usize,
+    /// LAN interfaces the flow enters by; empty: any (and the router's own traffic).
+    pub iif: Vec<String>,
+    /// IP protocol number (`meta l4proto`).
+    pub proto: Option<u8>,
+    pub src: Vec<Prefix>,
+    pub dst: Vec<Prefix>,
+    /// Inclusive port ranges (TCP and UDP only).
+    pub sport: Vec<(u16, u16)>,
+    pub dport: Vec<(u16, u16)>,
+}
+
+/// An IPv4 or IPv6 prefix with no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The address bytes and the netmask bytes (network order).
+    pub fn bytes(&self) -> (Vec<u8>, Vec<u8>) {
+        let addr = match self.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        let bits = addr.len() * 8;
+        let mask: Vec<u8> = (0..addr.len())
+            .map(|i| {
+                let on = (usize::from(self.len)).saturating_sub(i * 8).min(8);
+                (0xffu16 << (8 - on)) as u8
+            })
+            .collect();
+        debug_assert_eq!(bits % 8, 0);
+        (addr, mask)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+    /// `ADDR/LEN`, or a bare address (a host). Host bits must be zero.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or ADDR/LEN prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = if l.is_empty() {
+            max
+        } else {
+            l.parse()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?
+        };
+        let p = Prefix { addr, len };
+        let (bytes, mask) = p.bytes();
+        let net: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
+        if net != bytes {
+            let net = match addr {
+                IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(&net[..]).unwrap_or_default()),
+                IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(&net[..]).unwrap_or_default()),
+            };
+            return Err(format!("{s:?} has host bits set; did you mean \"{net}/{len}\"?"));
+        }
+        Ok(p)
+    }
+}
+
+impl Prefix {
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+
+    /// For NPTv6: the prefix as an IPv6 network.
+    pub fn v6(&self) -> Option<Ipv6Addr> {
+        match self.addr {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +284,12 @@ impl Dataplane {
     /// itself sends to reset stranded clients.
     pub fn reserved_mark(&self) -> u32 {
         self.mark_mask
+    }
+
+    /// The value below it, also never a link's: new flows of a policy with no usable link and
+    /// `last_resort = "unreachable"` get it, and an `unreachable` rule refuses them.
+    pub fn unreachable_mark(&self) -> u32 {
+        self.mark_mask - (1 << self.mark_mask.trailing_zeros())
     }
 }
 

@@ -10,8 +10,9 @@ use uplinkd_probes::Target;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::policy::{RawPolicy, RawRule, RawSets};
 use super::{
-    Config, Control, Dataplane, Detection, Failback, Hooks, Link, Metrics, Probe, Problem,
+    Config, Control, Dataplane, Detection, Failback, Hooks, Link, Metrics, Prefix, Probe, Problem,
     DEFAULT_SOCKET, MAX_LINKS,
 };
 
@@ -40,6 +41,12 @@ struct RawConfig {
     detection: RawDetection,
     #[serde(default)]
     dataplane: RawDataplane,
+    #[serde(default)]
+    policy: Vec<Spanned<RawPolicy>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    sets: RawSets,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +62,7 @@ struct RawLink {
     quorum: Option<Spanned<u32>>,
     #[serde(default)]
     failback: Failback,
+    nptv6: Option<Spanned<String>>,
 }
 
 fn default_priority() -> u32 {
@@ -129,7 +137,7 @@ struct RawDataplane {
 }
 
 /// Collects problems with the line of the span they refer to.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     text: &'a str,
     problems: Vec<Problem>,
 }
@@ -144,7 +152,7 @@ impl Checker<'_> {
             + 1
     }
 
-    fn err(
+    pub(super) fn err(
         &mut self,
         span: std::ops::Range<usize>,
         key: impl Into<String>,
@@ -450,10 +458,21 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         },
     };
 
+    let (policies, rules) = super::policy::check(
+        &mut c,
+        &raw.policy,
+        &raw.rule,
+        &raw.sets,
+        &links,
+        &lan_interfaces,
+    );
+
     if c.problems.is_empty() {
         Ok(Config {
             links,
             lan_interfaces,
+            policies,
+            rules,
             control,
             metrics,
             hooks,
@@ -499,8 +518,9 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
     }
     // Mark values count up from the lowest bit of the mask: 0 means "no link" (unmarked).
     let shift = dp.mark_mask.trailing_zeros();
-    // The all-ones value under the mask is reserved (see `Dataplane::reserved_mark`).
-    let max_links = (dp.mark_mask >> shift).saturating_sub(1);
+    // The two highest values under the mask are reserved (see `Dataplane::reserved_mark` and
+    // `Dataplane::unreachable_mark`).
+    let max_links = (dp.mark_mask >> shift).saturating_sub(2);
     if raw.link.len() as u64 > u64::from(max_links) {
         let span = raw.link.last().map_or(0..0, |l| l.span());
         c.err(
@@ -644,7 +664,23 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
             }
             (None, None) => n.max(1),
         };
+        let nptv6 = l.nptv6.as_ref().and_then(|p| match p.get_ref().parse::<Prefix>() {
+            Ok(n) if n.is_ipv6() && (1..=64).contains(&n.len) => Some(n),
+            Ok(_) => {
+                c.err(
+                    p.span(),
+                    key("nptv6"),
+                    "must be an IPv6 prefix of length 1-64, like \"2001:db8:1::/48\"",
+                );
+                None
+            }
+            Err(e) => {
+                c.err(p.span(), key("nptv6"), e);
+                None
+            }
+        });
         out.push(Link {
+            nptv6,
             name: name.clone(),
             quorum,
             failback: l.failback,

@@ -75,10 +75,11 @@ impl Dataplane {
         let mut report = ApplyReport::default();
         let rules = nft::render(d);
         let t = Instant::now();
-        let stale = self.applied.as_ref() != Some(&rules)
-            || (verify && !blocking(nft::exists).await.map_err(Error::Nft)?);
-        if stale {
+        let missing = verify && !blocking(nft::exists).await.map_err(Error::Nft)?;
+        if missing || self.applied.as_ref() != Some(&rules) {
             let r = rules.clone();
+            // When our table went missing it is written afresh.
+            let previous = self.applied.clone().filter(|_| !missing);
             let now = Instant::now();
             self.stale.retain(|(t, _, _)| *t > now);
             let v4: Vec<_> = self
@@ -92,8 +93,12 @@ impl Dataplane {
                 .flat_map(|(_, _, v6)| v6.iter().copied())
                 .collect();
             blocking(move || {
-                nft::replace(&r)?;
-                nft::add_stale(&v4, &v6)
+                // Sets survive an update in place; a replacement empties them, so the stale
+                // flows are put back.
+                if nft::replace(&r, previous.as_ref())? {
+                    nft::add_stale(&v4, &v6)?;
+                }
+                Ok(())
             })
             .await
             .map_err(Error::Nft)?;

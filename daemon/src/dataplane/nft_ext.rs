@@ -1,6 +1,6 @@
 //! What the `nftnl` crate lacks, built on its public `Expression` trait and `nftnl_sys`:
 //! a payload load of any length (a whole flow key in consecutive registers), `notrack`, and
-//! named sets whose elements expire.
+//! named sets whose elements expire, sets changed from the packet path, and prefix NAT.
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -151,6 +151,89 @@ pub fn set_timeout<K>(set: &Set<'_, K>, timeout_ms: u64) {
     unsafe {
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_TIMEOUT as u32);
         sys::nftnl_set_set_u64(s, sys::NFTNL_SET_TIMEOUT as u16, timeout_ms);
+    }
+}
+
+/// Make `set` one that rules add elements to (`flags dynamic,timeout`); each element's timeout
+/// comes from the rule that adds it.
+pub fn set_dynamic<K>(set: &Set<'_, K>) {
+    let s = set.as_ptr().as_ptr();
+    // SAFETY: as in set_timeout.
+    unsafe {
+        sys::nftnl_set_set_u32(
+            s,
+            sys::NFTNL_SET_FLAGS as u16,
+            (libc::NFT_SET_TIMEOUT | libc::NFT_SET_EVAL) as u32,
+        );
+    }
+}
+
+/// `add|update|delete @SET { <register 1> [timeout T] }`: a set changed from the packet path,
+/// keyed by what the rule loaded into register 1.
+pub struct Dynset<'a> {
+    /// NFT_DYNSET_OP_ADD, _UPDATE or _DELETE.
+    pub op: u32,
+    pub set: &'a CStr,
+    /// The set's id in the batch (it may be created by the same batch).
+    pub set_id: u32,
+    pub timeout_ms: Option<u64>,
+}
+
+impl Expression for Dynset<'_> {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for RawLoad; nftnl_expr_set_str copies the name.
+        unsafe {
+            let expr = alloc(c"dynset");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_OP as u16, self.op);
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, self.set.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SET_ID as u16, self.set_id);
+            if let Some(t) = self.timeout_ms {
+                sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_DYNSET_TIMEOUT as u16, t);
+            }
+            expr
+        }
+    }
+}
+
+/// `snat ip6 prefix to ...`: IPv6 source NAT to the range in registers 1 (first address) and 2
+/// (last), mapping addresses one to one (NF_NAT_RANGE_NETMAP) so the interface identifier is
+/// kept.
+pub struct SnatPrefix6;
+
+/// NF_NAT_RANGE_NETMAP (Linux 5.8), not in the libc crate.
+const NF_NAT_RANGE_NETMAP: u32 = 1 << 6;
+
+impl Expression for SnatPrefix6 {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for RawLoad.
+        unsafe {
+            let expr = alloc(c"nat");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_TYPE as u16, libc::NFT_NAT_SNAT as u32);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NAT_FAMILY as u16,
+                libc::NFPROTO_IPV6 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NAT_REG_ADDR_MAX as u16,
+                libc::NFT_REG_2 as u32,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_FLAGS as u16, NF_NAT_RANGE_NETMAP);
+            expr
+        }
     }
 }
 

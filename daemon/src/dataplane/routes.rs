@@ -28,7 +28,16 @@ pub struct RuleSpec {
     pub from: Option<IpAddr>,
     pub table: u32,
     pub suppress_prefixlen: Option<u32>,
+    /// `unreachable` instead of `lookup TABLE` (table 0).
+    pub unreachable: bool,
 }
+
+/// Priorities of our rules, relative to `rule_priority`: main without defaults, then the links'
+/// own addresses (a socket bound to a WAN's address leaves through it, whatever its mark), then
+/// the marks, then the refusal of flows whose policy has no usable link.
+const PRIO_FROM: u32 = 1;
+const PRIO_MARK: u32 = 2;
+const PRIO_UNREACHABLE: u32 = 3;
 
 /// A default route in one of our tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,17 +62,28 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
             from: None,
             table: RT_TABLE_MAIN,
             suppress_prefixlen: Some(0),
+            unreachable: false,
         });
-        for (i, l) in d.links.iter().enumerate() {
+        for l in &d.links {
             rules.push(RuleSpec {
                 v6,
-                priority: d.rule_priority + 1 + i as u32,
+                priority: d.rule_priority + PRIO_MARK,
                 fwmark: Some((l.mark, d.mark_mask)),
                 from: None,
                 table: l.table,
                 suppress_prefixlen: None,
+                unreachable: false,
             });
         }
+        rules.push(RuleSpec {
+            v6,
+            priority: d.rule_priority + PRIO_UNREACHABLE,
+            fwmark: Some((d.unreachable_mark, d.mark_mask)),
+            from: None,
+            table: 0,
+            suppress_prefixlen: None,
+            unreachable: true,
+        });
     }
     rules
 }
@@ -86,6 +106,7 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
         from: None,
         table: u32::from(m.header.table),
         suppress_prefixlen: None,
+        unreachable: m.header.action == RuleAction::Unreachable,
     };
     let mut mark = None;
     let mut mask = u32::MAX;
@@ -103,6 +124,11 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
         }
     }
     s.fwmark = mark.map(|m| (m, mask));
+    if s.unreachable {
+        // The kernel reports the table it defaults to (main), which an unreachable rule never
+        // looks up.
+        s.table = 0;
+    }
     s
 }
 
@@ -132,11 +158,12 @@ async fn source_rules(
             }
             let rule = RuleSpec {
                 v6: ip.is_ipv6(),
-                priority: d.rule_priority + 1 + i as u32,
+                priority: d.rule_priority + PRIO_FROM,
                 fwmark: None,
                 from: Some(ip),
                 table: l.table,
                 suppress_prefixlen: None,
+                unreachable: false,
             };
             if !rules.contains(&rule) {
                 rules.push(rule);
@@ -199,10 +226,13 @@ async fn add_rule(h: &Handle, s: &RuleSpec) -> Result<(), rtnetlink::Error> {
 fn rule_request<T>(req: RuleAddRequest<T>, s: &RuleSpec) -> RuleAddRequest<T> {
     // The action must be set explicitly: the default "unspecified" action makes every lookup
     // that hits the rule fail with EINVAL, a silent blackhole.
-    let mut req = req
-        .priority(s.priority)
-        .table_id(s.table)
-        .action(RuleAction::ToTable);
+    let mut req = if s.unreachable {
+        req.priority(s.priority).action(RuleAction::Unreachable)
+    } else {
+        req.priority(s.priority)
+            .table_id(s.table)
+            .action(RuleAction::ToTable)
+    };
     if let Some((mark, mask)) = s.fwmark {
         req = req.fw_mark(mark);
         req.message_mut()
@@ -441,33 +471,34 @@ pub async fn remove_all(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::engine::LinkPlan;
 
     #[test]
     fn rules_put_main_without_defaults_before_the_marks() {
-        let link = |i: u32| LinkPlan {
-            name: format!("l{i}"),
-            interface: format!("wan{i}"),
-            gateway: None,
-            mark: i << 8,
-            table: 99 + i,
-            usable: true,
-            drained: false,
-        };
-        let d = DesiredState {
-            mark_mask: 0xff00,
-            tickle_mark: 0xff00,
-            rule_priority: 1000,
-            lan_interfaces: vec![],
-            links: vec![link(1), link(2)],
-            steer_to: Some(0),
-            share: vec![(0, 1)],
-        };
+        let text = r#"
+[[link]]
+name = "l1"
+interface = "wan1"
+targets = ["192.0.2.1"]
+
+[[link]]
+name = "l2"
+interface = "wan2"
+targets = ["192.0.2.1"]
+
+[lan]
+interfaces = ["lan0"]
+"#;
+        let config = crate::config::parse(text).unwrap();
+        let d = crate::engine::Engine::new(config, std::time::Instant::now()).desired();
         let text: Vec<String> = desired_rules(&d)
             .iter()
             .filter(|r| !r.v6)
             .map(|r| match (r.fwmark, r.suppress_prefixlen) {
+                (Some((v, m)), _) if r.unreachable => {
+                    format!("{}: fwmark {v:#x}/{m:#x} unreachable", r.priority)
+                }
                 (Some((v, m)), _) => {
                     format!("{}: fwmark {v:#x}/{m:#x} lookup {}", r.priority, r.table)
                 }
@@ -482,8 +513,9 @@ mod tests {
             text,
             vec![
                 "1000: lookup 254 suppress_prefixlength 0",
-                "1001: fwmark 0x100/0xff00 lookup 100",
+                "1002: fwmark 0x100/0xff00 lookup 100",
                 "1002: fwmark 0x200/0xff00 lookup 101",
+                "1003: fwmark 0xfe00/0xff00 unreachable",
             ]
         );
         // The same for IPv6.

@@ -8,7 +8,7 @@ pub mod sim;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, LastResort, Member, Prefix, Rule};
 pub use health::{LinkHealth, LinkState, TargetHealth};
 
 /// Index of a link in [`Config::links`].
@@ -81,12 +81,26 @@ pub struct DesiredState {
     pub rule_priority: u32,
     pub lan_interfaces: Vec<String>,
     pub links: Vec<LinkPlan>,
-    /// The link whose mark new LAN flows get (the first of `share`); `None` when no link is
-    /// configured.
+    /// The default policy's first link (the first of `share`); `None` when it has none.
     pub steer_to: Option<LinkId>,
-    /// The links that share new flows, with their weights: the usable links of the best tier
-    /// (lowest priority, not degraded unless all are, not drained).
+    /// The default policy's share (see [`Engine::policy_share`]).
     pub share: Vec<(LinkId, u32)>,
+    /// Mark of new flows refused because their policy has no usable link.
+    pub unreachable_mark: u32,
+    /// Every policy, the default one first, with the links sharing its new flows now.
+    pub policies: Vec<PolicyPlan>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyPlan {
+    pub name: String,
+    /// Every link of the policy, usable or not.
+    pub members: Vec<LinkId>,
+    /// The links sharing its new flows now, with their weights; empty: none is usable.
+    pub share: Vec<(LinkId, u32)>,
+    pub last_resort: LastResort,
+    pub sticky: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +113,8 @@ pub struct LinkPlan {
     pub usable: bool,
     /// Taken out of service: no new flows, though it may work.
     pub drained: bool,
+    /// IPv6 source prefix translation instead of masquerade.
+    pub nptv6: Option<Prefix>,
 }
 
 pub struct Engine {
@@ -220,44 +236,39 @@ impl Engine {
             .collect()
     }
 
-    /// The link new flows should use: among usable links, a degraded one only when no other is
-    /// usable, then the lowest priority value (config order breaks ties). When nothing is usable,
-    /// the preferred link anyway: new flows then fail as they would without uplinkd, and nothing
-    /// is steered onto a link we know less about.
-    pub fn best_link(&self) -> Option<LinkId> {
-        let rank = |i: LinkId| {
-            let degraded = self.links[i].state == LinkState::Degraded;
-            (degraded, self.config.links[i].priority, i)
-        };
-        (0..self.links.len())
-            .filter(|&i| self.links[i].state.usable() && !self.drained[i])
-            .min_by_key(|&i| rank(i))
-            .or_else(|| (0..self.links.len()).min_by_key(|&i| (self.config.links[i].priority, i)))
-    }
-
-    /// The links of the best tier and their weights; the preferred link alone when nothing is
-    /// usable.
-    pub fn share(&self) -> Vec<(LinkId, u32)> {
-        let Some(best) = self.best_link() else {
+    /// The links that share a policy's new flows, with their weights: its usable members (not
+    /// drained) of the best rank, where a degraded link ranks below every up one and then the
+    /// lower priority wins. Empty when none is usable, except for the default policy with
+    /// `last_resort = "default"`: its preferred member anyway, so new flows fail as they would
+    /// without uplinkd and nothing is steered onto a link we know less about.
+    pub fn policy_share(&self, policy: usize) -> Vec<(LinkId, u32)> {
+        let Some(p) = self.config.policies.get(policy) else {
             return Vec::new();
         };
-        let rank = |i: LinkId| {
-            (
-                self.links[i].state == LinkState::Degraded,
-                self.config.links[i].priority,
-            )
-        };
-        if !self.links[best].state.usable() || self.drained[best] {
-            return vec![(best, self.config.links[best].weight)];
+        let ok = |m: &&Member| self.links[m.link].state.usable() && !self.drained[m.link];
+        let rank = |m: &Member| (self.links[m.link].state == LinkState::Degraded, m.priority);
+        match p.members.iter().filter(ok).map(rank).min() {
+            Some(best) => p
+                .members
+                .iter()
+                .filter(ok)
+                .filter(|m| rank(m) == best)
+                .map(|m| (m.link, m.weight))
+                .collect(),
+            None if policy == 0 && p.last_resort == LastResort::Default => p
+                .members
+                .iter()
+                .min_by_key(|m| m.priority)
+                .map(|m| vec![(m.link, m.weight)])
+                .unwrap_or_default(),
+            None => Vec::new(),
         }
-        (0..self.links.len())
-            .filter(|&i| self.links[i].state.usable() && !self.drained[i] && rank(i) == rank(best))
-            .map(|i| (i, self.config.links[i].weight))
-            .collect()
     }
 
     pub fn desired(&self) -> DesiredState {
+        let share = self.policy_share(0);
         DesiredState {
+            unreachable_mark: self.config.dataplane.unreachable_mark(),
             mark_mask: self.config.dataplane.mark_mask,
             tickle_mark: self.config.dataplane.reserved_mark(),
             rule_priority: self.config.dataplane.rule_priority,
@@ -276,10 +287,25 @@ impl Engine {
                     table: l.table,
                     usable: h.state.usable(),
                     drained: self.drained[i],
+                    nptv6: l.nptv6,
                 })
                 .collect(),
-            steer_to: self.best_link(),
-            share: self.share(),
+            steer_to: share.first().map(|&(l, _)| l),
+            share,
+            policies: self
+                .config
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PolicyPlan {
+                    name: p.name.clone(),
+                    members: p.members.iter().map(|m| m.link).collect(),
+                    share: self.policy_share(i),
+                    last_resort: p.last_resort,
+                    sticky: p.sticky,
+                })
+                .collect(),
+            rules: self.config.rules.clone(),
         }
     }
 }
