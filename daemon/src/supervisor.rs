@@ -14,7 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 use uplinkd_probes::{Binding, ProbeError, Prober, Target};
 
-use crate::config::{Config, Failback};
+use crate::config::{Config, Failback, LastResort};
 use crate::control::{self, Command, LinkStatus, Status, TransitionStatus};
 use crate::dataplane::monitor::{self, KernelEvent};
 use crate::dataplane::reset::{self, PurgeReport};
@@ -307,19 +307,33 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                             "new flows via {}",
                             steer_name(&next)
                         ))]);
-                        drain = desired
-                            .share
-                            .iter()
-                            .map(|&(l, _)| l)
-                            .filter(|&from| draining(&config, from, &next))
-                            .collect();
                         info!(
                             "new flows now via {} (nft {:.1} ms, routes {:.1} ms)",
                             steer_name(&next),
                             ms(r.nft),
                             ms(r.routes)
                         );
-                    } else if r.nft_replaced {
+                    }
+                    for (p, old) in next.policies.iter().zip(&desired.policies).skip(1) {
+                        if p.share != old.share {
+                            let to = match p.last_resort {
+                                _ if !p.share.is_empty() => share_name(&next, &p.share),
+                                LastResort::Default => "the default policy (no link usable)".into(),
+                                LastResort::Unreachable => {
+                                    "nothing: refused (no link usable)".into()
+                                }
+                            };
+                            info!("policy {}: new flows via {to}", p.name);
+                            let _ = events.send(
+                                serde_json::json!({"type": "steer", "policy": p.name, "to": to}),
+                            );
+                        }
+                    }
+                    if next.policies != desired.policies {
+                        drain = (0..next.links.len())
+                            .filter(|&l| in_a_share(&desired, l) && draining(&config, l, &next))
+                            .collect();
+                    } else if next == desired && r.nft_replaced {
                         warn!("nft table inet uplinkd was missing or changed; restored");
                     }
                     if next == desired && r.route_changes > 0 {
@@ -390,8 +404,9 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
 /// usable: otherwise there is nowhere better to go, and killing the flows would only hurt.
 fn stranded(t: &Transition, d: &DesiredState) -> bool {
     let elsewhere = d
-        .share
+        .policies
         .iter()
+        .flat_map(|p| &p.share)
         .any(|&(s, _)| s != t.link && d.links[s].usable);
     t.to == LinkState::Down && t.from.usable() && elsewhere
 }
@@ -402,10 +417,16 @@ fn stranded(t: &Transition, d: &DesiredState) -> bool {
 fn draining(config: &Config, from: LinkId, next: &DesiredState) -> bool {
     config.links[from].failback == Failback::Drain
         && next.links[from].usable
-        && !next.share.iter().any(|&(l, _)| l == from)
+        && !in_a_share(next, from)
         && next
             .steer_to
             .is_some_and(|to| config.links[to].priority < config.links[from].priority)
+}
+
+fn in_a_share(d: &DesiredState, link: LinkId) -> bool {
+    d.policies
+        .iter()
+        .any(|p| p.share.iter().any(|&(l, _)| l == link))
 }
 
 /// Purge and reset off the event loop; later tickle rounds follow in the same task.
@@ -709,17 +730,26 @@ fn status(
     Status {
         version: control::PROTOCOL_VERSION,
         steer_to: d.steer_to.map(|i| cfg.links[i].name.clone()),
-        share: {
-            let total: u32 = d.share.iter().map(|(_, w)| w).sum();
-            d.share
-                .iter()
-                .map(|&(l, w)| control::Share {
-                    link: cfg.links[l].name.clone(),
-                    weight: w,
-                    pct: 100.0 * f64::from(w) / f64::from(total.max(1)),
-                })
-                .collect()
-        },
+        share: shares(cfg, &d.share),
+        policies: d
+            .policies
+            .iter()
+            .map(|p| control::PolicyStatus {
+                name: p.name.clone(),
+                links: p
+                    .members
+                    .iter()
+                    .map(|&l| cfg.links[l].name.clone())
+                    .collect(),
+                share: shares(cfg, &p.share),
+                last_resort: match p.last_resort {
+                    LastResort::Default => "default",
+                    LastResort::Unreachable => "unreachable",
+                }
+                .into(),
+                sticky_s: p.sticky.map(|t| t.as_secs()),
+            })
+            .collect(),
         worst_case_detection_ms: cfg.worst_case_detection().as_millis() as u64,
         links: cfg
             .links
@@ -762,10 +792,27 @@ fn status(
     }
 }
 
-/// Where new flows go: a link's name, or the links of a tier with their shares.
+fn shares(cfg: &Config, share: &[(LinkId, u32)]) -> Vec<control::Share> {
+    let total: u32 = share.iter().map(|(_, w)| w).sum();
+    share
+        .iter()
+        .map(|&(l, w)| control::Share {
+            link: cfg.links[l].name.clone(),
+            weight: w,
+            pct: 100.0 * f64::from(w) / f64::from(total.max(1)),
+        })
+        .collect()
+}
+
+/// Where the default policy's new flows go.
 fn steer_name(d: &DesiredState) -> String {
-    let total: u32 = d.share.iter().map(|(_, w)| w).sum();
-    match d.share.as_slice() {
+    share_name(d, &d.share)
+}
+
+/// A link's name, or the links of a tier with their shares.
+fn share_name(d: &DesiredState, share: &[(LinkId, u32)]) -> String {
+    let total: u32 = share.iter().map(|(_, w)| w).sum();
+    match share {
         [] => "(no link)".into(),
         [(l, _)] => d.links[*l].name.clone(),
         many => many

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Test programs for the testbed: a TCP server that tells each client which source address it
 saw, and clients that ask it. Standard library only; every call is bounded in time."""
-import argparse, socket, sys, threading, time
+import argparse, os, socket, sys, threading, time
 
 
 def server(args):
@@ -80,7 +80,8 @@ def http(args):
 
 
 def dns(args):
-    """DNS responder: answers every A query with 192.0.2.1."""
+    """DNS responder: answers every A query with the address the query came from (like the
+    public "what is my address" names), so a resolver on the router shows which WAN it used."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((args.addr, args.port))
     while True:
@@ -90,14 +91,35 @@ def dns(args):
         # Header: same id, QR + RD + RA, one question, one answer; then the question as asked
         # and an answer pointing back at it (name pointer 0xc00c).
         end = q.index(b"\0", 12) + 5
-        answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([192, 0, 2, 1])
+        answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(peer[0])
         s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + q[12:end] + answer, peer)
 
 
-def whoami(addr, port, timeout):
+def resolve(args):
+    """Send one DNS A query for --name from a fresh socket; print the answer's address (the
+    `dns` responder answers with the query's source) or the error."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(args.timeout)
+    qid = os.urandom(2)
+    name = b"".join(bytes([len(p)]) + p.encode() for p in args.name.split(".")) + b"\0"
+    try:
+        s.sendto(qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01\x00\x01", (args.addr, args.port))
+        r = s.recv(512)
+    except OSError as e:
+        print("error", e.strerror or e)
+        return 1
+    if r[:2] != qid or len(r) < 4:
+        print("error bad answer")
+        return 1
+    print(socket.inet_ntoa(r[-4:]))
+    return 0
+
+
+def whoami(addr, port, timeout, bind=None):
     """Source address the server saw for a new connection, or None."""
     try:
-        with socket.create_connection((addr, port), timeout=timeout) as c:
+        src = (bind, 0) if bind else None
+        with socket.create_connection((addr, port), timeout=timeout, source_address=src) as c:
             c.settimeout(timeout)
             line = c.makefile().readline()
             return line.split()[1] if line.startswith("seen ") else None
@@ -106,7 +128,7 @@ def whoami(addr, port, timeout):
 
 
 def cmd_whoami(args):
-    seen = whoami(args.addr, args.port, args.timeout)
+    seen = whoami(args.addr, args.port, args.timeout, args.bind)
     print(seen or "none")
     return 0 if seen else 1
 
@@ -116,7 +138,7 @@ def cmd_count(args):
     address, as 'ADDR COUNT' lines."""
     seen = {}
     for _ in range(args.n):
-        a = whoami(args.addr, args.port, args.timeout) or "none"
+        a = whoami(args.addr, args.port, args.timeout, args.bind) or "none"
         seen[a] = seen.get(a, 0) + 1
     for a, n in sorted(seen.items()):
         print(a, n)
@@ -197,12 +219,15 @@ def main():
     a = sub.add_parser("http"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("dns"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("whoami"); a.add_argument("addr"); a.add_argument("port", type=int)
-    a.add_argument("--timeout", type=float, default=1.0)
+    a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--bind")
+    a = sub.add_parser("resolve"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--name", default="whoami.example"); a.add_argument("--timeout", type=float, default=2.0)
     a = sub.add_parser("until"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--want", required=True); a.add_argument("--every", type=float, default=0.01)
     a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--within", type=float, default=10)
     a = sub.add_parser("count"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--n", type=int, default=1000); a.add_argument("--timeout", type=float, default=2)
+    a.add_argument("--bind")
     a = sub.add_parser("udpserver"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("udp"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--want", required=True); a.add_argument("--within", type=float, default=20)
@@ -216,6 +241,8 @@ def main():
         http(args)
     elif args.cmd == "dns":
         dns(args)
+    elif args.cmd == "resolve":
+        sys.exit(resolve(args))
     elif args.cmd == "whoami":
         sys.exit(cmd_whoami(args))
     elif args.cmd == "count":

@@ -233,5 +233,26 @@ fn table(s: &Status) -> String {
         },
         s.worst_case_detection_ms
     ));
+    if s.policies.len() > 1 || s.policies.iter().any(|p| p.sticky_s.is_some()) {
+        for p in &s.policies {
+            let to = match p.share.as_slice() {
+                [] if p.last_resort == "unreachable" => "refused (no link usable)".into(),
+                [] => "default policy (no link usable)".into(),
+                share => share
+                    .iter()
+                    .map(|x| format!("{} {:.0}%", x.link, x.pct))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let sticky = p
+                .sticky_s
+                .map_or(String::new(), |t| format!(", sticky {t}s"));
+            out.push_str(&format!(
+                "policy {} [{}{sticky}]: {to}\n",
+                p.name,
+                p.links.join(" > ")
+            ));
+        }
+    }
     out
 }

@@ -186,7 +186,9 @@ impl std::str::FromStr for Prefix {
                 IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(&net[..]).unwrap_or_default()),
                 IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(&net[..]).unwrap_or_default()),
             };
-            return Err(format!("{s:?} has host bits set; did you mean \"{net}/{len}\"?"));
+            return Err(format!(
+                "{s:?} has host bits set; did you mean \"{net}/{len}\"?"
+            ));
         }
         Ok(p)
     }

@@ -20,7 +20,10 @@ pub(super) struct RawPolicy {
 
 /// `"lte"`, or `{ link = "lte", priority = 2, weight = 3 }`.
 #[derive(Deserialize)]
-#[serde(untagged, expecting = "a link name or { link = NAME, priority = N, weight = N }")]
+#[serde(
+    untagged,
+    expecting = "a link name or { link = NAME, priority = N, weight = N }"
+)]
 enum RawMember {
     Name(String),
     Full(RawMemberFull),
@@ -156,7 +159,9 @@ pub(super) fn check(
         }
         let sticky = p.sticky.as_ref().and_then(|s| {
             match super::parse_duration(s.get_ref()).and_then(|d| {
-                if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(86400) {
+                if d < std::time::Duration::from_secs(1)
+                    || d > std::time::Duration::from_secs(86400)
+                {
                     Err(format!("must be between 1s and 1440m, got {d:?}"))
                 } else {
                     Ok(d)

@@ -664,21 +664,24 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
             }
             (None, None) => n.max(1),
         };
-        let nptv6 = l.nptv6.as_ref().and_then(|p| match p.get_ref().parse::<Prefix>() {
-            Ok(n) if n.is_ipv6() && (1..=64).contains(&n.len) => Some(n),
-            Ok(_) => {
-                c.err(
-                    p.span(),
-                    key("nptv6"),
-                    "must be an IPv6 prefix of length 1-64, like \"2001:db8:1::/48\"",
-                );
-                None
-            }
-            Err(e) => {
-                c.err(p.span(), key("nptv6"), e);
-                None
-            }
-        });
+        let nptv6 = l
+            .nptv6
+            .as_ref()
+            .and_then(|p| match p.get_ref().parse::<Prefix>() {
+                Ok(n) if n.is_ipv6() && (1..=64).contains(&n.len) => Some(n),
+                Ok(_) => {
+                    c.err(
+                        p.span(),
+                        key("nptv6"),
+                        "must be an IPv6 prefix of length 1-64, like \"2001:db8:1::/48\"",
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.err(p.span(), key("nptv6"), e);
+                    None
+                }
+            });
         out.push(Link {
             nptv6,
             name: name.clone(),
@@ -740,6 +743,33 @@ interfaces = ["lan0"]
         let text = include_str!("../../../config.example.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.links.len(), 2);
+    }
+
+    #[test]
+    fn example_policies_are_valid_when_uncommented() {
+        let text: String = include_str!("../../../config.example.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                // (Not the control group: it must exist on this machine.)
+                Some(rest)
+                    if !rest.starts_with("group")
+                        && (rest.starts_with('[')
+                            || rest.split_once(" = ").is_some_and(|(k, _)| {
+                                k.chars().all(|c| {
+                                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+                                })
+                            })) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&text).unwrap();
+        assert_eq!((c.policies.len(), c.rules.len()), (2, 1));
+        assert!(c.links[1].nptv6.is_some() && c.policies[1].sticky.is_some());
+        assert!(c.hooks.on_transition.len() == 2 && c.metrics.listen.is_some());
     }
 
     #[test]
@@ -817,6 +847,92 @@ interval = "5 parsecs"
         assert_eq!(
             keys,
             vec!["dataplane.table_base", "dataplane.rule_priority"]
+        );
+    }
+
+    #[test]
+    fn policies_rules_and_sets() {
+        let text = format!(
+            r#"{MINIMAL}
+[sets]
+phones = ["192.168.1.20", "2001:db8::/64"]
+
+[[policy]]
+name = "lte-first"
+links = ["lte", {{ link = "fiber", weight = 5 }}]
+sticky = "10m"
+
+[[policy]]
+name = "default"
+links = ["fiber"]
+last_resort = "unreachable"
+
+[[rule]]
+src = ["@phones", "10.0.0.0/8"]
+proto = "tcp"
+dport = [443, "8000-8100"]
+policy = "lte-first"
+"#
+        );
+        let c = parse(&text).unwrap();
+        let names: Vec<&str> = c.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["default", "lte-first"]);
+        assert_eq!(
+            c.policies[0].last_resort,
+            super::super::LastResort::Unreachable
+        );
+        let m = &c.policies[1].members;
+        assert_eq!((m[0].link, m[0].priority, m[0].weight), (1, 1, 1));
+        assert_eq!((m[1].link, m[1].priority, m[1].weight), (0, 2, 5));
+        assert_eq!(c.policies[1].sticky, Some(Duration::from_secs(600)));
+        let r = &c.rules[0];
+        assert_eq!(r.policy, 1);
+        let src: Vec<String> = r.src.iter().map(|p| p.to_string()).collect();
+        assert_eq!(src, ["192.168.1.20/32", "2001:db8::/64", "10.0.0.0/8"]);
+        assert_eq!(
+            (r.proto, r.dport.clone()),
+            (Some(6), vec![(443, 443), (8000, 8100)])
+        );
+        // Without a [[policy]] named "default", every link with its own priority and weight.
+        let c = parse(MINIMAL).unwrap();
+        let m = &c.policies[0].members;
+        assert_eq!((m.len(), m[1].priority), (2, 2));
+    }
+
+    #[test]
+    fn policy_and_rule_mistakes_are_reported_with_their_lines() {
+        let text = format!(
+            r#"{MINIMAL}
+[[policy]]
+name = "x"
+links = ["dsl"]
+sticky = "forever"
+
+[[rule]]
+policy = "y"
+src = ["10.0.0.1/8", "@nope"]
+dport = [80]
+iif = ["eth9"]
+"#
+        );
+        let p = parse(&text).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (20, "policy[0].links"),
+                (21, "policy[0].sticky"),
+                (24, "rule[0].policy"),
+                (25, "rule[0].src"),
+                (25, "rule[0].src"),
+                (26, "rule[0].dport"),
+                (27, "rule[0].iif"),
+            ]
+        );
+        assert!(
+            p[3].message.contains("did you mean \"10.0.0.0/8\""),
+            "{}",
+            p[3].message
         );
     }
 

@@ -127,6 +127,31 @@ pub fn render(s: &Status) -> String {
         "Share of new flows each link gets (0 to 1).",
         steer,
     );
+    let policy = s
+        .policies
+        .iter()
+        .flat_map(|p| {
+            s.links.iter().map(move |l| {
+                (
+                    format!(
+                        "{{policy=\"{}\",link=\"{}\"}}",
+                        escape(&p.name),
+                        escape(&l.name)
+                    ),
+                    p.share
+                        .iter()
+                        .find(|x| x.link == l.name)
+                        .map_or(0.0, |x| x.pct / 100.0),
+                )
+            })
+        })
+        .collect();
+    family(
+        "policy_share",
+        "gauge",
+        "Share of each policy's new flows each link gets (0 to 1; all 0: none usable).",
+        policy,
+    );
     family(
         "apply_seconds",
         "gauge",

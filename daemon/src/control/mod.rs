@@ -38,12 +38,29 @@ pub struct Status {
     /// The links sharing new flows (one tier), with their weights and percentages.
     #[serde(default)]
     pub share: Vec<Share>,
+    /// Every policy (the default one first) with its links and where its new flows go now.
+    #[serde(default)]
+    pub policies: Vec<PolicyStatus>,
     /// Worst-case time from a silent blackhole to a `down` decision with this configuration.
     pub worst_case_detection_ms: u64,
     pub links: Vec<LinkStatus>,
     /// Duration of the newest dataplane apply, and how many applies there were.
     pub last_apply_ms: Option<f64>,
     pub applies: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PolicyStatus {
+    pub name: String,
+    /// Its links, usable or not, in configuration order.
+    pub links: Vec<String>,
+    /// The links sharing its new flows now; empty when none is usable.
+    pub share: Vec<Share>,
+    /// What happens to its new flows while `share` is empty: `default` (the default policy
+    /// takes them) or `unreachable` (refused).
+    pub last_resort: String,
+    /// Seconds a source keeps its link after its last new flow; none: not sticky.
+    pub sticky_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

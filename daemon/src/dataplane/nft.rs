@@ -249,11 +249,35 @@ pub fn render(d: &DesiredState) -> Ruleset {
         rules,
     };
     let mut chains = vec![
-        base("prerouting", Hook::PreRouting, ChainType::Filter, PRIO_MANGLE, pre),
-        base("forward", Hook::Forward, ChainType::Filter, PRIO_FILTER, forward),
+        base(
+            "prerouting",
+            Hook::PreRouting,
+            ChainType::Filter,
+            PRIO_MANGLE,
+            pre,
+        ),
+        base(
+            "forward",
+            Hook::Forward,
+            ChainType::Filter,
+            PRIO_FILTER,
+            forward,
+        ),
         base("output", Hook::Out, ChainType::Filter, PRIO_RAW, output),
-        base("output_route", Hook::Out, ChainType::Route, PRIO_MANGLE, route_out),
-        base("postrouting", Hook::PostRouting, ChainType::Nat, PRIO_SRCNAT, post),
+        base(
+            "output_route",
+            Hook::Out,
+            ChainType::Route,
+            PRIO_MANGLE,
+            route_out,
+        ),
+        base(
+            "postrouting",
+            Hook::PostRouting,
+            ChainType::Nat,
+            PRIO_SRCNAT,
+            post,
+        ),
     ];
     let mut sticky = Vec::new();
     chains.extend(steering(d, &mut sticky));
@@ -524,7 +548,11 @@ impl fmt::Display for Op {
                 let ip = if *v6 { "ip6" } else { "ip" };
                 match op {
                     "delete" => write!(f, "{op} @{set} {{ {ip} saddr }}"),
-                    _ => write!(f, "{op} @{set} {{ {ip} saddr timeout {}s }}", timeout_ms / 1000),
+                    _ => write!(
+                        f,
+                        "{op} @{set} {{ {ip} saddr timeout {}s }}",
+                        timeout_ms / 1000
+                    ),
                 }
             }
             Op::Jump(c) => write!(f, "jump {c}"),
@@ -712,8 +740,8 @@ impl Refs<'_, '_> {
 /// A sticky set as nftnl objects: flags dynamic and timeout, the timeout given per element by
 /// the rules that add them.
 enum StickySetObj<'a> {
-    V4(Set<'a, FlowKey<4>>, CString),
-    V6(Set<'a, FlowKey<16>>, CString),
+    V4(Set<'a, std::net::Ipv4Addr>, CString),
+    V6(Set<'a, std::net::Ipv6Addr>, CString),
 }
 
 impl<'a> StickySetObj<'a> {
@@ -1069,16 +1097,11 @@ targets = ["192.0.2.1"]
         d
     }
 
-    fn chain<'a>(r: &'a Ruleset, name: &str) -> Vec<String> {
+    fn chain(r: &Ruleset, name: &str) -> Vec<String> {
         let c = r.chains.iter().find(|c| c.name == name).unwrap();
         c.rules
             .iter()
-            .map(|ops| {
-                ops.iter()
-                    .map(Op::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
+            .map(|ops| ops.iter().map(Op::to_string).collect::<Vec<_>>().join(" "))
             .collect()
     }
 
@@ -1250,8 +1273,11 @@ sticky = "10m"
 
     #[test]
     fn nptv6_links_translate_the_prefix_and_masquerade_ipv4() {
-        let text = format!("{LINKS}\n[lan]\ninterfaces = [\"lan0\"]\n")
-            .replacen("interface = \"wan1\"", "interface = \"wan1\"\nnptv6 = \"2001:db8:1::/48\"", 1);
+        let text = format!("{LINKS}\n[lan]\ninterfaces = [\"lan0\"]\n").replacen(
+            "interface = \"wan1\"",
+            "interface = \"wan1\"\nnptv6 = \"2001:db8:1::/48\"",
+            1,
+        );
         let config = crate::config::parse(&text).unwrap();
         let d = Engine::new(config, std::time::Instant::now()).desired();
         assert_eq!(

@@ -215,7 +215,11 @@ impl Expression for SnatPrefix6 {
         unsafe {
             let expr = alloc(c"nat");
             let e = expr.as_ptr();
-            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_TYPE as u16, libc::NFT_NAT_SNAT as u32);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NAT_TYPE as u16,
+                libc::NFT_NAT_SNAT as u32,
+            );
             sys::nftnl_expr_set_u32(
                 e,
                 sys::NFTNL_EXPR_NAT_FAMILY as u16,

@@ -32,12 +32,17 @@ pub struct RuleSpec {
     pub unreachable: bool,
 }
 
-/// Priorities of our rules, relative to `rule_priority`: main without defaults, then the links'
-/// own addresses (a socket bound to a WAN's address leaves through it, whatever its mark), then
-/// the marks, then the refusal of flows whose policy has no usable link.
+/// Priorities of our rules, relative to `rule_priority`: main without defaults (0); the
+/// addresses of the links other than the default policy's (a socket bound to one leaves through
+/// its link, whatever mark the steering gives it); the marks; the refusal of flows whose policy
+/// has no usable link; and last, for unmarked lookups (the router's own sockets choosing their
+/// source address), the default policy's link, so the router's new flows follow failover.
+/// A socket bound to the default link's own address cannot be told from one whose address the
+/// kernel chose that way, so it is steered like the router's other new flows.
 const PRIO_FROM: u32 = 1;
 const PRIO_MARK: u32 = 2;
 const PRIO_UNREACHABLE: u32 = 3;
+const PRIO_DEFAULT: u32 = 4;
 
 /// A default route in one of our tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,17 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
             suppress_prefixlen: None,
             unreachable: true,
         });
+        if let Some(l) = d.steer_to {
+            rules.push(RuleSpec {
+                v6,
+                priority: d.rule_priority + PRIO_DEFAULT,
+                fwmark: None,
+                from: None,
+                table: d.links[l].table,
+                suppress_prefixlen: None,
+                unreachable: false,
+            });
+        }
     }
     rules
 }
@@ -132,9 +148,10 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
     s
 }
 
-/// Rules that send traffic from each link's own addresses out that link's table, whatever the
+/// Rules that send traffic from the links' own addresses out their link's table, whatever the
 /// steering: a socket bound to a WAN's address (a VPN endpoint, an answer to an inbound
-/// connection) must leave through that WAN, or its ISP drops it as spoofed.
+/// connection) must leave through that WAN, or its ISP drops it as spoofed. Not for the default
+/// policy's link: see PRIO_DEFAULT.
 async fn source_rules(
     h: &Handle,
     d: &DesiredState,
@@ -144,7 +161,7 @@ async fn source_rules(
     let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
     let mut rules = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
-        let Some(index) = ifindexes[i] else {
+        let Some(index) = ifindexes[i].filter(|_| d.steer_to != Some(i)) else {
             continue;
         };
         for a in addrs.iter().filter(|a| a.header.index == index) {
@@ -516,6 +533,7 @@ interfaces = ["lan0"]
                 "1002: fwmark 0x100/0xff00 lookup 100",
                 "1002: fwmark 0x200/0xff00 lookup 101",
                 "1003: fwmark 0xfe00/0xff00 unreachable",
+                "1004: lookup 100",
             ]
         );
         // The same for IPv6.

@@ -346,3 +346,65 @@ fn events_for_unknown_links_or_targets_are_ignored() {
     };
     assert!(e.handle(t0, Event::Probe(stray)).is_empty());
 }
+
+#[test]
+fn each_policy_shares_among_its_own_usable_links() {
+    let t0 = Instant::now();
+    let cfg = config_with(
+        r#"
+[[policy]]
+name = "lte-first"
+links = ["lte", "fiber"]
+
+[[policy]]
+name = "lte-only"
+links = ["lte"]
+last_resort = "unreachable"
+
+[[policy]]
+name = "both"
+links = [{ link = "fiber", priority = 1, weight = 3 }, { link = "lte", priority = 1 }]
+"#,
+    );
+    let mut sim = Sim::new(cfg, t0);
+    sim.run(t0 + secs(5), |_, _, _| Some(ms(5)));
+    let shares = |e: &Engine| -> Vec<Vec<(LinkId, u32)>> {
+        e.desired()
+            .policies
+            .iter()
+            .map(|p| p.share.clone())
+            .collect()
+    };
+    let names: Vec<String> = sim
+        .engine
+        .desired()
+        .policies
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(names, ["default", "lte-first", "lte-only", "both"]);
+    assert_eq!(
+        shares(&sim.engine),
+        vec![
+            vec![(0, 1)],
+            vec![(1, 1)],
+            vec![(1, 1)],
+            vec![(0, 3), (1, 1)]
+        ]
+    );
+    let now = sim.now;
+    sim.engine
+        .handle(now, Event::Carrier { link: 1, up: false });
+    assert_eq!(
+        shares(&sim.engine),
+        vec![vec![(0, 1)], vec![(0, 1)], vec![], vec![(0, 3)]]
+    );
+    // Nothing usable: only the default policy keeps its preferred link; the others are empty
+    // and the dataplane applies their last resort.
+    sim.engine
+        .handle(now, Event::Carrier { link: 0, up: false });
+    assert_eq!(
+        shares(&sim.engine),
+        vec![vec![(0, 1)], vec![], vec![], vec![]]
+    );
+}
