@@ -33,9 +33,11 @@ fn main() -> ExitCode {
         return match uplinkd::config::load(&path) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} links; worst-case blackhole detection {} ms)",
+                    "{}: ok ({} links, {} policies, {} rules; worst-case blackhole detection {} ms)",
                     path.display(),
                     c.links.len(),
+                    c.policies.len(),
+                    c.rules.len(),
                     c.worst_case_detection().as_millis()
                 );
                 ExitCode::SUCCESS
