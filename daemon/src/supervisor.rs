@@ -314,8 +314,9 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                             ms(r.routes)
                         );
                     }
-                    for (p, old) in next.policies.iter().zip(&desired.policies).skip(1) {
-                        if p.share != old.share {
+                    for p in next.policies.iter().skip(1) {
+                        let old = desired.policies.iter().find(|o| o.name == p.name);
+                        if old.is_none_or(|o| o.share != p.share) {
                             let to = match p.last_resort {
                                 _ if !p.share.is_empty() => share_name(&next, &p.share),
                                 LastResort::Default => "the default policy (no link usable)".into(),
@@ -331,7 +332,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                     }
                     if next.policies != desired.policies {
                         drain = (0..next.links.len())
-                            .filter(|&l| in_a_share(&desired, l) && draining(&config, l, &next))
+                            .filter(|&l| draining(&config, l, &desired, &next))
                             .collect();
                     } else if next == desired && r.nft_replaced {
                         warn!("nft table inet uplinkd was missing or changed; restored");
@@ -400,27 +401,44 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// After the steering moved away from a dead link, its flows are purged and their clients
-/// reset, so applications reconnect through a live link at once. Only when another link is
-/// usable: otherwise there is nowhere better to go, and killing the flows would only hurt.
+/// reset, so applications reconnect through a live link at once. Only when a policy that uses
+/// the link now sends its new flows to another usable link (itself, or by falling back to the
+/// default policy): otherwise there is nowhere better to go, and killing the flows would only
+/// hurt.
 fn stranded(t: &Transition, d: &DesiredState) -> bool {
     let elsewhere = d
         .policies
         .iter()
-        .flat_map(|p| &p.share)
+        .filter(|p| p.members.contains(&t.link))
+        .flat_map(|p| match p.last_resort {
+            _ if !p.share.is_empty() => &p.share,
+            LastResort::Default => &d.share,
+            LastResort::Unreachable => &p.share,
+        })
         .any(|&(s, _)| s != t.link && d.links[s].usable);
     t.to == LinkState::Down && t.from.usable() && elsewhere
 }
 
-/// New flows just moved from the usable link `from` to a preferred one: with `failback =
-/// "drain"` its flows are reset too, so their clients reconnect through the preferred link
-/// (which the steering, already live, sends them to).
-fn draining(config: &Config, from: LinkId, next: &DesiredState) -> bool {
+/// New flows just moved from the usable link `from` to a link its policy prefers: with
+/// `failback = "drain"` its flows are reset too, so their clients reconnect through the
+/// preferred link (which the steering, already live, sends them to). Not when it merely left a
+/// share for another reason (degraded, drained).
+fn draining(config: &Config, from: LinkId, prev: &DesiredState, next: &DesiredState) -> bool {
+    let preferred_now = config.policies.iter().enumerate().any(|(i, p)| {
+        let prio = |l: LinkId| p.members.iter().find(|m| m.link == l).map(|m| m.priority);
+        let (Some(was), Some(now)) = (prev.policies.get(i), next.policies.get(i)) else {
+            return false;
+        };
+        was.share.iter().any(|&(l, _)| l == from)
+            && now
+                .share
+                .first()
+                .is_some_and(|&(to, _)| prio(to) < prio(from))
+    });
     config.links[from].failback == Failback::Drain
         && next.links[from].usable
         && !in_a_share(next, from)
-        && next
-            .steer_to
-            .is_some_and(|to| config.links[to].priority < config.links[from].priority)
+        && preferred_now
 }
 
 fn in_a_share(d: &DesiredState, link: LinkId) -> bool {
@@ -438,18 +456,12 @@ fn spawn_purge(
 ) {
     let (mark, mask, tickle_mark) = (d.links[link].mark, d.mark_mask, d.tickle_mark);
     let name = d.links[link].name.clone();
-    let interface = &d.links[link].interface;
     let scope = reset::Scope {
         local: addrs.iter().map(|(_, a, _)| *a).collect(),
         lan: addrs
             .iter()
             .filter(|(i, _, _)| d.lan_interfaces.contains(i))
             .map(|(_, a, len)| (*a, *len))
-            .collect(),
-        link: addrs
-            .iter()
-            .filter(|(i, _, _)| i == interface)
-            .map(|(_, a, _)| *a)
             .collect(),
     };
     tokio::spawn(async move {
@@ -729,19 +741,15 @@ fn status(
     let now = Instant::now().into_std();
     Status {
         version: control::PROTOCOL_VERSION,
-        steer_to: d.steer_to.map(|i| cfg.links[i].name.clone()),
-        share: shares(cfg, &d.share),
+        steer_to: d.steer_to.map(|i| d.links[i].name.clone()),
+        share: shares(d, &d.share),
         policies: d
             .policies
             .iter()
             .map(|p| control::PolicyStatus {
                 name: p.name.clone(),
-                links: p
-                    .members
-                    .iter()
-                    .map(|&l| cfg.links[l].name.clone())
-                    .collect(),
-                share: shares(cfg, &p.share),
+                links: p.members.iter().map(|&l| d.links[l].name.clone()).collect(),
+                share: shares(d, &p.share),
                 last_resort: match p.last_resort {
                     LastResort::Default => "default",
                     LastResort::Unreachable => "unreachable",
@@ -792,12 +800,12 @@ fn status(
     }
 }
 
-fn shares(cfg: &Config, share: &[(LinkId, u32)]) -> Vec<control::Share> {
+fn shares(d: &DesiredState, share: &[(LinkId, u32)]) -> Vec<control::Share> {
     let total: u32 = share.iter().map(|(_, w)| w).sum();
     share
         .iter()
         .map(|&(l, w)| control::Share {
-            link: cfg.links[l].name.clone(),
+            link: d.links[l].name.clone(),
             weight: w,
             pct: 100.0 * f64::from(w) / f64::from(total.max(1)),
         })
@@ -831,4 +839,97 @@ fn share_name(d: &DesiredState, share: &[(LinkId, u32)]) -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::engine::Event;
+
+    const LINKS: &str = r#"
+[[link]]
+name = "fiber"
+interface = "wan1"
+targets = ["192.0.2.1"]
+
+[[link]]
+name = "lte"
+interface = "wan2"
+failback = "drain"
+targets = ["192.0.2.1"]
+
+[lan]
+interfaces = ["lan0"]
+"#;
+
+    /// An engine for `LINKS` plus `extra` with both links up.
+    fn engine(extra: &str) -> (Engine, std::time::Instant) {
+        let cfg = crate::config::parse(&format!("{LINKS}{extra}")).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut sim = crate::engine::sim::Sim::new(cfg, t0);
+        sim.run(t0 + Duration::from_secs(5), |_, _, _| {
+            Some(Duration::from_millis(5))
+        });
+        (sim.engine, t0 + Duration::from_secs(5))
+    }
+
+    fn down(e: &mut Engine, now: std::time::Instant, link: LinkId) -> Transition {
+        e.handle(now, Event::Carrier { link, up: false }).remove(0)
+    }
+
+    #[test]
+    fn flows_are_killed_only_when_a_policy_of_the_link_has_somewhere_else_to_go() {
+        // The default policy has fiber only; lte serves another policy.
+        let extra = "[[policy]]\nname = \"default\"\nlinks = [\"fiber\"]\n[[policy]]\nname = \"voip\"\nlinks = [\"lte\"]\n";
+        let (mut e, now) = engine(extra);
+        let t = down(&mut e, now, 0);
+        assert!(
+            !stranded(&t, &e.desired()),
+            "fiber's flows have nowhere to go"
+        );
+        // With both links in the default policy, they move to lte.
+        let (mut e, now) = engine("");
+        let t = down(&mut e, now, 0);
+        assert!(stranded(&t, &e.desired()));
+    }
+
+    #[test]
+    fn failback_drain_follows_the_policy_priorities() {
+        // The links' own priorities are equal; the default policy prefers fiber.
+        let extra = "[[policy]]\nname = \"default\"\nlinks = [\"fiber\", \"lte\"]\n";
+        let (mut e, now) = engine(extra);
+        let cfg = e.config().clone();
+        down(&mut e, now, 0);
+        let on_lte = e.desired();
+        assert_eq!(on_lte.share, vec![(1, 1)]);
+        e.handle(now, Event::Carrier { link: 0, up: true });
+        let mut sim_now = now;
+        // Fiber back up after its hold: probe until it is usable again.
+        while !e.desired().links[0].usable {
+            sim_now += Duration::from_millis(50);
+            for r in e.poll_probes(sim_now) {
+                e.handle(
+                    sim_now,
+                    Event::Probe(crate::engine::ProbeOutcome {
+                        link: r.link,
+                        target: r.target,
+                        sent_at: r.sent_at,
+                        result: Ok(Duration::from_millis(5)),
+                    }),
+                );
+            }
+            assert!(sim_now < now + Duration::from_secs(60));
+        }
+        let back = e.desired();
+        assert!(
+            draining(&cfg, 1, &on_lte, &back),
+            "lte drains when fiber takes over"
+        );
+        // A link that leaves the share because it is drained by the operator is not reset.
+        let (mut e, _) = engine(extra);
+        let before = e.desired();
+        e.set_drained(0, true);
+        assert!(!draining(&cfg, 0, &before, &e.desired()));
+    }
 }

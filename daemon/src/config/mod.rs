@@ -195,6 +195,14 @@ impl std::str::FromStr for Prefix {
 }
 
 impl Prefix {
+    /// A single address.
+    pub fn host(addr: IpAddr) -> Self {
+        Prefix {
+            addr,
+            len: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
     pub fn is_ipv6(&self) -> bool {
         self.addr.is_ipv6()
     }
@@ -276,6 +284,9 @@ pub struct Dataplane {
     pub table_base: u32,
     /// Priority of the first `ip rule`; link `i`'s rule has `rule_priority + 1 + i`.
     pub rule_priority: u32,
+    /// The router's own new flows follow the policies (and the default policy's link at route
+    /// lookup). `false`: they follow the main table, e.g. under a wg-quick full tunnel.
+    pub steer_router: bool,
     /// Remove the nft table, rules and routes on stop. `false` leaves the dataplane in place so
     /// traffic keeps flowing while the daemon is restarted.
     pub cleanup_on_exit: bool,

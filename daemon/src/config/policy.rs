@@ -54,7 +54,7 @@ pub(super) struct RawRule {
     dport: Vec<Spanned<RawPort>>,
 }
 
-/// `443` or `"8000-8100"`.
+/// `443`, `"443"` or `"8000-8100"`.
 #[derive(Deserialize)]
 #[serde(untagged, expecting = "a port number or a \"FIRST-LAST\" range")]
 enum RawPort {
@@ -188,6 +188,29 @@ pub(super) fn check(
         }
     }
 
+    // Every set is checked once, used or not.
+    let mut parsed: BTreeMap<&str, Vec<Prefix>> = BTreeMap::new();
+    for (name, list) in sets {
+        let key = format!("sets.{name}");
+        if !valid_name(name) {
+            c.err(
+                list.span(),
+                &key,
+                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
+            );
+        }
+        let mut out: Vec<Prefix> = Vec::new();
+        for e in list.get_ref() {
+            match e.get_ref().parse::<Prefix>() {
+                Ok(p) if !out.contains(&p) => out.push(p),
+                Ok(_) => {}
+                Err(msg) => c.err(e.span(), &key, msg),
+            }
+        }
+        parsed.insert(name.as_str(), out);
+    }
+    let sets = &parsed;
+
     let mut rules = Vec::new();
     for (i, r) in raw_rules.iter().enumerate() {
         let r = r.get_ref();
@@ -278,15 +301,6 @@ pub(super) fn check(
             dport,
         });
     }
-    for (name, list) in sets {
-        if !valid_name(name) {
-            c.err(
-                list.span(),
-                format!("sets.{name}"),
-                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
-            );
-        }
-    }
     (policies, rules)
 }
 
@@ -303,35 +317,36 @@ fn proto_number(s: &str) -> Option<u8> {
     })
 }
 
-/// Prefixes and `@set` references, expanded, duplicates removed (in order).
+/// Prefixes and `@set` references (sets already checked), expanded, duplicates removed (in
+/// order).
 fn prefixes(
     c: &mut Checker<'_>,
     list: &[Spanned<String>],
-    sets: &RawSets,
+    sets: &BTreeMap<&str, Vec<Prefix>>,
     key: &str,
 ) -> Vec<Prefix> {
     let mut out: Vec<Prefix> = Vec::new();
     for item in list {
         let text = item.get_ref();
-        let elements: Vec<(&str, std::ops::Range<usize>)> = match text.strip_prefix('@') {
+        let found: Vec<Prefix> = match text.strip_prefix('@') {
             Some(name) => match sets.get(name) {
-                Some(set) => set
-                    .get_ref()
-                    .iter()
-                    .map(|e| (e.get_ref().as_str(), e.span()))
-                    .collect(),
+                Some(set) => set.clone(),
                 None => {
                     c.err(item.span(), key, format!("no set named {name:?} in [sets]"));
                     continue;
                 }
             },
-            None => vec![(text.as_str(), item.span())],
+            None => match text.parse::<Prefix>() {
+                Ok(p) => vec![p],
+                Err(msg) => {
+                    c.err(item.span(), key, msg);
+                    continue;
+                }
+            },
         };
-        for (e, span) in elements {
-            match e.parse::<Prefix>() {
-                Ok(p) if !out.contains(&p) => out.push(p),
-                Ok(_) => {}
-                Err(msg) => c.err(span, key, msg),
+        for p in found {
+            if !out.contains(&p) {
+                out.push(p);
             }
         }
     }
@@ -345,6 +360,7 @@ fn ports(c: &mut Checker<'_>, list: &[Spanned<RawPort>], key: &str) -> Vec<(u16,
             RawPort::One(n) => Some((*n, *n)),
             RawPort::Range(s) => s
                 .split_once('-')
+                .or(Some((s.as_str(), s.as_str())))
                 .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
                 .filter(|(a, b)| a <= b),
         };

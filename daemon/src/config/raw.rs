@@ -134,6 +134,7 @@ struct RawDataplane {
     table_base: Option<Spanned<u32>>,
     rule_priority: Option<Spanned<u32>>,
     cleanup_on_exit: Option<bool>,
+    steer_router: Option<bool>,
 }
 
 /// Collects problems with the line of the span they refer to.
@@ -327,6 +328,20 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
             );
             0xff00
         }
+        Some(v)
+            if (v.get_ref() >> v.get_ref().trailing_zeros()).count_ones()
+                != (v.get_ref() >> v.get_ref().trailing_zeros()).trailing_ones() =>
+        {
+            c.err(
+                v.span(),
+                "dataplane.mark_mask",
+                format!(
+                    "{:#x} must be one run of consecutive bits, like 0xff00",
+                    v.get_ref()
+                ),
+            );
+            0xff00
+        }
         Some(v) => *v.get_ref(),
         None => 0xff00,
     };
@@ -345,6 +360,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         table_base,
         rule_priority,
         cleanup_on_exit: raw.dataplane.cleanup_on_exit.unwrap_or(true),
+        steer_router: raw.dataplane.steer_router.unwrap_or(true),
     };
 
     let links = check_links(&mut c, &raw, &dataplane);
@@ -834,6 +850,9 @@ interval = "5 parsecs"
         let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x1\n");
         let p = parse(&text).unwrap_err();
         assert!(p.iter().any(|p| p.key == "dataplane.mark_mask"), "{p:?}");
+        let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0xf0f0\n");
+        let p = parse(&text).unwrap_err();
+        assert!(p[0].message.contains("consecutive"), "{p:?}");
         let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x70\n");
         let c = parse(&text).unwrap();
         assert_eq!((c.links[0].mark, c.links[1].mark), (0x10, 0x20));

@@ -73,44 +73,19 @@ impl Dataplane {
     /// ruleset did not change (periodic reconcile).
     pub async fn apply(&mut self, d: &DesiredState, verify: bool) -> Result<ApplyReport, Error> {
         let mut report = ApplyReport::default();
-        let rules = nft::render(d);
-        let t = Instant::now();
-        let missing = verify && !blocking(nft::exists).await.map_err(Error::Nft)?;
-        if missing || self.applied.as_ref() != Some(&rules) {
-            let r = rules.clone();
-            // When our table went missing it is written afresh.
-            let previous = self.applied.clone().filter(|_| !missing);
-            let now = Instant::now();
-            self.stale.retain(|(t, _, _)| *t > now);
-            let v4: Vec<_> = self
-                .stale
-                .iter()
-                .flat_map(|(_, v4, _)| v4.iter().copied())
-                .collect();
-            let v6: Vec<_> = self
-                .stale
-                .iter()
-                .flat_map(|(_, _, v6)| v6.iter().copied())
-                .collect();
-            blocking(move || {
-                // Sets survive an update in place; a replacement empties them, so the stale
-                // flows are put back.
-                if nft::replace(&r, previous.as_ref())? {
-                    nft::add_stale(&v4, &v6)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(Error::Nft)?;
-            self.applied = Some(rules);
-            report.nft_replaced = true;
-        }
-        report.nft = t.elapsed();
-        let t = Instant::now();
         let ifindexes = routes::ifindexes(&self.handle, d)
             .await
             .map_err(Error::Route)?;
-        let rules = routes::converge_rules(&self.handle, d, &ifindexes)
+        let addrs = routes::link_addrs(&self.handle, &ifindexes)
+            .await
+            .map_err(Error::Route)?;
+        let t = Instant::now();
+        // Routes are converged even when the table cannot be written.
+        let nft = self.write_nft(d, &addrs, verify).await;
+        report.nft_replaced = *nft.as_ref().unwrap_or(&false);
+        report.nft = t.elapsed();
+        let t = Instant::now();
+        let rules = routes::converge_rules(&self.handle, d, &addrs)
             .await
             .map_err(Error::Route)?;
         let (missing, changes) =
@@ -120,7 +95,50 @@ impl Dataplane {
         report.missing_interfaces = missing;
         report.route_changes = rules + changes;
         report.routes = t.elapsed();
+        nft?;
         Ok(report)
+    }
+
+    /// Write our table if it differs from the one written last or (with `verify`) has gone
+    /// missing; whether it was written.
+    async fn write_nft(
+        &mut self,
+        d: &DesiredState,
+        addrs: &[Vec<std::net::IpAddr>],
+        verify: bool,
+    ) -> Result<bool, Error> {
+        let rules = nft::render(d, addrs);
+        let missing = verify && !blocking(nft::exists).await.map_err(Error::Nft)?;
+        if !missing && self.applied.as_ref() == Some(&rules) {
+            return Ok(false);
+        }
+        let r = rules.clone();
+        // When our table went missing it is written afresh.
+        let previous = self.applied.clone().filter(|_| !missing);
+        let now = Instant::now();
+        self.stale.retain(|(t, _, _)| *t > now);
+        let v4: Vec<_> = self
+            .stale
+            .iter()
+            .flat_map(|(_, v4, _)| v4.iter().copied())
+            .collect();
+        let v6: Vec<_> = self
+            .stale
+            .iter()
+            .flat_map(|(_, _, v6)| v6.iter().copied())
+            .collect();
+        blocking(move || {
+            // Sets survive an update in place; a replacement empties them, so the stale flows
+            // are put back.
+            if nft::replace(&r, previous.as_ref())? {
+                nft::add_stale(&v4, &v6)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(Error::Nft)?;
+        self.applied = Some(rules);
+        Ok(true)
     }
 
     /// Remember the keys a purge put in the stale sets, so they survive a later replacement of

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 
 use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Conntrack, Immediate, InterfaceName, Lookup, Masquerade, Meta, Register,
@@ -19,8 +20,8 @@ use nftnl::{
 };
 
 use super::nft_ext::{
-    set_dynamic, set_timeout, Base, Dynset, ElemsReplace, FlowKey, Hton32, Notrack, NumgenRandom,
-    RawLoad, SnatPrefix6,
+    set_buffers, set_dynamic, set_timeout, Base, Dynset, ElemsReplace, FlowKey, Hton32, Notrack,
+    NumgenRandom, RawLoad, SnatPrefix6,
 };
 use crate::config::{LastResort, Prefix};
 use crate::engine::DesiredState;
@@ -158,8 +159,8 @@ pub enum DynOp {
     Delete,
 }
 
-/// The table for a desired state.
-pub fn render(d: &DesiredState) -> Ruleset {
+/// The table for a desired state, given each link's current addresses.
+pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
     let mask = d.mark_mask;
     let unmarked = Op::MetaMarkIs { mask, value: 0 };
     // Every packet of a flow that already has a link keeps it: restore our mark bits from the
@@ -222,11 +223,34 @@ pub fn render(d: &DesiredState) -> Ruleset {
     // new flows follow the policies like the LAN's (probes and tickles carry a mark already).
     // The route chain re-routes when the mark changes.
     let mut route_out = restore_marks(d);
-    route_out.push(vec![
-        Op::CtStateNew,
-        unmarked.clone(),
-        Op::Jump(STEER.into()),
-    ]);
+    if d.steer_router {
+        // A new flow from a link's own address (a socket bound to it) belongs to that link;
+        // the default policy's link is left out, as its address is what unbound sockets get.
+        for (i, l) in d.links.iter().enumerate() {
+            if d.steer_to == Some(i) {
+                continue;
+            }
+            for &a in addrs.get(i).into_iter().flatten() {
+                route_out.push(vec![
+                    Op::CtStateNew,
+                    unmarked.clone(),
+                    Op::Addr {
+                        dst: false,
+                        prefix: Prefix::host(a),
+                    },
+                    Op::SetMetaMark {
+                        mask,
+                        value: l.mark,
+                    },
+                ]);
+            }
+        }
+        route_out.push(vec![
+            Op::CtStateNew,
+            unmarked.clone(),
+            Op::Jump(STEER.into()),
+        ]);
+    }
     let mut post = Vec::new();
     for l in &d.links {
         let ct = Op::SetCtMark {
@@ -291,11 +315,13 @@ fn policy_chain(d: &DesiredState, policy: usize) -> String {
     format!("policy_{}", d.policies[policy].name)
 }
 
+/// `sticky_<policy>_<link number>_<4|6>`, the link numbered from 1 in configuration order: the
+/// last two parts have no `_`, so names cannot collide.
 fn sticky_set(d: &DesiredState, policy: usize, link: usize, v6: bool) -> String {
     format!(
         "sticky_{}_{}_{}",
         d.policies[policy].name,
-        d.links[link].name,
+        link + 1,
         if v6 { 6 } else { 4 }
     )
 }
@@ -370,6 +396,21 @@ fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
             mask,
             value: d.links[link].mark,
         };
+        // A sticky policy's sets exist while it does, whatever its links do, so hosts are
+        // remembered through an outage.
+        if p.sticky.is_some() {
+            for &link in &p.members {
+                for v6 in [false, true] {
+                    sticky.push(StickySet {
+                        name: sticky_set(d, i, link, v6),
+                        v6,
+                    });
+                }
+            }
+        }
+        // Hosts are placed and remembered only on links that work (the default policy with
+        // nothing usable still uses its preferred link, without remembering anyone there).
+        let live = p.share.iter().any(|&(l, _)| d.links[l].usable);
         if p.share.is_empty() {
             rules.push(if i == 0 || p.last_resort == LastResort::Unreachable {
                 vec![
@@ -382,16 +423,8 @@ fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
             } else {
                 vec![Op::Goto(policy_chain(d, 0))]
             });
-        } else if let Some(timeout) = p.sticky {
+        } else if let Some(timeout) = p.sticky.filter(|_| live) {
             let timeout_ms = timeout.as_millis() as u64;
-            for &link in &p.members {
-                for v6 in [false, true] {
-                    sticky.push(StickySet {
-                        name: sticky_set(d, i, link, v6),
-                        v6,
-                    });
-                }
-            }
             // A source seen recently keeps its link while that link takes new flows here; each
             // new flow renews its timeout.
             for v6 in [false, true] {
@@ -1050,14 +1083,25 @@ fn load_saddr(rule: &mut Rule<'_>, v6: bool) {
     });
 }
 
-/// Send a finalized batch as one buffer and read every acknowledgement. The batch is small (a
-/// few dozen rules), far below the 128 KiB where `mnl` would split it.
+/// Send a finalized batch in one `sendto` (the kernel applies a batch only when it arrives in one
+/// message; nftnl splits it into 128 KiB pages) and read every acknowledgement. The socket's
+/// buffers are sized for the batch and for one acknowledgement per message, all of which the
+/// kernel queues before we read the first, as nft(8) does.
 fn send(batch: &FinalizedBatch) -> io::Result<()> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let portid = socket.portid();
-    socket.send_all(batch)?;
-    let mut buf = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
+    let data: Vec<u8> = batch.iter().flatten().copied().collect();
     let mut expected = batch.sequence_numbers();
+    let acks = expected.len();
+    set_buffers(
+        &socket,
+        data.len() + (64 << 10),
+        acks.saturating_mul(1024) + (256 << 10),
+    )?;
+    if socket.send(&data)? < data.len() {
+        return Err(io::Error::other("sendto did not send the whole batch"));
+    }
+    let mut buf = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
     while !expected.is_empty() {
         for message in socket.recv(&mut buf[..])? {
             let message = message?;
@@ -1094,6 +1138,11 @@ targets = ["192.0.2.1"]
         let config = crate::config::parse(&text).unwrap();
         let mut d = Engine::new(config, std::time::Instant::now()).desired();
         d.policies[0].share = share.to_vec();
+        d.share = share.to_vec();
+        d.steer_to = share.first().map(|&(l, _)| l);
+        for l in &mut d.links {
+            l.usable = true;
+        }
         d
     }
 
@@ -1107,7 +1156,11 @@ targets = ["192.0.2.1"]
 
     #[test]
     fn renders_restore_steer_resets_and_masquerade() {
-        let text = render(&state(r#""lan0", "lan1""#, "", &[(1, 1)])).to_string();
+        let addrs = [
+            vec!["100.64.1.2".parse().unwrap()],
+            vec!["100.64.2.2".parse().unwrap()],
+        ];
+        let text = render(&state(r#""lan0", "lan1""#, "", &[(1, 1)]), &addrs).to_string();
         let want = r#"table inet uplinkd {
   set stale4 { type integer (12 bytes); flags timeout; timeout 1200s; }
   set stale6 { type integer (36 bytes); flags timeout; timeout 1200s; }
@@ -1133,6 +1186,7 @@ targets = ["192.0.2.1"]
   chain output_route { type route hook output priority -150; policy accept;
     ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
     ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
+    ct state new meta mark & 0xff00 == 0x0 ip saddr 100.64.1.2/32 meta mark set meta mark & 0xffff00ff | 0x100
     ct state new meta mark & 0xff00 == 0x0 jump steer
   }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
@@ -1153,7 +1207,7 @@ targets = ["192.0.2.1"]
     fn links_of_a_tier_share_new_flows_by_weight() {
         let d = state(r#""lan0""#, "", &[(0, 3), (1, 1)]);
         assert_eq!(
-            chain(&render(&d), "policy_default"),
+            chain(&render(&d, &[]), "policy_default"),
             vec![
                 "meta mark & 0xff00 == 0x0 numgen random mod 4 < 3 meta mark set meta mark & 0xffff00ff | 0x100",
                 "meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200",
@@ -1184,7 +1238,7 @@ policy = "lte-first"
 "#;
         let mut d = state(r#""lan0", "lan1""#, extra, &[(0, 1)]);
         d.policies[1].share = vec![(1, 1)];
-        let r = render(&d);
+        let r = render(&d, &[]);
         assert_eq!(
             chain(&r, "steer"),
             vec![
@@ -1229,7 +1283,7 @@ last_resort = "unreachable"
         let mut d = state(r#""lan0""#, extra, &[(0, 1)]);
         d.policies[1].share.clear();
         d.policies[2].share.clear();
-        let r = render(&d);
+        let r = render(&d, &[]);
         assert_eq!(chain(&r, "policy_fallback"), vec!["goto policy_default"]);
         assert_eq!(
             chain(&r, "policy_strict"),
@@ -1238,7 +1292,7 @@ last_resort = "unreachable"
         // The default policy itself refuses when it has nothing (last_resort = "unreachable").
         d.policies[0].share.clear();
         assert_eq!(
-            chain(&render(&d), "policy_default"),
+            chain(&render(&d, &[]), "policy_default"),
             vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0xfe00"]
         );
     }
@@ -1252,23 +1306,30 @@ links = [{ link = "l1", priority = 1 }, { link = "l2", priority = 1 }]
 sticky = "10m"
 "#;
         let d = state(r#""lan0""#, extra, &[(0, 1), (1, 1)]);
-        let r = render(&d);
+        let r = render(&d, &[]);
         let names: Vec<&str> = r.sticky.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
             vec![
-                "sticky_default_l1_4",
-                "sticky_default_l1_6",
-                "sticky_default_l2_4",
-                "sticky_default_l2_6"
+                "sticky_default_1_4",
+                "sticky_default_1_6",
+                "sticky_default_2_4",
+                "sticky_default_2_6"
             ]
         );
         let rules = chain(&r, "policy_default");
         assert_eq!(rules.len(), 8, "{rules:#?}");
-        assert_eq!(rules[0], "meta mark & 0xff00 == 0x0 ip saddr @sticky_default_l1_4 meta mark set meta mark & 0xffff00ff | 0x100 update @sticky_default_l1_4 { ip saddr timeout 600s }");
-        assert_eq!(rules[3], "meta mark & 0xff00 == 0x0 ip6 saddr @sticky_default_l2_6 meta mark set meta mark & 0xffff00ff | 0x200 update @sticky_default_l2_6 { ip6 saddr timeout 600s }");
-        assert_eq!(rules[4], "meta mark & 0xff00 == 0x0 meta nfproto ipv4 numgen random mod 2 < 1 meta mark set meta mark & 0xffff00ff | 0x100 add @sticky_default_l1_4 { ip saddr timeout 600s } delete @sticky_default_l2_4 { ip saddr }");
-        assert_eq!(rules[7], "meta mark & 0xff00 == 0x0 meta nfproto ipv6 meta mark set meta mark & 0xffff00ff | 0x200 add @sticky_default_l2_6 { ip6 saddr timeout 600s } delete @sticky_default_l1_6 { ip6 saddr }");
+        assert_eq!(rules[0], "meta mark & 0xff00 == 0x0 ip saddr @sticky_default_1_4 meta mark set meta mark & 0xffff00ff | 0x100 update @sticky_default_1_4 { ip saddr timeout 600s }");
+        assert_eq!(rules[3], "meta mark & 0xff00 == 0x0 ip6 saddr @sticky_default_2_6 meta mark set meta mark & 0xffff00ff | 0x200 update @sticky_default_2_6 { ip6 saddr timeout 600s }");
+        assert_eq!(rules[4], "meta mark & 0xff00 == 0x0 meta nfproto ipv4 numgen random mod 2 < 1 meta mark set meta mark & 0xffff00ff | 0x100 add @sticky_default_1_4 { ip saddr timeout 600s } delete @sticky_default_2_4 { ip saddr }");
+        assert_eq!(rules[7], "meta mark & 0xff00 == 0x0 meta nfproto ipv6 meta mark set meta mark & 0xffff00ff | 0x200 add @sticky_default_2_6 { ip6 saddr timeout 600s } delete @sticky_default_1_6 { ip6 saddr }");
+        // With no usable link the sets stay (hosts are remembered through the outage), and
+        // nobody is re-placed.
+        let mut down = d.clone();
+        down.links.iter_mut().for_each(|l| l.usable = false);
+        let r = render(&down, &[]);
+        assert_eq!(r.sticky.len(), 4);
+        assert!(chain(&r, "policy_default").iter().all(|r| !r.contains('@')));
     }
 
     #[test]
@@ -1281,7 +1342,7 @@ sticky = "10m"
         let config = crate::config::parse(&text).unwrap();
         let d = Engine::new(config, std::time::Instant::now()).desired();
         assert_eq!(
-            chain(&render(&d), "postrouting"),
+            chain(&render(&d, &[]), "postrouting"),
             vec![
                 "oifname \"wan1\" meta nfproto ipv6 ct mark set ct mark & 0xffff00ff | 0x100 snat ip6 prefix to 2001:db8:1::/48",
                 "oifname \"wan1\" ct mark set ct mark & 0xffff00ff | 0x100 masquerade",

@@ -1,6 +1,7 @@
 //! What the `nftnl` crate lacks, built on its public `Expression` trait and `nftnl_sys`:
 //! a payload load of any length (a whole flow key in consecutive registers), `notrack`, and
-//! named sets whose elements expire, sets changed from the packet path, and prefix NAT.
+//! named sets whose elements expire, sets changed from the packet path, prefix NAT, and
+//! socket buffers large enough for big batches.
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -263,4 +264,31 @@ unsafe impl<K> NlMsg for ElemsReplace<'_, '_, K> {
             sys::nftnl_set_elems_nlmsg_build_payload(header, self.0.as_ptr().as_ptr());
         }
     }
+}
+
+/// Give a netlink socket send and receive buffers of at least these sizes (SO_SNDBUFFORCE and
+/// SO_RCVBUFFORCE: root may exceed the sysctl limits, as nft(8) does for large batches).
+pub fn set_buffers(
+    socket: &impl std::os::fd::AsRawFd,
+    send: usize,
+    recv: usize,
+) -> std::io::Result<()> {
+    for (opt, size) in [(libc::SO_SNDBUFFORCE, send), (libc::SO_RCVBUFFORCE, recv)] {
+        let v = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local; the descriptor
+        // is borrowed from a live socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -32,7 +32,7 @@ pub struct PurgeReport {
     pub flows: usize,
     /// Open TCP flows of LAN clients: put in the stale sets and tickled.
     pub tcp_reset: usize,
-    /// Router-local TCP sockets bound to the link's addresses, aborted.
+    /// Router-local TCP sockets of the link's flows, aborted.
     pub sockets: usize,
     pub dump: Duration,
     pub stale: Duration,
@@ -77,8 +77,6 @@ pub struct Scope {
     /// The LAN subnets: only flows whose client is there are reset (a flow that came in on the
     /// dead link, like a port forward, has its client on the far side).
     pub lan: Vec<(IpAddr, u8)>,
-    /// The dead link's own addresses: router sockets bound to them are aborted.
-    pub link: Vec<IpAddr>,
 }
 
 /// Whether `ip` is in `net/len`.
@@ -101,7 +99,7 @@ pub fn in_net(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
 }
 
 /// Purge the flows with `ct mark & mask == mark` and reset their LAN TCP clients (first tickle
-/// round included), then abort the router's own TCP sockets bound to the link's addresses.
+/// round included), then abort the router's own TCP sockets of those flows.
 /// Blocking: run off the event loop.
 pub fn purge(mark: u32, mask: u32, tickle_mark: u32, scope: &Scope) -> io::Result<PurgeReport> {
     let mut r = PurgeReport::default();
@@ -109,6 +107,11 @@ pub fn purge(mark: u32, mask: u32, tickle_mark: u32, scope: &Scope) -> io::Resul
     let flows = conntrack::dump_mark(mark, mask)?;
     r.dump = t.elapsed();
     r.flows = flows.len();
+    let own: Vec<sockets::Tuple> = flows
+        .iter()
+        .filter(|f| f.tcp_open() && scope.local.contains(&f.src))
+        .map(|f| (f.src, f.sport, f.dst, f.dport))
+        .collect();
     r.tickle_flows = flows
         .into_iter()
         .filter(|f| {
@@ -136,8 +139,8 @@ pub fn purge(mark: u32, mask: u32, tickle_mark: u32, scope: &Scope) -> io::Resul
     tickle(&r.tickle_flows, tickle_mark)?;
     r.tickle = t.elapsed();
     let t = Instant::now();
-    if !scope.link.is_empty() {
-        r.sockets = sockets::destroy(&sockets::list(&scope.link)?)?;
+    if !own.is_empty() {
+        r.sockets = sockets::destroy(&sockets::list(&own)?)?;
     }
     r.destroy = t.elapsed();
     Ok(r)

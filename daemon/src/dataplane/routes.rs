@@ -30,13 +30,15 @@ pub struct RuleSpec {
     pub suppress_prefixlen: Option<u32>,
     /// `unreachable` instead of `lookup TABLE` (table 0).
     pub unreachable: bool,
+    /// `iif lo`: only the router's own traffic.
+    pub iif_lo: bool,
 }
 
 /// Priorities of our rules, relative to `rule_priority`: main without defaults (0); the
 /// addresses of the links other than the default policy's (a socket bound to one leaves through
 /// its link, whatever mark the steering gives it); the marks; the refusal of flows whose policy
-/// has no usable link; and last, for unmarked lookups (the router's own sockets choosing their
-/// source address), the default policy's link, so the router's new flows follow failover.
+/// has no usable link; and last, for the router's own unmarked lookups (`iif lo`: its sockets
+/// choosing their source address), the default policy's link, so its new flows follow failover.
 /// A socket bound to the default link's own address cannot be told from one whose address the
 /// kernel chose that way, so it is steered like the router's other new flows.
 const PRIO_FROM: u32 = 1;
@@ -68,6 +70,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
             table: RT_TABLE_MAIN,
             suppress_prefixlen: Some(0),
             unreachable: false,
+            iif_lo: false,
         });
         for l in &d.links {
             rules.push(RuleSpec {
@@ -78,6 +81,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
                 table: l.table,
                 suppress_prefixlen: None,
                 unreachable: false,
+                iif_lo: false,
             });
         }
         rules.push(RuleSpec {
@@ -88,6 +92,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
             table: 0,
             suppress_prefixlen: None,
             unreachable: true,
+            iif_lo: false,
         });
         if let Some(l) = d.steer_to {
             rules.push(RuleSpec {
@@ -98,6 +103,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
                 table: d.links[l].table,
                 suppress_prefixlen: None,
                 unreachable: false,
+                iif_lo: false,
             });
         }
     }
@@ -123,6 +129,7 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
         table: u32::from(m.header.table),
         suppress_prefixlen: None,
         unreachable: m.header.action == RuleAction::Unreachable,
+        iif_lo: false,
     };
     let mut mark = None;
     let mut mask = u32::MAX;
@@ -133,6 +140,7 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
             RuleAttribute::FwMask(v) => mask = *v,
             RuleAttribute::Table(t) => s.table = *t,
             RuleAttribute::Source(ip) => s.from = Some(*ip),
+            RuleAttribute::Iifname(n) => s.iif_lo = n == "lo",
             RuleAttribute::SuppressPrefixLen(v) if *v != u32::MAX => {
                 s.suppress_prefixlen = Some(*v)
             }
@@ -148,57 +156,70 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
     s
 }
 
-/// Rules that send traffic from the links' own addresses out their link's table, whatever the
-/// steering: a socket bound to a WAN's address (a VPN endpoint, an answer to an inbound
-/// connection) must leave through that WAN, or its ISP drops it as spoofed. Not for the default
-/// policy's link: see PRIO_DEFAULT.
-async fn source_rules(
+/// The addresses of each link's interface (`ifindexes` from [`ifindexes`]), link-local ones
+/// left out: they are never the source of routed traffic.
+pub async fn link_addrs(
     h: &Handle,
-    d: &DesiredState,
     ifindexes: &[Option<u32>],
-) -> Result<Vec<RuleSpec>, rtnetlink::Error> {
+) -> Result<Vec<Vec<IpAddr>>, rtnetlink::Error> {
     use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-    let addrs: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
+    let all: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
+    Ok(ifindexes
+        .iter()
+        .map(|index| {
+            let mut out: Vec<IpAddr> = Vec::new();
+            for a in all.iter().filter(|a| Some(a.header.index) == *index) {
+                let ip = a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                });
+                match ip {
+                    Some(IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80 => {}
+                    Some(ip) if !out.contains(&ip) => out.push(ip),
+                    _ => {}
+                }
+            }
+            out
+        })
+        .collect())
+}
+
+/// Rules that send unmarked traffic from the links' own addresses out their link's table: a
+/// socket bound to a WAN's address (a VPN endpoint) must leave through that WAN, or its ISP drops
+/// it as spoofed. Marked packets follow their mark (the nft output chain gives a new flow from a
+/// link's address that link's mark). Not for the default policy's link when the router's own
+/// traffic is steered: see PRIO_DEFAULT.
+pub fn source_rules(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<RuleSpec> {
     let mut rules = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
-        let Some(index) = ifindexes[i].filter(|_| d.steer_to != Some(i)) else {
+        if d.steer_router && d.steer_to == Some(i) {
             continue;
-        };
-        for a in addrs.iter().filter(|a| a.header.index == index) {
-            let ip = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            let Some(ip) = ip else { continue };
-            if matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
-                continue; // link-local: never a source of routed traffic
-            }
-            let rule = RuleSpec {
+        }
+        for &ip in addrs.get(i).into_iter().flatten() {
+            rules.push(RuleSpec {
                 v6: ip.is_ipv6(),
                 priority: d.rule_priority + PRIO_FROM,
-                fwmark: None,
+                fwmark: Some((0, d.mark_mask)),
                 from: Some(ip),
                 table: l.table,
                 suppress_prefixlen: None,
                 unreachable: false,
-            };
-            if !rules.contains(&rule) {
-                rules.push(rule);
-            }
+                iif_lo: false,
+            });
         }
     }
-    Ok(rules)
+    rules
 }
 
 /// Converge our `ip rule` band to `desired_rules(d)` plus the source rules of the links'
-/// current addresses (`ifindexes` from [`ifindexes`]). Returns what was changed.
+/// current addresses (from [`link_addrs`]). Returns what was changed.
 pub async fn converge_rules(
     h: &Handle,
     d: &DesiredState,
-    ifindexes: &[Option<u32>],
+    addrs: &[Vec<IpAddr>],
 ) -> Result<usize, rtnetlink::Error> {
     let mut want = desired_rules(d);
-    want.extend(source_rules(h, d, ifindexes).await?);
+    want.extend(source_rules(d, addrs));
     let have = dump_rules(h).await?;
     let ours: Vec<(RuleSpec, &RuleMessage)> = have
         .iter()
@@ -260,6 +281,11 @@ fn rule_request<T>(req: RuleAddRequest<T>, s: &RuleSpec) -> RuleAddRequest<T> {
         req.message_mut()
             .attributes
             .push(RuleAttribute::SuppressPrefixLen(p));
+    }
+    if s.iif_lo {
+        req.message_mut()
+            .attributes
+            .push(RuleAttribute::Iifname("lo".into()));
     }
     if let Some(ip) = s.from {
         let m = req.message_mut();

@@ -1,7 +1,8 @@
-//! Router-local TCP sockets of a dead link: found with sock_diag and aborted with SOCK_DESTROY
-//! (linux/inet_diag.h), so programs on the router (a VPN client, a resolver over TCP) see
-//! ECONNABORTED at once instead of hanging on a source address that leads nowhere. Sockets bound
-//! to other addresses are untouched.
+//! Router-local TCP sockets of a dead link's flows: found with sock_diag and aborted with
+//! SOCK_DESTROY (linux/inet_diag.h), so programs on the router (a VPN client, a resolver over
+//! TCP) see ECONNABORTED at once instead of hanging on a path that leads nowhere. A socket is
+//! picked by its connection (addresses and ports), not by its address: a router connection from
+//! one WAN's address may be NATed out another link, and lives on if that link does.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -22,11 +23,14 @@ const STATES: u32 = !((1 << 10) | (1 << 6) | (1 << 7));
 /// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
 const SOCKID_LEN: usize = 48;
 
+/// A TCP connection: local address and port, remote address and port.
+pub type Tuple = (IpAddr, u16, IpAddr, u16);
+
 /// One socket as sock_diag identifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SockId {
     pub family: u8,
-    pub src: IpAddr,
+    pub tuple: Tuple,
     /// The raw `inet_diag_sockid`, echoed back verbatim to destroy exactly this socket.
     raw: [u8; SOCKID_LEN],
 }
@@ -54,12 +58,18 @@ fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
 fn parse(payload: &[u8]) -> Option<SockId> {
     let family = *payload.first()?;
     let raw: [u8; SOCKID_LEN] = payload.get(4..4 + SOCKID_LEN)?.try_into().ok()?;
-    let src = if i32::from(family) == libc::AF_INET {
-        IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&raw[4..8]).ok()?))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&raw[4..20]).ok()?))
+    let addr = |at: usize| -> Option<IpAddr> {
+        Some(if i32::from(family) == libc::AF_INET {
+            IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&raw[at..at + 4]).ok()?))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(&raw[at..at + 16]).ok()?,
+            ))
+        })
     };
-    Some(SockId { family, src, raw })
+    let port = |at: usize| u16::from_be_bytes([raw[at], raw[at + 1]]);
+    let tuple = (addr(4)?, port(0), addr(20)?, port(2));
+    Some(SockId { family, tuple, raw })
 }
 
 fn open() -> io::Result<Socket> {
@@ -69,8 +79,8 @@ fn open() -> io::Result<Socket> {
     Ok(s)
 }
 
-/// TCP sockets of this host whose local address is one of `addrs`.
-pub fn list(addrs: &[IpAddr]) -> io::Result<Vec<SockId>> {
+/// TCP sockets of this host with one of these connections.
+pub fn list(tuples: &[Tuple]) -> io::Result<Vec<SockId>> {
     let socket = open()?;
     let mut found = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -91,7 +101,7 @@ pub fn list(addrs: &[IpAddr]) -> io::Result<Vec<SockId>> {
                 match kind {
                     NLMSG_DONE => break 'dump,
                     NLMSG_ERROR => return Err(io::Error::from_raw_os_error(-error_code(payload))),
-                    _ => found.extend(parse(payload).filter(|s| addrs.contains(&s.src))),
+                    _ => found.extend(parse(payload).filter(|s| tuples.contains(&s.tuple))),
                 }
             }
         }
@@ -141,12 +151,18 @@ mod tests {
         let mut msg = vec![libc::AF_INET as u8, 1, 0, 0];
         let mut id = [0u8; SOCKID_LEN];
         id[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        id[2..4].copy_from_slice(&8080u16.to_be_bytes());
         id[4..8].copy_from_slice(&[100, 64, 1, 2]);
+        id[20..24].copy_from_slice(&[198, 51, 100, 10]);
         id[40..44].copy_from_slice(&7u32.to_ne_bytes());
         msg.extend_from_slice(&id);
         msg.extend_from_slice(&[0; 20]);
         let s = parse(&msg).unwrap();
-        assert_eq!(s.src, "100.64.1.2".parse::<IpAddr>().unwrap());
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            s.tuple,
+            (ip("100.64.1.2"), 40000, ip("198.51.100.10"), 8080)
+        );
         let r = req(s.family, &s.raw);
         assert_eq!(r.len(), 56);
         assert_eq!(&r[8..], &id[..]);

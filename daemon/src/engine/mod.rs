@@ -87,6 +87,8 @@ pub struct DesiredState {
     pub share: Vec<(LinkId, u32)>,
     /// Mark of new flows refused because their policy has no usable link.
     pub unreachable_mark: u32,
+    /// The router's own new flows are steered too.
+    pub steer_router: bool,
     /// Every policy, the default one first, with the links sharing its new flows now.
     pub policies: Vec<PolicyPlan>,
     pub rules: Vec<Rule>,
@@ -269,6 +271,7 @@ impl Engine {
         let share = self.policy_share(0);
         DesiredState {
             unreachable_mark: self.config.dataplane.unreachable_mark(),
+            steer_router: self.config.dataplane.steer_router,
             mark_mask: self.config.dataplane.mark_mask,
             tickle_mark: self.config.dataplane.reserved_mark(),
             rule_priority: self.config.dataplane.rule_priority,
