@@ -94,7 +94,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
             unreachable: true,
             iif_lo: false,
         });
-        if let Some(l) = d.steer_to {
+        if let Some(l) = d.steer_to.filter(|_| d.steer_router) {
             rules.push(RuleSpec {
                 v6,
                 priority: d.rule_priority + PRIO_DEFAULT,
@@ -103,7 +103,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
                 table: d.links[l].table,
                 suppress_prefixlen: None,
                 unreachable: false,
-                iif_lo: false,
+                iif_lo: true,
             });
         }
     }
@@ -132,12 +132,12 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
         iif_lo: false,
     };
     let mut mark = None;
-    let mut mask = u32::MAX;
+    let mut mask = None;
     for a in &m.attributes {
         match a {
             RuleAttribute::Priority(p) => s.priority = *p,
             RuleAttribute::FwMark(v) => mark = Some(*v),
-            RuleAttribute::FwMask(v) => mask = *v,
+            RuleAttribute::FwMask(v) => mask = Some(*v),
             RuleAttribute::Table(t) => s.table = *t,
             RuleAttribute::Source(ip) => s.from = Some(*ip),
             RuleAttribute::Iifname(n) => s.iif_lo = n == "lo",
@@ -147,7 +147,10 @@ pub fn rule_spec(m: &RuleMessage) -> RuleSpec {
             _ => {}
         }
     }
-    s.fwmark = mark.map(|m| (m, mask));
+    // `fwmark 0/MASK` may come as the mask alone.
+    if mark.is_some() || mask.is_some() {
+        s.fwmark = Some((mark.unwrap_or(0), mask.unwrap_or(u32::MAX)));
+    }
     if s.unreachable {
         // The kernel reports the table it defaults to (main), which an unreachable rule never
         // looks up.
@@ -549,6 +552,7 @@ interfaces = ["lan0"]
                     "{}: lookup {} suppress_prefixlength {s}",
                     r.priority, r.table
                 ),
+                (None, None) if r.iif_lo => format!("{}: iif lo lookup {}", r.priority, r.table),
                 (None, None) => format!("{}: lookup {}", r.priority, r.table),
             })
             .collect();
@@ -559,7 +563,7 @@ interfaces = ["lan0"]
                 "1002: fwmark 0x100/0xff00 lookup 100",
                 "1002: fwmark 0x200/0xff00 lookup 101",
                 "1003: fwmark 0xfe00/0xff00 unreachable",
-                "1004: lookup 100",
+                "1004: iif lo lookup 100",
             ]
         );
         // The same for IPv6.
@@ -569,5 +573,25 @@ interfaces = ["lan0"]
             .iter()
             .zip(&v6)
             .all(|(a, b)| RuleSpec { v6: true, ..*a } == *b));
+    }
+
+    #[test]
+    fn dumped_rules_read_back_as_they_were_added() {
+        // What the kernel reports for `from ADDR fwmark 0/0xff00` (the mark may be left out)
+        // and for `iif lo lookup 100`.
+        let mut m = RuleMessage::default();
+        m.attributes = vec![
+            RuleAttribute::Priority(1001),
+            RuleAttribute::FwMask(0xff00),
+            RuleAttribute::Table(101),
+        ];
+        assert_eq!(rule_spec(&m).fwmark, Some((0, 0xff00)));
+        m.attributes = vec![
+            RuleAttribute::Priority(1004),
+            RuleAttribute::Iifname("lo".into()),
+            RuleAttribute::Table(100),
+        ];
+        let s = rule_spec(&m);
+        assert!(s.iif_lo && s.fwmark.is_none());
     }
 }
