@@ -19,6 +19,22 @@ pub use uplinkd_probes::Target;
 /// a larger earlier configuration are still recognised as its own and cleaned up.
 pub const MAX_LINKS: u32 = 64;
 
+/// Two links for tests of the dataplane's rendering: `l1` on wan1 (priority 1), `l2` on wan2
+/// (priority 2); no `[lan]`.
+#[cfg(test)]
+pub(crate) const TEST_LINKS: &str = r#"
+[[link]]
+name = "l1"
+interface = "wan1"
+targets = ["192.0.2.1"]
+
+[[link]]
+name = "l2"
+interface = "wan2"
+priority = 2
+targets = ["192.0.2.1"]
+"#;
+
 /// Default control socket (DESIGN.md §4).
 pub const DEFAULT_SOCKET: &str = "/run/uplinkd/control.sock";
 

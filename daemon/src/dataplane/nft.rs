@@ -1118,18 +1118,7 @@ mod tests {
     use super::*;
     use crate::engine::Engine;
 
-    const LINKS: &str = r#"
-[[link]]
-name = "l1"
-interface = "wan1"
-targets = ["192.0.2.1"]
-
-[[link]]
-name = "l2"
-interface = "wan2"
-priority = 2
-targets = ["192.0.2.1"]
-"#;
+    use crate::config::TEST_LINKS as LINKS;
 
     /// The desired state of a configuration (links as `LINKS`, then `extra`), with the
     /// default policy's share set to `share`.

@@ -522,21 +522,11 @@ mod tests {
 
     #[test]
     fn rules_put_main_without_defaults_before_the_marks() {
-        let text = r#"
-[[link]]
-name = "l1"
-interface = "wan1"
-targets = ["192.0.2.1"]
-
-[[link]]
-name = "l2"
-interface = "wan2"
-targets = ["192.0.2.1"]
-
-[lan]
-interfaces = ["lan0"]
-"#;
-        let config = crate::config::parse(text).unwrap();
+        let text = format!(
+            "{}\n[lan]\ninterfaces = [\"lan0\"]\n",
+            crate::config::TEST_LINKS
+        );
+        let config = crate::config::parse(&text).unwrap();
         let d = crate::engine::Engine::new(config, std::time::Instant::now()).desired();
         let text: Vec<String> = desired_rules(&d)
             .iter()
