@@ -23,7 +23,7 @@ fn check_config_accepts_the_example() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ok (2 links, 1 policies, 0 rules; worst-case blackhole detection 900 ms)"),
+        stdout.contains("ok (2 links, 1 policy, 0 rules; worst-case blackhole detection 900 ms)"),
         "{stdout}"
     );
 }

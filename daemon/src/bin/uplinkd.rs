@@ -27,17 +27,22 @@ struct Args {
     log_format: String,
 }
 
+/// "1 policy", "2 policies".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = args.check_config {
         return match uplinkd::config::load(&path) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} links, {} policies, {} rules; worst-case blackhole detection {} ms)",
+                    "{}: ok ({}, {}, {}; worst-case blackhole detection {} ms)",
                     path.display(),
-                    c.links.len(),
-                    c.policies.len(),
-                    c.rules.len(),
+                    count(c.links.len(), "link", "links"),
+                    count(c.policies.len(), "policy", "policies"),
+                    count(c.rules.len(), "rule", "rules"),
                     c.worst_case_detection().as_millis()
                 );
                 ExitCode::SUCCESS
