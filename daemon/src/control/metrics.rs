@@ -114,10 +114,7 @@ pub fn render(s: &Status) -> String {
         .map(|l| {
             (
                 format!("{{link=\"{}\"}}", escape(&l.name)),
-                s.share
-                    .iter()
-                    .find(|x| x.link == l.name)
-                    .map_or(0.0, |x| x.pct / 100.0),
+                ratio(&s.share, &l.name),
             )
         })
         .collect();
@@ -138,10 +135,7 @@ pub fn render(s: &Status) -> String {
                         escape(&p.name),
                         escape(&l.name)
                     ),
-                    p.share
-                        .iter()
-                        .find(|x| x.link == l.name)
-                        .map_or(0.0, |x| x.pct / 100.0),
+                    ratio(&p.share, &l.name),
                 )
             })
         })
@@ -200,6 +194,14 @@ pub async fn listen(
             let _ = conn.write_all(body.as_bytes()).await;
         });
     }
+}
+
+/// The fraction (0 to 1) of new flows a share gives `link`.
+fn ratio(share: &[super::Share], link: &str) -> f64 {
+    share
+        .iter()
+        .find(|x| x.link == link)
+        .map_or(0.0, |x| x.pct / 100.0)
 }
 
 #[cfg(test)]

@@ -86,7 +86,6 @@ pub async fn with_ipv4(h: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
 pub async fn local_addrs(
     h: &Handle,
 ) -> Result<Vec<(String, std::net::IpAddr, u8)>, rtnetlink::Error> {
-    use rtnetlink::packet_route::address::AddressAttribute;
     let links: Vec<LinkMessage> = h.link().get().execute().try_collect().await?;
     let names: BTreeMap<u32, String> = links
         .iter()
@@ -96,13 +95,19 @@ pub async fn local_addrs(
     Ok(addrs
         .iter()
         .filter_map(|a| {
-            let ip = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            })?;
+            let ip = address(a)?;
             Some((names.get(&a.header.index)?.clone(), ip, a.header.prefix_len))
         })
         .collect())
+}
+
+/// The address an address message is about (its local address where it has one).
+pub fn address(a: &AddressMessage) -> Option<std::net::IpAddr> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })
 }
 
 /// Subscribe to link, IPv4 address and route events and forward them until the receiver

@@ -165,18 +165,14 @@ pub async fn link_addrs(
     h: &Handle,
     ifindexes: &[Option<u32>],
 ) -> Result<Vec<Vec<IpAddr>>, rtnetlink::Error> {
-    use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+    use rtnetlink::packet_route::address::AddressMessage;
     let all: Vec<AddressMessage> = h.address().get().execute().try_collect().await?;
     Ok(ifindexes
         .iter()
         .map(|index| {
             let mut out: Vec<IpAddr> = Vec::new();
             for a in all.iter().filter(|a| Some(a.header.index) == *index) {
-                let ip = a.attributes.iter().find_map(|x| match x {
-                    AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                });
-                match ip {
+                match super::monitor::address(a) {
                     Some(IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80 => {}
                     Some(ip) if !out.contains(&ip) => out.push(ip),
                     _ => {}
