@@ -300,7 +300,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             match dp.apply(&next, reapply).await {
                 Ok(r) => {
                     applies = (applies.0 + 1, Some(ms(r.nft + r.routes)));
-                    if next.share != desired.share {
+                    if next.share() != desired.share() {
                         let _ = events
                             .send(serde_json::json!({"type": "steer", "to": steer_name(&next)}));
                         notify(&[sd_notify::NotifyState::Status(&format!(
@@ -365,7 +365,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                 // (A reload may have removed the link meanwhile.)
                 l < desired.links.len()
                     && desired
-                        .steer_to
+                        .steer_to()
                         .is_some_and(|s| s != l && desired.links[s].usable)
             }))
             .collect();
@@ -412,7 +412,7 @@ fn stranded(t: &Transition, d: &DesiredState) -> bool {
         .filter(|p| p.members.contains(&t.link))
         .flat_map(|p| match p.last_resort {
             _ if !p.share.is_empty() => &p.share,
-            LastResort::Default => &d.share,
+            LastResort::Default => d.share(),
             LastResort::Unreachable => &p.share,
         })
         .any(|&(s, _)| s != t.link && d.links[s].usable);
@@ -741,8 +741,8 @@ fn status(
     let now = Instant::now().into_std();
     Status {
         version: control::PROTOCOL_VERSION,
-        steer_to: d.steer_to.map(|i| d.links[i].name.clone()),
-        share: shares(d, &d.share),
+        steer_to: d.steer_to().map(|i| d.links[i].name.clone()),
+        share: shares(d, d.share()),
         policies: d
             .policies
             .iter()
@@ -814,7 +814,7 @@ fn shares(d: &DesiredState, share: &[(LinkId, u32)]) -> Vec<control::Share> {
 
 /// Where the default policy's new flows go.
 fn steer_name(d: &DesiredState) -> String {
-    share_name(d, &d.share)
+    share_name(d, d.share())
 }
 
 /// A link's name, or the links of a tier with their shares.
@@ -902,7 +902,7 @@ interfaces = ["lan0"]
         let cfg = e.config().clone();
         down(&mut e, now, 0);
         let on_lte = e.desired();
-        assert_eq!(on_lte.share, vec![(1, 1)]);
+        assert_eq!(on_lte.share(), [(1, 1)]);
         e.handle(now, Event::Carrier { link: 0, up: true });
         let mut sim_now = now;
         // Fiber back up after its hold: probe until it is usable again.

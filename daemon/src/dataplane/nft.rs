@@ -227,7 +227,7 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
         // A new flow from a link's own address (a socket bound to it) belongs to that link;
         // the default policy's link is left out, as its address is what unbound sockets get.
         for (i, l) in d.links.iter().enumerate() {
-            if d.steer_to == Some(i) {
+            if d.steer_to() == Some(i) {
                 continue;
             }
             for &a in addrs.get(i).into_iter().flatten() {
@@ -1127,8 +1127,6 @@ mod tests {
         let config = crate::config::parse(&text).unwrap();
         let mut d = Engine::new(config, std::time::Instant::now()).desired();
         d.policies[0].share = share.to_vec();
-        d.share = share.to_vec();
-        d.steer_to = share.first().map(|&(l, _)| l);
         for l in &mut d.links {
             l.usable = true;
         }

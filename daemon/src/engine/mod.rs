@@ -81,10 +81,6 @@ pub struct DesiredState {
     pub rule_priority: u32,
     pub lan_interfaces: Vec<String>,
     pub links: Vec<LinkPlan>,
-    /// The default policy's first link (the first of `share`); `None` when it has none.
-    pub steer_to: Option<LinkId>,
-    /// The default policy's share (see [`Engine::policy_share`]).
-    pub share: Vec<(LinkId, u32)>,
     /// Mark of new flows refused because their policy has no usable link.
     pub unreachable_mark: u32,
     /// The router's own new flows are steered too.
@@ -92,6 +88,18 @@ pub struct DesiredState {
     /// Every policy, the default one first, with the links sharing its new flows now.
     pub policies: Vec<PolicyPlan>,
     pub rules: Vec<Rule>,
+}
+
+impl DesiredState {
+    /// The default policy's share (see [`Engine::policy_share`]).
+    pub fn share(&self) -> &[(LinkId, u32)] {
+        self.policies.first().map_or(&[], |p| &p.share)
+    }
+
+    /// The default policy's first link (the first of its share); `None` when it has none.
+    pub fn steer_to(&self) -> Option<LinkId> {
+        self.share().first().map(|&(l, _)| l)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,7 +276,6 @@ impl Engine {
     }
 
     pub fn desired(&self) -> DesiredState {
-        let share = self.policy_share(0);
         DesiredState {
             unreachable_mark: self.config.dataplane.unreachable_mark(),
             steer_router: self.config.dataplane.steer_router,
@@ -293,8 +300,6 @@ impl Engine {
                     nptv6: l.nptv6,
                 })
                 .collect(),
-            steer_to: share.first().map(|&(l, _)| l),
-            share,
             policies: self
                 .config
                 .policies
