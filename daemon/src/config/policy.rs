@@ -69,13 +69,6 @@ pub(super) type RawSets = BTreeMap<String, Spanned<Vec<Spanned<String>>>>;
 /// bounds the sum of their lengths, not the product).
 const MAX_RULE_ENTRIES: usize = 4096;
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 32
-        && n.chars()
-            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
-}
-
 /// The policies (the default one first) and the rules.
 pub(super) fn check(
     c: &mut Checker<'_>,
@@ -109,13 +102,9 @@ pub(super) fn check(
         let dup = policies[usize::from(!explicit_default)..]
             .iter()
             .any(|q| &q.name == name);
-        if !valid_name(name) {
-            c.err(
-                p.name.span(),
-                key("name"),
-                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
-            );
-        } else if dup || (name == DEFAULT_POLICY && explicit_default) {
+        if c.name(p.name.span(), &key("name"), name)
+            && (dup || (name == DEFAULT_POLICY && explicit_default))
+        {
             c.err(
                 p.name.span(),
                 key("name"),
@@ -192,13 +181,7 @@ pub(super) fn check(
     let mut parsed: BTreeMap<&str, Vec<Prefix>> = BTreeMap::new();
     for (name, list) in sets {
         let key = format!("sets.{name}");
-        if !valid_name(name) {
-            c.err(
-                list.span(),
-                &key,
-                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
-            );
-        }
+        c.name(list.span(), &key, name);
         let mut out: Vec<Prefix> = Vec::new();
         for e in list.get_ref() {
             match e.get_ref().parse::<Prefix>() {

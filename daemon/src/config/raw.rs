@@ -189,6 +189,24 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    /// Whether `name` (of a link, policy or set) is 1-32 characters of `[a-z0-9_-]`; reports
+    /// the problem if not.
+    pub(super) fn name(&mut self, span: std::ops::Range<usize>, key: &str, name: &str) -> bool {
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-');
+        if !valid {
+            self.err(
+                span,
+                key,
+                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
+            );
+        }
+        valid
+    }
+
     fn int(
         &mut self,
         v: &Option<Spanned<u32>>,
@@ -599,18 +617,7 @@ fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link
         let l = l.get_ref();
         let key = |field: &str| format!("link[{i}].{field}");
         let name = l.name.get_ref();
-        if name.is_empty()
-            || name.len() > 32
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
-        {
-            c.err(
-                l.name.span(),
-                key("name"),
-                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
-            );
-        } else if !names.insert(name.clone()) {
+        if c.name(l.name.span(), &key("name"), name) && !names.insert(name.clone()) {
             c.err(
                 l.name.span(),
                 key("name"),
