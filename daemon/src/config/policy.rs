@@ -146,22 +146,12 @@ pub(super) fn check(
                 weight: weight.clamp(1, 1000),
             });
         }
-        let sticky = p.sticky.as_ref().and_then(|s| {
-            match super::parse_duration(s.get_ref()).and_then(|d| {
-                if d < std::time::Duration::from_secs(1)
-                    || d > std::time::Duration::from_secs(86400)
-                {
-                    Err(format!("must be between 1s and 1440m, got {d:?}"))
-                } else {
-                    Ok(d)
-                }
-            }) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    c.err(s.span(), key("sticky"), e);
-                    None
-                }
-            }
+        // (An invalid value is reported; the configuration is then refused as a whole.)
+        let secs = std::time::Duration::from_secs;
+        let sticky = p.sticky.is_some().then(|| {
+            c.duration(&p.sticky, &key("sticky"), secs(0), |d| {
+                super::raw::in_range(d, secs(1), secs(86400))
+            })
         });
         let policy = Policy {
             name: name.clone(),

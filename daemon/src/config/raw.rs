@@ -167,7 +167,7 @@ impl Checker<'_> {
         });
     }
 
-    fn duration<T>(
+    pub(super) fn duration<T>(
         &mut self,
         v: &Option<Spanned<String>>,
         key: &str,
@@ -520,7 +520,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     }
 }
 
-fn in_range(d: Duration, min: Duration, max: Duration) -> Result<(), String> {
+pub(super) fn in_range(d: Duration, min: Duration, max: Duration) -> Result<(), String> {
     if d < min || d > max {
         Err(format!("must be between {min:?} and {max:?}, got {d:?}"))
     } else {
