@@ -54,7 +54,7 @@ pub struct Config {
     pub hooks: Hooks,
     pub probe: Probe,
     pub detection: Detection,
-    pub dataplane: Dataplane,
+    pub dataplane: DataplaneOptions,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +76,7 @@ pub struct Link {
     /// IPv6 leaving through this link gets its source prefix translated to this prefix
     /// (NPTv6-style, the interface identifier kept) instead of being masqueraded.
     pub nptv6: Option<Prefix>,
-    /// Mark value of this link under [`Dataplane::mark_mask`].
+    /// Mark value of this link under [`DataplaneOptions::mark_mask`].
     pub mark: u32,
     /// Routing table holding this link's default route.
     pub table: u32,
@@ -293,12 +293,12 @@ pub struct Detection {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Dataplane {
+pub struct DataplaneOptions {
     /// Bits of the packet and conntrack mark that belong to uplinkd; other bits are preserved.
     pub mark_mask: u32,
     /// Routing table id of the first link; link `i` uses `table_base + i`.
     pub table_base: u32,
-    /// Priority of the first `ip rule`; link `i`'s rule has `rule_priority + 1 + i`.
+    /// Priority of the first `ip rule` of uplinkd's band (the whole band is listed in the README).
     pub rule_priority: u32,
     /// The router's own new flows follow the policies (and the default policy's link at route
     /// lookup). `false`: they follow the main table, e.g. under a wg-quick full tunnel.
@@ -308,10 +308,10 @@ pub struct Dataplane {
     pub cleanup_on_exit: bool,
 }
 
-impl Dataplane {
+impl DataplaneOptions {
     /// The highest value under the mask, never given to a link: it marks the packets uplinkd
     /// itself sends to reset stranded clients.
-    pub fn reserved_mark(&self) -> u32 {
+    pub fn tickle_mark(&self) -> u32 {
         self.mark_mask
     }
 

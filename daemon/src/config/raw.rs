@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::policy::{RawPolicy, RawRule, RawSets};
 use super::{
-    Config, Control, Dataplane, Detection, Failback, Hooks, Link, Metrics, Prefix, Probe, Problem,
-    DEFAULT_SOCKET, MAX_LINKS,
+    Config, Control, DataplaneOptions, Detection, Failback, Hooks, Link, Metrics, Prefix, Probe,
+    Problem, DEFAULT_SOCKET, MAX_LINKS,
 };
 
 /// Kernel routing tables 253 (default), 254 (main) and 255 (local) are reserved, 0 is "unspec".
@@ -373,7 +373,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         .rule_priority
         .as_ref()
         .map_or(1000, |v| *v.get_ref());
-    let dataplane = Dataplane {
+    let dataplane = DataplaneOptions {
         mark_mask,
         table_base,
         rule_priority,
@@ -546,14 +546,14 @@ fn check_ifname(c: &mut Checker<'_>, name: &Spanned<String>, key: &str) {
     }
 }
 
-fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &Dataplane) -> Vec<Link> {
+fn check_links(c: &mut Checker<'_>, raw: &RawConfig, dp: &DataplaneOptions) -> Vec<Link> {
     if raw.link.is_empty() {
         c.err(0..0, "link", "at least one [[link]] is required");
     }
     // Mark values count up from the lowest bit of the mask: 0 means "no link" (unmarked).
     let shift = dp.mark_mask.trailing_zeros();
-    // The two highest values under the mask are reserved (see `Dataplane::reserved_mark` and
-    // `Dataplane::unreachable_mark`).
+    // The two highest values under the mask are reserved (see `DataplaneOptions::tickle_mark` and
+    // `DataplaneOptions::unreachable_mark`).
     let max_links = (dp.mark_mask >> shift).saturating_sub(2);
     if raw.link.len() as u64 > u64::from(max_links) {
         let span = raw.link.last().map_or(0..0, |l| l.span());

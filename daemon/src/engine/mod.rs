@@ -280,7 +280,7 @@ impl Engine {
             unreachable_mark: self.config.dataplane.unreachable_mark(),
             steer_router: self.config.dataplane.steer_router,
             mark_mask: self.config.dataplane.mark_mask,
-            tickle_mark: self.config.dataplane.reserved_mark(),
+            tickle_mark: self.config.dataplane.tickle_mark(),
             rule_priority: self.config.dataplane.rule_priority,
             lan_interfaces: self.config.lan_interfaces.clone(),
             links: self
