@@ -21,7 +21,7 @@ use crate::dataplane::reset::{self, PurgeReport};
 use crate::dataplane::Dataplane;
 use crate::engine::{
     DesiredState, Engine, Event, LinkId, LinkState, ProbeFailure, ProbeOutcome, ProbeRequest,
-    Transition,
+    Steer, Transition,
 };
 
 /// How often the kernel state is re-read and repaired even when nothing happened (three cheap
@@ -316,13 +316,11 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                     }
                     for p in next.policies.iter().skip(1) {
                         let old = desired.policies.iter().find(|o| o.name == p.name);
-                        if old.is_none_or(|o| o.share != p.share) {
-                            let to = match p.last_resort {
-                                _ if !p.share.is_empty() => share_name(&next, &p.share),
-                                LastResort::Default => "the default policy (no link usable)".into(),
-                                LastResort::Unreachable => {
-                                    "nothing: refused (no link usable)".into()
-                                }
+                        if old.is_none_or(|o| o.steer != p.steer) {
+                            let to = match &p.steer {
+                                Steer::Share(s) => share_name(&next, s),
+                                Steer::Fallback => "the default policy (no link usable)".into(),
+                                Steer::Refuse => "nothing: refused (no link usable)".into(),
                             };
                             info!("policy {}: new flows via {to}", p.name);
                             let _ = events.send(
@@ -409,12 +407,9 @@ fn stranded(t: &Transition, d: &DesiredState) -> bool {
     let elsewhere = d
         .policies
         .iter()
-        .filter(|p| p.members.contains(&t.link))
-        .flat_map(|p| match p.last_resort {
-            _ if !p.share.is_empty() => &p.share,
-            LastResort::Default => d.share(),
-            LastResort::Unreachable => &p.share,
-        })
+        .enumerate()
+        .filter(|(_, p)| p.members.contains(&t.link))
+        .flat_map(|(i, _)| d.destinations(i))
         .any(|&(s, _)| s != t.link && d.links[s].usable);
     t.to == LinkState::Down && t.from.usable() && elsewhere
 }
@@ -429,22 +424,17 @@ fn draining(config: &Config, from: LinkId, prev: &DesiredState, next: &DesiredSt
         let (Some(was), Some(now)) = (prev.policies.get(i), next.policies.get(i)) else {
             return false;
         };
-        was.share.iter().any(|&(l, _)| l == from)
+        was.steer.share().iter().any(|&(l, _)| l == from)
             && now
-                .share
+                .steer
+                .share()
                 .first()
                 .is_some_and(|&(to, _)| prio(to) < prio(from))
     });
     config.links[from].failback == Failback::Drain
         && next.links[from].usable
-        && !in_a_share(next, from)
+        && !next.in_a_share(from)
         && preferred_now
-}
-
-fn in_a_share(d: &DesiredState, link: LinkId) -> bool {
-    d.policies
-        .iter()
-        .any(|p| p.share.iter().any(|&(l, _)| l == link))
 }
 
 /// Purge and reset off the event loop; later tickle rounds follow in the same task.
@@ -749,7 +739,7 @@ fn status(
             .map(|p| control::PolicyStatus {
                 name: p.name.clone(),
                 links: p.members.iter().map(|&l| d.links[l].name.clone()).collect(),
-                share: shares(d, &p.share),
+                share: shares(d, p.steer.share()),
                 last_resort: match p.last_resort {
                     LastResort::Default => "default",
                     LastResort::Unreachable => "unreachable",

@@ -23,8 +23,8 @@ use super::nft_ext::{
     set_buffers, set_dynamic, set_timeout, Base, Dynset, ElemsReplace, FlowKey, Hton32, Notrack,
     NumgenRandom, RawLoad, SnatPrefix6,
 };
-use crate::config::{LastResort, Prefix};
-use crate::engine::DesiredState;
+use crate::config::Prefix;
+use crate::engine::{DesiredState, Steer};
 
 /// The one table uplinkd owns (DESIGN.md §3).
 pub const TABLE: &CStr = c"uplinkd";
@@ -227,7 +227,7 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
         // A new flow from a link's own address (a socket bound to it) belongs to that link;
         // the default policy's link is left out, as its address is what unbound sockets get.
         for (i, l) in d.links.iter().enumerate() {
-            if d.steer_to() == Some(i) {
+            if d.router_link == Some(i) {
                 continue;
             }
             for &a in addrs.get(i).into_iter().flatten() {
@@ -410,25 +410,34 @@ fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
         }
         // Hosts are placed and remembered only on links that work (the default policy with
         // nothing usable still uses its preferred link, without remembering anyone there).
-        let live = p.share.iter().any(|&(l, _)| d.links[l].usable);
-        if p.share.is_empty() {
-            rules.push(if i == 0 || p.last_resort == LastResort::Unreachable {
-                vec![
+        let share = match &p.steer {
+            Steer::Share(s) => s,
+            Steer::Fallback => {
+                chains.push(regular(
+                    policy_chain(d, i),
+                    vec![vec![Op::Goto(policy_chain(d, 0))]],
+                ));
+                continue;
+            }
+            Steer::Refuse => {
+                let refuse = vec![
                     unmarked.clone(),
                     Op::SetMetaMark {
                         mask,
                         value: d.unreachable_mark,
                     },
-                ]
-            } else {
-                vec![Op::Goto(policy_chain(d, 0))]
-            });
-        } else if let Some(timeout) = p.sticky.filter(|_| live) {
+                ];
+                chains.push(regular(policy_chain(d, i), vec![refuse]));
+                continue;
+            }
+        };
+        let live = share.iter().any(|&(l, _)| d.links[l].usable);
+        if let Some(timeout) = p.sticky.filter(|_| live) {
             let timeout_ms = timeout.as_millis() as u64;
             // A source seen recently keeps its link while that link takes new flows here; each
             // new flow renews its timeout.
             for v6 in [false, true] {
-                for &(link, _) in &p.share {
+                for &(link, _) in share {
                     let set = sticky_set(d, i, link, v6);
                     rules.push(vec![
                         unmarked.clone(),
@@ -449,7 +458,7 @@ fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
             // Others are placed by weight and remembered there, and forgotten on every other
             // link of the policy, so a recovered link does not take them back.
             for (v6, proto) in [(false, NFPROTO_IPV4), (true, NFPROTO_IPV6)] {
-                for (pick, &(link, w), remaining) in weighted(&p.share) {
+                for (pick, &(link, w), remaining) in weighted(share) {
                     let mut rule = vec![unmarked.clone(), Op::NfProto(proto)];
                     rule.extend(pick.then_some(Op::RandomBelow {
                         modulus: remaining,
@@ -477,7 +486,7 @@ fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
             // Links sharing a tier split new flows by weight: link i of n takes a flow with
             // probability w_i / (w_i + ... + w_n) among those the links before it left
             // unmarked, which gives each exactly w_i / total.
-            for (pick, &(link, w), remaining) in weighted(&p.share) {
+            for (pick, &(link, w), remaining) in weighted(share) {
                 let mut rule = vec![unmarked.clone()];
                 rule.extend(pick.then_some(Op::RandomBelow {
                     modulus: remaining,
@@ -1126,7 +1135,8 @@ mod tests {
         let text = format!("{LINKS}\n[lan]\ninterfaces = [{lan}]\n{extra}");
         let config = crate::config::parse(&text).unwrap();
         let mut d = Engine::new(config, std::time::Instant::now()).desired();
-        d.policies[0].share = share.to_vec();
+        d.policies[0].steer = Steer::Share(share.to_vec());
+        d.router_link = share.first().map(|&(l, _)| l);
         for l in &mut d.links {
             l.usable = true;
         }
@@ -1224,7 +1234,7 @@ dport = [5060, "10000-20000"]
 policy = "lte-first"
 "#;
         let mut d = state(r#""lan0", "lan1""#, extra, &[(0, 1)]);
-        d.policies[1].share = vec![(1, 1)];
+        d.policies[1].steer = Steer::Share(vec![(1, 1)]);
         let r = render(&d, &[]);
         assert_eq!(
             chain(&r, "steer"),
@@ -1268,8 +1278,8 @@ links = ["l2"]
 last_resort = "unreachable"
 "#;
         let mut d = state(r#""lan0""#, extra, &[(0, 1)]);
-        d.policies[1].share.clear();
-        d.policies[2].share.clear();
+        d.policies[1].steer = Steer::Fallback;
+        d.policies[2].steer = Steer::Refuse;
         let r = render(&d, &[]);
         assert_eq!(chain(&r, "policy_fallback"), vec!["goto policy_default"]);
         assert_eq!(
@@ -1277,7 +1287,7 @@ last_resort = "unreachable"
             vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0xfe00"]
         );
         // The default policy itself refuses when it has nothing (last_resort = "unreachable").
-        d.policies[0].share.clear();
+        d.policies[0].steer = Steer::Refuse;
         assert_eq!(
             chain(&render(&d, &[]), "policy_default"),
             vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0xfe00"]

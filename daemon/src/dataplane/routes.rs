@@ -94,7 +94,7 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
             unreachable: true,
             iif_lo: false,
         });
-        if let Some(l) = d.steer_to().filter(|_| d.steer_router) {
+        if let Some(l) = d.router_link {
             rules.push(RuleSpec {
                 v6,
                 priority: d.rule_priority + PRIO_DEFAULT,
@@ -191,7 +191,7 @@ pub async fn link_addrs(
 pub fn source_rules(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<RuleSpec> {
     let mut rules = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
-        if d.steer_router && d.steer_to() == Some(i) {
+        if d.router_link == Some(i) {
             continue;
         }
         for &ip in addrs.get(i).into_iter().flatten() {

@@ -4,12 +4,13 @@
 
 mod health;
 pub mod sim;
+mod state;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, LastResort, Member, Prefix, Rule};
+use crate::config::Config;
 pub use health::{LinkHealth, LinkState, TargetHealth};
+pub use state::{DesiredState, LinkPlan, PolicyPlan, Steer};
 
 /// Index of a link in [`Config::links`].
 pub type LinkId = usize;
@@ -70,61 +71,6 @@ pub struct Transition {
     pub to: LinkState,
     pub at: Instant,
     pub reason: String,
-}
-
-/// Everything the dataplane must make true, complete and declarative.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredState {
-    pub mark_mask: u32,
-    /// Mark of the packets uplinkd sends to reset stranded clients (never a link's mark).
-    pub tickle_mark: u32,
-    pub rule_priority: u32,
-    pub lan_interfaces: Vec<String>,
-    pub links: Vec<LinkPlan>,
-    /// Mark of new flows refused because their policy has no usable link.
-    pub unreachable_mark: u32,
-    /// The router's own new flows are steered too.
-    pub steer_router: bool,
-    /// Every policy, the default one first, with the links sharing its new flows now.
-    pub policies: Vec<PolicyPlan>,
-    pub rules: Vec<Rule>,
-}
-
-impl DesiredState {
-    /// The default policy's share (see [`Engine::policy_share`]).
-    pub fn share(&self) -> &[(LinkId, u32)] {
-        self.policies.first().map_or(&[], |p| &p.share)
-    }
-
-    /// The default policy's first link (the first of its share); `None` when it has none.
-    pub fn steer_to(&self) -> Option<LinkId> {
-        self.share().first().map(|&(l, _)| l)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyPlan {
-    pub name: String,
-    /// Every link of the policy, usable or not.
-    pub members: Vec<LinkId>,
-    /// The links sharing its new flows now, with their weights; empty: none is usable.
-    pub share: Vec<(LinkId, u32)>,
-    pub last_resort: LastResort,
-    pub sticky: Option<Duration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkPlan {
-    pub name: String,
-    pub interface: String,
-    pub gateway: Option<Ipv4Addr>,
-    pub mark: u32,
-    pub table: u32,
-    pub usable: bool,
-    /// Taken out of service: no new flows, though it may work.
-    pub drained: bool,
-    /// IPv6 source prefix translation instead of masquerade.
-    pub nptv6: Option<Prefix>,
 }
 
 pub struct Engine {
@@ -244,77 +190,6 @@ impl Engine {
             })
             .into_iter()
             .collect()
-    }
-
-    /// The links that share a policy's new flows, with their weights: its usable members (not
-    /// drained) of the best rank, where a degraded link ranks below every up one and then the
-    /// lower priority wins. Empty when none is usable, except for the default policy with
-    /// `last_resort = "default"`: its preferred member anyway, so new flows fail as they would
-    /// without uplinkd and nothing is steered onto a link we know less about.
-    pub fn policy_share(&self, policy: usize) -> Vec<(LinkId, u32)> {
-        let Some(p) = self.config.policies.get(policy) else {
-            return Vec::new();
-        };
-        let ok = |m: &&Member| self.links[m.link].state.usable() && !self.drained[m.link];
-        let rank = |m: &Member| (self.links[m.link].state == LinkState::Degraded, m.priority);
-        match p.members.iter().filter(ok).map(rank).min() {
-            Some(best) => p
-                .members
-                .iter()
-                .filter(ok)
-                .filter(|m| rank(m) == best)
-                .map(|m| (m.link, m.weight))
-                .collect(),
-            None if policy == 0 && p.last_resort == LastResort::Default => p
-                .members
-                .iter()
-                .min_by_key(|m| m.priority)
-                .map(|m| vec![(m.link, m.weight)])
-                .unwrap_or_default(),
-            None => Vec::new(),
-        }
-    }
-
-    pub fn desired(&self) -> DesiredState {
-        DesiredState {
-            unreachable_mark: self.config.dataplane.unreachable_mark(),
-            steer_router: self.config.dataplane.steer_router,
-            mark_mask: self.config.dataplane.mark_mask,
-            tickle_mark: self.config.dataplane.tickle_mark(),
-            rule_priority: self.config.dataplane.rule_priority,
-            lan_interfaces: self.config.lan_interfaces.clone(),
-            links: self
-                .config
-                .links
-                .iter()
-                .zip(&self.links)
-                .enumerate()
-                .map(|(i, (l, h))| LinkPlan {
-                    name: l.name.clone(),
-                    interface: l.interface.clone(),
-                    gateway: l.gateway,
-                    mark: l.mark,
-                    table: l.table,
-                    usable: h.state.usable(),
-                    drained: self.drained[i],
-                    nptv6: l.nptv6,
-                })
-                .collect(),
-            policies: self
-                .config
-                .policies
-                .iter()
-                .enumerate()
-                .map(|(i, p)| PolicyPlan {
-                    name: p.name.clone(),
-                    members: p.members.iter().map(|m| m.link).collect(),
-                    share: self.policy_share(i),
-                    last_resort: p.last_resort,
-                    sticky: p.sticky,
-                })
-                .collect(),
-            rules: self.config.rules.clone(),
-        }
     }
 }
 

@@ -372,7 +372,7 @@ links = [{ link = "fiber", priority = 1, weight = 3 }, { link = "lte", priority 
         e.desired()
             .policies
             .iter()
-            .map(|p| p.share.clone())
+            .map(|p| p.steer.share().to_vec())
             .collect()
     };
     let names: Vec<String> = sim
@@ -407,4 +407,47 @@ links = [{ link = "fiber", priority = 1, weight = 3 }, { link = "lte", priority 
         shares(&sim.engine),
         vec![vec![(0, 1)], vec![], vec![], vec![]]
     );
+}
+
+#[test]
+fn a_policy_with_nothing_usable_falls_back_or_refuses_as_configured() {
+    let t0 = Instant::now();
+    let cfg = config_with(
+        r#"
+[[policy]]
+name = "lte-only"
+links = ["lte"]
+
+[[policy]]
+name = "lte-strict"
+links = ["lte"]
+last_resort = "unreachable"
+"#,
+    );
+    let mut e = Engine::new(cfg, t0);
+    e.handle(t0, Event::Carrier { link: 0, up: true });
+    e.handle(t0, Event::Carrier { link: 1, up: false });
+    let d = e.desired();
+    let steers: Vec<&Steer> = d.policies.iter().map(|p| &p.steer).collect();
+    assert_eq!(
+        steers,
+        [
+            &Steer::Share(vec![(0, 1)]),
+            &Steer::Fallback,
+            &Steer::Refuse
+        ]
+    );
+    // Falling back ends up on the default policy's links; refusing nowhere.
+    assert_eq!(d.destinations(1), [(0, 1)]);
+    assert!(d.destinations(2).is_empty());
+    assert_eq!(d.router_link, Some(0));
+    // The default policy refuses only when told to.
+    let cfg = config_with(
+        "[[policy]]\nname = \"default\"\nlinks = [\"lte\"]\nlast_resort = \"unreachable\"\n",
+    );
+    let mut e = Engine::new(cfg, t0);
+    e.handle(t0, Event::Carrier { link: 1, up: false });
+    let d = e.desired();
+    assert_eq!(d.policies[0].steer, Steer::Refuse);
+    assert_eq!(d.router_link, None);
 }
