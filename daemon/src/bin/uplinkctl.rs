@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use uplinkd::control::{Connection, Status};
+use uplinkd::control::{Connection, Event, Status};
 
 /// Query and steer a running uplinkd over its control socket.
 ///
@@ -140,36 +140,15 @@ fn main() -> ExitCode {
     })
 }
 
-/// One readable line for a watched event.
+/// One readable line for a watched event: the daemon's own log line for it.
 fn event_line(line: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-    let e = &v["event"];
-    let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
-    match e["type"].as_str() {
-        Some("transition") => format!(
-            "link {}: {} -> {} ({})",
-            s("link"),
-            s("from"),
-            s("to"),
-            s("reason")
-        ),
-        Some("steer") => format!("new flows via {}", s("to")),
-        Some("purge") => format!(
-            "link {}: purged {} flows, reset {} TCP clients, aborted {} router sockets in {:.1} ms",
-            s("link"),
-            e["flows"],
-            e["tcp_reset"],
-            e["sockets_aborted"],
-            e["ms"].as_f64().unwrap_or(0.0)
-        ),
-        Some("drain") => format!("link {}: drained", s("link")),
-        Some("undrain") => format!("link {}: back in service", s("link")),
-        Some("reload") if e["ok"].as_bool() == Some(true) => s("message"),
-        Some("reload") => format!(
-            "reload failed, the running configuration stays: {}",
-            s("error")
-        ),
-        _ => line.trim_end().to_owned(),
+    #[derive(serde::Deserialize)]
+    struct Watched {
+        event: Event,
+    }
+    match serde_json::from_str::<Watched>(line) {
+        Ok(w) => w.event.to_string(),
+        Err(_) => line.trim_end().to_owned(),
     }
 }
 

@@ -8,7 +8,10 @@
 //! of requests. Anyone who can open the socket (owner root, mode 0660, optionally a group) may
 //! read; `reload`, `drain` and `undrain` need a root peer (SO_PEERCRED).
 
+pub mod event;
 pub mod metrics;
+
+pub use event::Event;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -47,6 +50,10 @@ pub struct Status {
     /// Duration of the newest dataplane apply, and how many applies there were.
     pub last_apply_ms: Option<f64>,
     pub applies: u64,
+    /// Why the newest apply failed, while it is being retried; none when the kernel has the
+    /// desired state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -144,8 +151,8 @@ pub type CommandReply = Result<String, String>;
 #[derive(Clone)]
 pub struct Shared {
     pub status: watch::Receiver<Status>,
-    /// Events as JSON objects, for `watch`.
-    pub events: broadcast::Sender<serde_json::Value>,
+    /// Events, for `watch`.
+    pub events: broadcast::Sender<Event>,
     pub commands: mpsc::Sender<(Command, oneshot::Sender<CommandReply>)>,
 }
 
@@ -349,7 +356,7 @@ async fn client(stream: UnixStream, shared: Shared) -> io::Result<()> {
 /// told how many) rather than holding the daemon back.
 async fn watch_events(
     mut w: tokio::net::unix::OwnedWriteHalf,
-    mut events: broadcast::Receiver<serde_json::Value>,
+    mut events: broadcast::Receiver<Event>,
 ) -> io::Result<()> {
     send(
         &mut w,

@@ -165,11 +165,16 @@ async fn watch_streams_events() {
         .unwrap();
     assert_eq!(r.message.as_deref(), Some("watching"));
     // The subscription exists once the reply is sent.
-    events
-        .send(serde_json::json!({"link":"fiber","to":"down"}))
-        .unwrap();
+    let e = crate::control::Event::Undrain {
+        link: "fiber".into(),
+    };
+    events.send(e.clone()).unwrap();
     let line = c.line().await.unwrap().unwrap();
-    assert!(line.contains(r#""to":"down""#), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        serde_json::from_value::<crate::control::Event>(v["event"].clone()).unwrap(),
+        e
+    );
     server.abort();
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -34,6 +34,32 @@ pub struct RuleSpec {
     pub iif_lo: bool,
 }
 
+impl std::fmt::Display for RuleSpec {
+    /// As `ip rule add` would take it: `ip [-6] rule add pref P [from A] [iif lo] [fwmark V/M]
+    /// lookup T [suppress_prefixlength N]` or `... unreachable`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let family = if self.v6 { "ip -6" } else { "ip" };
+        write!(f, "{family} rule add pref {}", self.priority)?;
+        if let Some(a) = self.from {
+            write!(f, " from {a}")?;
+        }
+        if self.iif_lo {
+            write!(f, " iif lo")?;
+        }
+        if let Some((v, m)) = self.fwmark {
+            write!(f, " fwmark {v:#x}/{m:#x}")?;
+        }
+        if self.unreachable {
+            return write!(f, " unreachable");
+        }
+        write!(f, " lookup {}", self.table)?;
+        if let Some(n) = self.suppress_prefixlen {
+            write!(f, " suppress_prefixlength {n}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Priorities of our rules, relative to `rule_priority`: main without defaults (0); the
 /// addresses of the links other than the default policy's (a socket bound to one leaves through
 /// its link, whatever mark the steering gives it); the marks; the refusal of flows whose policy
@@ -225,23 +251,28 @@ pub async fn converge_rules(
         .map(|m| (rule_spec(m), m))
         .filter(|(s, _)| owns_priority(d, s.priority))
         .collect();
-    let mut changes = 0;
-    for w in &want {
-        if !ours.iter().any(|(s, _)| s == w) {
-            add_rule(h, w).await?;
-            changes += 1;
-        }
+    let have: Vec<RuleSpec> = ours.iter().map(|(s, _)| *s).collect();
+    let (add, del) = rule_changes(&want, &have);
+    for &i in &add {
+        add_rule(h, &want[i]).await?;
     }
-    for (s, m) in &ours {
-        // A rule is stale when it is not wanted, or a duplicate of one already counted.
-        let first = ours.iter().position(|(o, _)| o == s);
-        let dup = first.is_some_and(|f| !std::ptr::eq(ours[f].1, *m));
-        if !want.contains(s) || dup {
-            h.rule().del((*m).clone()).execute().await?;
-            changes += 1;
-        }
+    for &i in &del {
+        h.rule().del(ours[i].1.clone()).execute().await?;
     }
-    Ok(changes)
+    Ok(add.len() + del.len())
+}
+
+/// What converges `have` (our rules in the kernel) to `want`: the indexes of wanted rules to
+/// add, then of rules to delete: the unwanted ones and every duplicate after the first.
+/// Added first, so no lookup ever finds a gap.
+pub fn rule_changes(want: &[RuleSpec], have: &[RuleSpec]) -> (Vec<usize>, Vec<usize>) {
+    let add = (0..want.len())
+        .filter(|&i| !have.contains(&want[i]))
+        .collect();
+    let del = (0..have.len())
+        .filter(|&i| !want.contains(&have[i]) || have[..i].contains(&have[i]))
+        .collect();
+    (add, del)
 }
 
 /// Our rules of both families (a dump of one family returns only that family).
@@ -527,29 +558,16 @@ mod tests {
         let text: Vec<String> = desired_rules(&d)
             .iter()
             .filter(|r| !r.v6)
-            .map(|r| match (r.fwmark, r.suppress_prefixlen) {
-                (Some((v, m)), _) if r.unreachable => {
-                    format!("{}: fwmark {v:#x}/{m:#x} unreachable", r.priority)
-                }
-                (Some((v, m)), _) => {
-                    format!("{}: fwmark {v:#x}/{m:#x} lookup {}", r.priority, r.table)
-                }
-                (None, Some(s)) => format!(
-                    "{}: lookup {} suppress_prefixlength {s}",
-                    r.priority, r.table
-                ),
-                (None, None) if r.iif_lo => format!("{}: iif lo lookup {}", r.priority, r.table),
-                (None, None) => format!("{}: lookup {}", r.priority, r.table),
-            })
+            .map(ToString::to_string)
             .collect();
         assert_eq!(
             text,
             vec![
-                "1000: lookup 254 suppress_prefixlength 0",
-                "1002: fwmark 0x100/0xff00 lookup 100",
-                "1002: fwmark 0x200/0xff00 lookup 101",
-                "1003: fwmark 0xfe00/0xff00 unreachable",
-                "1004: iif lo lookup 100",
+                "ip rule add pref 1000 lookup 254 suppress_prefixlength 0",
+                "ip rule add pref 1002 fwmark 0x100/0xff00 lookup 100",
+                "ip rule add pref 1002 fwmark 0x200/0xff00 lookup 101",
+                "ip rule add pref 1003 fwmark 0xfe00/0xff00 unreachable",
+                "ip rule add pref 1004 iif lo lookup 100",
             ]
         );
         // The same for IPv6.
@@ -559,6 +577,30 @@ mod tests {
             .iter()
             .zip(&v6)
             .all(|(a, b)| RuleSpec { v6: true, ..*a } == *b));
+    }
+
+    #[test]
+    fn rules_converge_by_adding_the_missing_then_deleting_the_stale_and_duplicates() {
+        let text = format!(
+            "{}\n[lan]\ninterfaces = [\"lan0\"]\n",
+            crate::config::TEST_LINKS
+        );
+        let config = crate::config::parse(&text).unwrap();
+        let d = crate::engine::Engine::new(config, std::time::Instant::now()).desired();
+        let want = desired_rules(&d);
+        // Converged: nothing to do.
+        assert_eq!(rule_changes(&want, &want), (vec![], vec![]));
+        // One deleted by someone, one stale (an old mark), one duplicated.
+        let stale = RuleSpec {
+            fwmark: Some((0x300, 0xff00)),
+            ..want[1]
+        };
+        let have = vec![want[0], want[2], stale, want[2], want[3]];
+        let (add, del) = rule_changes(&want, &have);
+        let added: Vec<String> = add.iter().map(|&i| want[i].to_string()).collect();
+        assert!(added.contains(&want[1].to_string()), "{added:?}");
+        assert!(!added.contains(&want[0].to_string()));
+        assert_eq!(del, vec![2, 3], "the stale rule and the second copy go");
     }
 
     #[test]

@@ -2,13 +2,20 @@
 //! [`DesiredState`] out. It never reads a clock, sleeps or touches a socket; `now` is always an
 //! argument, so days of virtual time can be tested in milliseconds.
 
+mod failover;
 mod health;
 pub mod sim;
 mod state;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::control::{Event, TransitionStatus};
+pub use failover::{
+    draining, ms, share_name, stranded, Action, Applied, Counters, HookCall, PurgeOrder, Purged,
+    Why, APPLY_RETRY,
+};
 pub use health::{LinkHealth, LinkState, TargetHealth};
 pub use state::{DesiredState, LinkPlan, PolicyPlan, Steer};
 
@@ -49,7 +56,7 @@ pub struct ProbeOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub enum Input {
     Probe(ProbeOutcome),
     /// Carrier (or admin state) of a link's interface changed.
     Carrier {
@@ -78,6 +85,31 @@ pub struct Engine {
     links: Vec<LinkHealth>,
     /// Links taken out of service by the operator: probed, but given no new flows.
     drained: Vec<bool>,
+    /// An instant and the wall-clock time at it (seconds since the Unix epoch), to date events.
+    clock: (Instant, f64),
+    /// Transitions not yet turned into actions.
+    fresh: Vec<Transition>,
+    actions: VecDeque<Action>,
+    /// The state last handed out to be applied, and the one the kernel last confirmed.
+    target: Option<DesiredState>,
+    applied: Option<DesiredState>,
+    /// The next apply re-reads the kernel even if the state did not change.
+    verify: bool,
+    /// Drains or the configuration changed since the last settle.
+    dirty: bool,
+    /// Purges waiting for `target` to be live.
+    waiting: Vec<(LinkId, Why)>,
+    /// A failed apply is retried then.
+    retry_at: Option<Instant>,
+    apply_error: Option<String>,
+    missing: Vec<String>,
+    /// For status: each link's newest transition, links whose transition's steering is not
+    /// live yet, counters by link name, and the applies.
+    last: Vec<Option<TransitionStatus>>,
+    unsteered: Vec<(LinkId, Instant)>,
+    counters: BTreeMap<String, Counters>,
+    applies: u64,
+    last_apply_ms: Option<f64>,
 }
 
 impl Engine {
@@ -87,18 +119,48 @@ impl Engine {
             .iter()
             .map(|l| LinkHealth::new(now, l.targets.len(), l.quorum, config.detection.misses))
             .collect();
-        let drained = vec![false; links.len()];
+        let n = links.len();
         Engine {
             config,
             links,
-            drained,
+            drained: vec![false; n],
+            clock: (now, 0.0),
+            fresh: Vec::new(),
+            actions: VecDeque::new(),
+            target: None,
+            applied: None,
+            verify: false,
+            dirty: false,
+            waiting: Vec::new(),
+            retry_at: None,
+            apply_error: None,
+            missing: Vec::new(),
+            last: vec![None; n],
+            unsteered: Vec::new(),
+            counters: BTreeMap::new(),
+            applies: 0,
+            last_apply_ms: None,
         }
     }
 
-    /// The engine for a new configuration: links that kept their name, interface, targets and
-    /// quorum keep their health (and drain), so a reload changes nothing for them; others start
-    /// afresh.
-    pub fn reconfigure(self, config: Config, now: Instant) -> Engine {
+    /// Date events by the wall clock: `epoch_secs` is the wall-clock time at `at`.
+    pub fn set_wall_clock(&mut self, at: Instant, epoch_secs: f64) {
+        self.clock = (at, epoch_secs);
+    }
+
+    pub fn epoch_secs(&self, at: Instant) -> f64 {
+        let (t0, e0) = self.clock;
+        if at >= t0 {
+            e0 + (at - t0).as_secs_f64()
+        } else {
+            e0 - (t0 - at).as_secs_f64()
+        }
+    }
+
+    /// A new configuration: links that kept their name, interface, targets and quorum keep
+    /// their health, drain and history, so a reload changes nothing for them; others start
+    /// afresh. The next apply re-checks the kernel.
+    pub fn reconfigure(&mut self, config: Config, now: Instant, message: String) {
         let mut next = Engine::new(config, now);
         for (i, l) in next.config.links.iter().enumerate() {
             let same = |o: &crate::config::Link| {
@@ -111,8 +173,33 @@ impl Engine {
                 next.links[i] = self.links[j].clone();
                 next.drained[i] = self.drained[j];
             }
+            if let Some(j) = self.config.links.iter().position(|o| o.name == l.name) {
+                next.last[i] = self.last[j].clone();
+            }
         }
-        next
+        self.config = next.config;
+        self.links = next.links;
+        self.drained = next.drained;
+        self.last = next.last;
+        // Link ids may have changed: what waited for the old ones is dropped.
+        self.waiting.clear();
+        self.unsteered.clear();
+        self.fresh.clear();
+        self.verify = true;
+        self.emit(Event::Reload {
+            ok: true,
+            message: Some(message),
+            error: None,
+        });
+    }
+
+    /// A reload failed: the running configuration stays.
+    pub fn reload_failed(&mut self, error: String) {
+        self.emit(Event::Reload {
+            ok: false,
+            message: None,
+            error: Some(error),
+        });
     }
 
     pub fn link_id(&self, name: &str) -> Option<LinkId> {
@@ -127,20 +214,80 @@ impl Engine {
     pub fn set_drained(&mut self, id: LinkId, drained: bool) {
         if let Some(d) = self.drained.get_mut(id) {
             *d = drained;
+            self.dirty = true;
         }
     }
 
-    /// When the engine next wants to be asked for probes, and why.
+    /// An operator drains a link: no new flows; with `reset`, its flows are reset once new
+    /// flows go elsewhere.
+    pub fn drain(&mut self, name: &str, reset: bool) -> Result<String, String> {
+        let id = self
+            .link_id(name)
+            .ok_or_else(|| format!("no link named {name:?}"))?;
+        self.set_drained(id, true);
+        if reset {
+            self.waiting.push((id, Why::Drained));
+            // Even when nothing else changes, the reset waits for an apply.
+            self.verify = true;
+        }
+        let link = name.to_owned();
+        self.emit(Event::Drain { link, reset });
+        Ok(format!("drained {name}"))
+    }
+
+    pub fn undrain(&mut self, name: &str) -> Result<String, String> {
+        let id = self
+            .link_id(name)
+            .ok_or_else(|| format!("no link named {name:?}"))?;
+        self.set_drained(id, false);
+        let link = name.to_owned();
+        self.emit(Event::Undrain { link });
+        Ok(format!("undrained {name}"))
+    }
+
+    /// The state the kernel last confirmed.
+    pub fn applied_state(&self) -> Option<&DesiredState> {
+        self.applied.as_ref()
+    }
+
+    /// The newest transition of a link, with what followed from it.
+    pub fn last_transition(&self, id: LinkId) -> Option<&TransitionStatus> {
+        self.last.get(id).and_then(Option::as_ref)
+    }
+
+    pub fn counters(&self, name: &str) -> Counters {
+        self.counters.get(name).copied().unwrap_or_default()
+    }
+
+    /// How many applies succeeded, how long the newest took, and the error of the newest
+    /// failed one while it is not retried successfully.
+    pub fn applies(&self) -> (u64, Option<f64>, Option<&str>) {
+        (
+            self.applies,
+            self.last_apply_ms,
+            self.apply_error.as_deref(),
+        )
+    }
+
+    /// When the engine next wants to be polled, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        self.links
+        let probe = self
+            .links
             .iter()
             .filter_map(LinkHealth::next_round)
             .min()
-            .map(|t| (t, "probe round due"))
+            .map(|t| (t, "probe round due"));
+        let retry = self.retry_at.map(|t| (t, "apply retry due"));
+        probe.into_iter().chain(retry).min_by_key(|(t, _)| *t)
     }
 
-    /// The probes due at `now`: one round (every target) of each link whose round is due.
+    /// The probes due at `now`: one round (every target) of each link whose round is due. A
+    /// failed apply due for its retry is queued too.
     pub fn poll_probes(&mut self, now: Instant) -> Vec<ProbeRequest> {
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            self.verify = true;
+        }
         let mut out = Vec::new();
         for (link, h) in self.links.iter_mut().enumerate() {
             if h.start_round(now, &self.config) {
@@ -165,22 +312,22 @@ impl Engine {
     }
 
     /// Feed one event; returns the state changes it caused.
-    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Transition> {
-        let (link, change) = match event {
-            Event::Probe(p) if p.link < self.links.len() => {
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Transition> {
+        let (link, change) = match input {
+            Input::Probe(p) if p.link < self.links.len() => {
                 (p.link, self.links[p.link].on_probe(now, &p, &self.config))
             }
-            Event::Carrier { link, up } if link < self.links.len() => (
+            Input::Carrier { link, up } if link < self.links.len() => (
                 link,
                 self.links[link].on_link_layer(now, Some(up), None, &self.config),
             ),
-            Event::Address { link, present } if link < self.links.len() => (
+            Input::Address { link, present } if link < self.links.len() => (
                 link,
                 self.links[link].on_link_layer(now, None, Some(present), &self.config),
             ),
             _ => return Vec::new(),
         };
-        change
+        let out: Vec<Transition> = change
             .map(|(from, to, reason)| Transition {
                 link,
                 from,
@@ -189,7 +336,9 @@ impl Engine {
                 reason,
             })
             .into_iter()
-            .collect()
+            .collect();
+        self.fresh.extend(out.iter().cloned());
+        out
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Engine, Event, LinkId, ProbeFailure, ProbeOutcome, Transition};
+use super::{Action, Applied, Engine, Input, LinkId, ProbeFailure, ProbeOutcome, Transition};
 use crate::config::Config;
 
 pub struct Sim {
@@ -13,6 +13,9 @@ pub struct Sim {
     pub now: Instant,
     /// Probes sent so far.
     pub sent: u64,
+    /// The engine's actions so far, in order, with the virtual time they were taken; every apply
+    /// succeeds at once.
+    pub actions: Vec<(Instant, Action)>,
     pending: BTreeMap<(Instant, u64), ProbeOutcome>,
 }
 
@@ -22,13 +25,27 @@ impl Sim {
             engine: Engine::new(config, start),
             now: start,
             sent: 0,
+            actions: Vec::new(),
             pending: BTreeMap::new(),
         }
     }
 
     /// Feed a link event at the current virtual time.
-    pub fn event(&mut self, ev: Event) -> Vec<Transition> {
-        self.engine.handle(self.now, ev)
+    pub fn event(&mut self, ev: Input) -> Vec<Transition> {
+        let out = self.engine.handle(self.now, ev);
+        self.act();
+        out
+    }
+
+    /// Take the engine's actions as the supervisor would, every apply succeeding at once.
+    pub fn act(&mut self) {
+        while let Some(a) = self.engine.poll_action() {
+            if let Action::Apply { state, .. } = &a {
+                self.engine
+                    .applied(self.now, state.clone(), Ok(Applied::default()));
+            }
+            self.actions.push((self.now, a));
+        }
     }
 
     /// Run until `until`. `answer(link, target, sent_at)` gives a probe's RTT, or `None` when the
@@ -75,7 +92,8 @@ impl Sim {
                         break;
                     };
                     self.now = self.now.max(at);
-                    out.extend(self.engine.handle(self.now, Event::Probe(outcome)));
+                    out.extend(self.engine.handle(self.now, Input::Probe(outcome)));
+                    self.act();
                 }
                 _ => break,
             }

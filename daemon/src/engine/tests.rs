@@ -235,7 +235,7 @@ fn carrier_or_address_loss_is_down_at_once_and_probes_bring_it_back() {
     let t0 = Instant::now();
     let mut sim = Sim::new(config(), t0);
     sim.run(t0 + secs(1), |_, _, _| Some(ms(5)));
-    let tr = sim.event(Event::Carrier { link: 0, up: false });
+    let tr = sim.event(Input::Carrier { link: 0, up: false });
     assert_eq!(tr.len(), 1);
     assert_eq!(
         (tr[0].to, tr[0].at, tr[0].reason.as_str()),
@@ -245,7 +245,7 @@ fn carrier_or_address_loss_is_down_at_once_and_probes_bring_it_back() {
     let before = sim.sent;
     sim.run(sim.now + secs(2), |l, _, _| (l == 1).then_some(ms(5)));
     assert_eq!(sim.sent - before, (2_000 / 400) * 3);
-    assert!(sim.event(Event::Carrier { link: 0, up: true }).is_empty());
+    assert!(sim.event(Input::Carrier { link: 0, up: true }).is_empty());
     assert_eq!(sim.engine.link(0).state, LinkState::Down);
     let tr = of_link0(sim.run(sim.now + secs(5), |_, _, _| Some(ms(5))));
     assert_eq!(
@@ -253,13 +253,13 @@ fn carrier_or_address_loss_is_down_at_once_and_probes_bring_it_back() {
         vec![LinkState::Up]
     );
 
-    let tr = sim.event(Event::Address {
+    let tr = sim.event(Input::Address {
         link: 0,
         present: false,
     });
     assert_eq!(tr[0].reason, "no IPv4 address on the interface");
     assert!(sim
-        .event(Event::Address {
+        .event(Input::Address {
             link: 0,
             present: true
         })
@@ -309,12 +309,12 @@ fn new_flows_follow_the_best_usable_link() {
     let d = e.desired();
     assert_eq!(d.steer_to(), Some(0));
     assert_eq!((d.links[0].mark, d.links[1].mark), (0x100, 0x200));
-    e.handle(t0, Event::Carrier { link: 0, up: false });
+    e.handle(t0, Input::Carrier { link: 0, up: false });
     let d = e.desired();
     assert_eq!(d.steer_to(), Some(1));
     assert!(!d.links[0].usable && d.links[1].usable);
     // Nothing usable: stay on the preferred link rather than on an arbitrary one.
-    e.handle(t0, Event::Carrier { link: 1, up: false });
+    e.handle(t0, Input::Carrier { link: 1, up: false });
     assert_eq!(e.desired().steer_to(), Some(0));
 }
 
@@ -324,7 +324,7 @@ fn links_of_the_best_tier_share_new_flows_by_weight() {
     let t0 = Instant::now();
     let mut e = Engine::new(cfg, t0);
     assert_eq!(e.desired().share(), [(0, 1), (1, 3)]);
-    e.handle(t0, Event::Carrier { link: 1, up: false });
+    e.handle(t0, Input::Carrier { link: 1, up: false });
     assert_eq!(e.desired().share(), [(0, 1)]);
     e.set_drained(0, true);
     // Nothing usable and not drained: the preferred link alone.
@@ -336,7 +336,7 @@ fn events_for_unknown_links_or_targets_are_ignored() {
     let t0 = Instant::now();
     let mut e = Engine::new(config(), t0);
     assert!(e
-        .handle(t0, Event::Carrier { link: 7, up: false })
+        .handle(t0, Input::Carrier { link: 7, up: false })
         .is_empty());
     let stray = ProbeOutcome {
         link: 0,
@@ -344,7 +344,7 @@ fn events_for_unknown_links_or_targets_are_ignored() {
         sent_at: t0,
         result: Err(ProbeFailure::Timeout),
     };
-    assert!(e.handle(t0, Event::Probe(stray)).is_empty());
+    assert!(e.handle(t0, Input::Probe(stray)).is_empty());
 }
 
 #[test]
@@ -394,7 +394,7 @@ links = [{ link = "fiber", priority = 1, weight = 3 }, { link = "lte", priority 
     );
     let now = sim.now;
     sim.engine
-        .handle(now, Event::Carrier { link: 1, up: false });
+        .handle(now, Input::Carrier { link: 1, up: false });
     assert_eq!(
         shares(&sim.engine),
         vec![vec![(0, 1)], vec![(0, 1)], vec![], vec![(0, 3)]]
@@ -402,7 +402,7 @@ links = [{ link = "fiber", priority = 1, weight = 3 }, { link = "lte", priority 
     // Nothing usable: only the default policy keeps its preferred link; the others are empty
     // and the dataplane applies their last resort.
     sim.engine
-        .handle(now, Event::Carrier { link: 0, up: false });
+        .handle(now, Input::Carrier { link: 0, up: false });
     assert_eq!(
         shares(&sim.engine),
         vec![vec![(0, 1)], vec![], vec![], vec![]]
@@ -425,8 +425,8 @@ last_resort = "unreachable"
 "#,
     );
     let mut e = Engine::new(cfg, t0);
-    e.handle(t0, Event::Carrier { link: 0, up: true });
-    e.handle(t0, Event::Carrier { link: 1, up: false });
+    e.handle(t0, Input::Carrier { link: 0, up: true });
+    e.handle(t0, Input::Carrier { link: 1, up: false });
     let d = e.desired();
     let steers: Vec<&Steer> = d.policies.iter().map(|p| &p.steer).collect();
     assert_eq!(
@@ -446,7 +446,7 @@ last_resort = "unreachable"
         "[[policy]]\nname = \"default\"\nlinks = [\"lte\"]\nlast_resort = \"unreachable\"\n",
     );
     let mut e = Engine::new(cfg, t0);
-    e.handle(t0, Event::Carrier { link: 1, up: false });
+    e.handle(t0, Input::Carrier { link: 1, up: false });
     let d = e.desired();
     assert_eq!(d.policies[0].steer, Steer::Refuse);
     assert_eq!(d.router_link, None);

@@ -1,0 +1,177 @@
+//! The real dataplane: nftables over netlink, rules and routes over rtnetlink, purges over
+//! ctnetlink, sock_diag and raw sockets.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::{blocking, monitor, nft, reset, routes, Dataplane, Error, LinkEvent};
+use crate::engine::{Applied, DesiredState, PurgeOrder, Purged};
+
+/// Stale-set keys of recent purges with the time they expire.
+type StaleMemory = Vec<(Instant, Vec<nft::StaleKey4>, Vec<nft::StaleKey6>)>;
+
+pub struct Kernel {
+    handle: rtnetlink::Handle,
+    table_base: u32,
+    /// Ruleset last written to the kernel; a new one is written only when it differs, or when
+    /// our table has disappeared.
+    applied: Option<nft::Ruleset>,
+    /// Stale-set keys of recent purges, until they expire: re-added after a table replacement.
+    /// Purges add to it from their own tasks.
+    stale: Arc<Mutex<StaleMemory>>,
+}
+
+impl Kernel {
+    /// Open the rtnetlink connection (must be called inside a tokio runtime).
+    pub fn new(table_base: u32) -> Result<Self, Error> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
+        tokio::spawn(conn);
+        Ok(Kernel {
+            handle,
+            table_base,
+            applied: None,
+            stale: Arc::default(),
+        })
+    }
+
+    /// Write our table if it differs from the one written last or (with `verify`) has gone
+    /// missing; whether it was written.
+    async fn write_nft(
+        &mut self,
+        d: &DesiredState,
+        addrs: &[Vec<IpAddr>],
+        verify: bool,
+    ) -> Result<bool, Error> {
+        let rules = nft::render(d, addrs);
+        let missing = verify && !blocking(nft::exists).await.map_err(Error::Nft)?;
+        if !missing && self.applied.as_ref() == Some(&rules) {
+            return Ok(false);
+        }
+        let r = rules.clone();
+        // When our table went missing it is written afresh.
+        let previous = self.applied.clone().filter(|_| !missing);
+        let (v4, v6) = self.stale_keys();
+        blocking(move || {
+            // Sets survive an update in place; a replacement empties them, so the stale flows
+            // are put back.
+            if nft::replace(&r, previous.as_ref())? {
+                nft::add_stale(&v4, &v6)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(Error::Nft)?;
+        self.applied = Some(rules);
+        Ok(true)
+    }
+
+    /// The stale keys that still matter.
+    fn stale_keys(&self) -> (Vec<nft::StaleKey4>, Vec<nft::StaleKey6>) {
+        let now = Instant::now();
+        let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        stale.retain(|(t, _, _)| *t > now);
+        let v4 = stale.iter().flat_map(|(_, v4, _)| v4.iter().copied());
+        let v6 = stale.iter().flat_map(|(_, _, v6)| v6.iter().copied());
+        (v4.collect(), v6.collect())
+    }
+}
+
+impl Dataplane for Kernel {
+    async fn apply(&mut self, d: &DesiredState, verify: bool) -> Result<Applied, Error> {
+        let mut report = Applied::default();
+        let ifindexes = routes::ifindexes(&self.handle, d)
+            .await
+            .map_err(Error::Route)?;
+        let addrs = routes::link_addrs(&self.handle, &ifindexes)
+            .await
+            .map_err(Error::Route)?;
+        let t = Instant::now();
+        // Routes are converged even when the table cannot be written.
+        let nft = self.write_nft(d, &addrs, verify).await;
+        report.nft_replaced = *nft.as_ref().unwrap_or(&false);
+        report.nft = t.elapsed();
+        let t = Instant::now();
+        let rules = routes::converge_rules(&self.handle, d, &addrs)
+            .await
+            .map_err(Error::Route)?;
+        let (missing, changes) =
+            routes::converge_routes(&self.handle, d, self.table_base, &ifindexes)
+                .await
+                .map_err(Error::Route)?;
+        report.missing_interfaces = missing;
+        report.route_changes = rules + changes;
+        report.routes = t.elapsed();
+        nft?;
+        Ok(report)
+    }
+
+    fn purge(
+        &mut self,
+        order: PurgeOrder,
+    ) -> impl Future<Output = Result<Purged, Error>> + Send + 'static {
+        let handle = self.handle.clone();
+        let memory = self.stale.clone();
+        async move {
+            let (mark, mask, tickle_mark) = (order.mark, order.mark_mask, order.tickle_mark);
+            let err = |source| Error::Purge { mark, source };
+            let addrs = monitor::local_addrs(&handle).await.unwrap_or_default();
+            let scope = reset::Scope {
+                local: addrs.iter().map(|(_, a, _)| *a).collect(),
+                lan: addrs
+                    .iter()
+                    .filter(|(i, _, _)| order.lan_interfaces.contains(i))
+                    .map(|(_, a, len)| (*a, *len))
+                    .collect(),
+            };
+            let r = blocking(move || reset::purge(mark, mask, tickle_mark, &scope))
+                .await
+                .map_err(err)?;
+            let until = Instant::now() + Duration::from_millis(nft::STALE_TIMEOUT_MS);
+            memory.lock().unwrap_or_else(|p| p.into_inner()).push((
+                until,
+                r.stale4.clone(),
+                r.stale6.clone(),
+            ));
+            // Later tickle rounds cover lost tickles and answers.
+            let flows = r.tickle_flows.clone();
+            if !flows.is_empty() {
+                tokio::spawn(async move {
+                    for _ in 1..reset::TICKLE_ROUNDS {
+                        tokio::time::sleep(reset::TICKLE_GAP).await;
+                        let f = flows.clone();
+                        if let Err(e) = blocking(move || reset::tickle(&f, tickle_mark)).await {
+                            warn!("tickle round failed: {e}");
+                        }
+                    }
+                });
+            }
+            Ok(Purged {
+                flows: r.flows,
+                tcp_reset: r.tcp_reset,
+                sockets: r.sockets,
+                phases: [r.dump, r.stale, r.flush, r.tickle, r.destroy],
+            })
+        }
+    }
+
+    async fn remove_all(&mut self, d: &DesiredState) -> Result<(), Error> {
+        self.applied = None;
+        let nft = blocking(nft::delete).await.map_err(Error::Nft);
+        let routes = routes::remove_all(&self.handle, d, self.table_base)
+            .await
+            .map_err(Error::Route);
+        nft.and(routes)
+    }
+
+    async fn interfaces(&self) -> Result<Vec<LinkEvent>, Error> {
+        monitor::snapshot(&self.handle).await.map_err(Error::Read)
+    }
+
+    async fn ipv4_interfaces(&self) -> Result<Vec<String>, Error> {
+        monitor::with_ipv4(&self.handle).await.map_err(Error::Read)
+    }
+}

@@ -1,0 +1,418 @@
+//! The one event loop: owns the engine, reads the clock, hands the engine what happened and
+//! executes the actions it returns on the dataplane, the probes and the control socket. It
+//! decides nothing itself.
+
+mod hooks;
+mod probing;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, DEFAULT_POLICY};
+use crate::control::event::Level;
+use crate::control::{self, Command, CommandReply, Event, Status};
+use crate::dataplane::monitor::{self, KernelEvent};
+use crate::dataplane::{Dataplane, Kernel};
+use crate::engine::{Action, Engine, Input, ProbeOutcome, Purged};
+pub use probing::{LinkProbes, Probes};
+
+/// How often the kernel state is re-read and repaired even when nothing happened (three cheap
+/// netlink dumps; someone deleting our rules is repaired within this time).
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// What the outside world tells the loop.
+pub struct Inputs {
+    pub kernel: mpsc::Receiver<KernelEvent>,
+    pub commands: mpsc::Receiver<(Command, oneshot::Sender<CommandReply>)>,
+    pub signals: mpsc::Receiver<Signal>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Reload,
+    Stop,
+}
+
+/// Run until SIGTERM or SIGINT, then remove what we created (unless configured not to). `path`
+/// is where the configuration came from, for reloads (SIGHUP or `uplinkctl reload`).
+pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let dp = Kernel::new(config.dataplane.table_base)?;
+    let probes = LinkProbes::new(&config);
+    let (events, _) = broadcast::channel::<Event>(256);
+    let mut sup = Supervisor::start(config, path, dp, probes, events.clone()).await?;
+
+    let (kernel_tx, kernel) = mpsc::channel(64);
+    monitor::spawn(kernel_tx).context("cannot subscribe to kernel events")?;
+    let config = sup.engine.config().clone();
+    let listener = control::bind(&config.control.socket, config.control.gid)
+        .with_context(|| format!("cannot listen on {}", config.control.socket.display()))?;
+    let (cmd_tx, commands) = mpsc::channel(8);
+    let shared = control::Shared {
+        status: sup.status.subscribe(),
+        events,
+        commands: cmd_tx,
+    };
+    let control = tokio::spawn(control::serve(listener, shared));
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            info!("metrics on http://{addr}/metrics");
+            let status = sup.status.subscribe();
+            Some(tokio::spawn(control::metrics::listen(l, status)))
+        }
+        None => None,
+    };
+    let signals = unix_signals()?;
+    // READY only now: the first apply succeeded and the status socket answers.
+    let to = sup.steer_name();
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("new flows via {to}")),
+    ]);
+    sup.watchdog = sd_notify::watchdog_enabled().map(|t| {
+        let mut i = tokio::time::interval(t / 2);
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        i
+    });
+    let inputs = Inputs {
+        kernel,
+        commands,
+        signals,
+    };
+    let result = sup.run(inputs).await;
+    control.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    let _ = std::fs::remove_file(&config.control.socket);
+    result
+}
+
+/// SIGHUP reloads, SIGTERM and SIGINT stop.
+fn unix_signals() -> anyhow::Result<mpsc::Receiver<Signal>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = hup.recv() => Signal::Reload,
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+            };
+            if tx.send(s).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The engine with the dataplane and the probes it drives.
+pub struct Supervisor<D, P> {
+    engine: Engine,
+    dp: D,
+    probes: P,
+    path: PathBuf,
+    /// Interfaces last seen up, to re-apply when one comes up (admin down deletes the routes in
+    /// our tables and admin up does not restore them).
+    carriers: BTreeMap<String, bool>,
+    probe_tx: mpsc::Sender<ProbeOutcome>,
+    probe_rx: mpsc::Receiver<ProbeOutcome>,
+    purge_tx: mpsc::Sender<(String, Result<Purged, String>)>,
+    purge_rx: mpsc::Receiver<(String, Result<Purged, String>)>,
+    status: watch::Sender<Status>,
+    events: broadcast::Sender<Event>,
+    watchdog: Option<tokio::time::Interval>,
+}
+
+impl<D: Dataplane, P: Probes> Supervisor<D, P> {
+    /// Learn the interfaces, apply the first desired state. Fails when that apply fails.
+    pub async fn start(
+        config: Config,
+        path: PathBuf,
+        dp: D,
+        probes: P,
+        events: broadcast::Sender<Event>,
+    ) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        let mut engine = Engine::new(config, now.into_std());
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        engine.set_wall_clock(now.into_std(), epoch);
+        let (probe_tx, probe_rx) = mpsc::channel(1024);
+        let (purge_tx, purge_rx) = mpsc::channel(16);
+        let status = watch::Sender::new(status::build(&engine, now.into_std()));
+        let mut sup = Supervisor {
+            engine,
+            dp,
+            probes,
+            path,
+            carriers: BTreeMap::new(),
+            probe_tx,
+            probe_rx,
+            purge_tx,
+            purge_rx,
+            status,
+            events,
+            watchdog: None,
+        };
+        let links = sup
+            .dp
+            .interfaces()
+            .await
+            .context("cannot list interfaces")?;
+        for ev in links {
+            sup.link_event(&ev);
+        }
+        sup.addresses().await;
+        sup.execute().await;
+        if sup.engine.applied_state().is_none() {
+            let (_, _, e) = sup.engine.applies();
+            anyhow::bail!("initial apply failed: {}", e.unwrap_or("unknown error"));
+        }
+        Ok(sup)
+    }
+
+    /// The loop: each arm hands the engine what happened, then the engine's actions are
+    /// executed. Returns after a stop, with what we created removed (unless configured not to).
+    pub async fn run(&mut self, mut inputs: Inputs) -> anyhow::Result<()> {
+        let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        reconcile.tick().await;
+        loop {
+            let next = self.engine.poll_timeout().map(|(t, why)| {
+                debug!("next wake-up: {why}");
+                Instant::from_std(t)
+            });
+            let now = || Instant::now().into_std();
+            tokio::select! {
+                () = sleep_until(next) => {
+                    for req in self.engine.poll_probes(now()) {
+                        self.probes.send(req, &self.probe_tx);
+                    }
+                }
+                Some(p) = self.probe_rx.recv() => {
+                    self.engine.handle(now(), Input::Probe(p));
+                }
+                Some(ev) = inputs.kernel.recv() => self.kernel_event(ev).await,
+                Some((link, r)) = self.purge_rx.recv() => self.engine.purged(&link, r),
+                _ = reconcile.tick() => self.engine.reconcile(),
+                () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
+                Some((cmd, reply)) = inputs.commands.recv() => {
+                    let answer = match cmd {
+                        Command::Reload => self.reload().await,
+                        Command::Drain { link, reset } => self.engine.drain(&link, reset),
+                        Command::Undrain { link } => self.engine.undrain(&link),
+                    };
+                    let _ = reply.send(answer);
+                }
+                s = inputs.signals.recv() => match s {
+                    Some(Signal::Reload) => {
+                        let _ = self.reload().await;
+                    }
+                    Some(Signal::Stop) | None => break,
+                },
+            }
+            self.execute().await;
+        }
+        self.stop().await
+    }
+
+    /// Execute the engine's actions until it has none, reporting results back to it.
+    async fn execute(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Apply { state, verify } => {
+                    let r = self.dp.apply(&state, verify).await;
+                    let r = r.map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+                    self.engine.applied(Instant::now().into_std(), state, r);
+                }
+                Action::Purge(order) => {
+                    let name = order.name.clone();
+                    let purge = self.dp.purge(order);
+                    let tx = self.purge_tx.clone();
+                    tokio::spawn(async move {
+                        let r = purge.await;
+                        let r = r.map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+                        let _ = tx.send((name, r)).await;
+                    });
+                }
+                Action::RunHook(call) => hooks::run(&self.engine.config().hooks, call),
+                Action::Emit(e) => self.emit(e),
+            }
+        }
+        let now = Instant::now().into_std();
+        self.status.send_replace(status::build(&self.engine, now));
+    }
+
+    /// Log an event, stream it to `watch`, and keep systemd's status line current.
+    fn emit(&self, e: Event) {
+        match e.level() {
+            Level::Info => info!("{e}"),
+            Level::Warn => warn!("{e}"),
+            Level::Error => error!("{e}"),
+        }
+        if let Event::Steer { policy, to, .. } = &e {
+            if policy == DEFAULT_POLICY {
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "new flows via {to}"
+                ))]);
+            }
+        }
+        let _ = self.events.send(e);
+    }
+
+    async fn kernel_event(&mut self, ev: KernelEvent) {
+        match ev {
+            KernelEvent::Link(ev) => {
+                if ev.up && self.carriers.get(&ev.name) != Some(&true) {
+                    self.engine.reconcile();
+                }
+                self.link_event(&ev);
+            }
+            // Renumbered: the learned gateway and routes must follow.
+            KernelEvent::Addresses => {
+                self.engine.reconcile();
+                self.addresses().await;
+            }
+            KernelEvent::Routing => self.engine.reconcile(),
+        }
+    }
+
+    /// Carrier (or admin state) of an interface, for every link on it.
+    fn link_event(&mut self, ev: &monitor::LinkEvent) {
+        self.carriers.insert(ev.name.clone(), ev.up);
+        let now = Instant::now().into_std();
+        let links = &self.engine.config().links;
+        let ids: Vec<usize> = (0..links.len())
+            .filter(|&i| links[i].interface == ev.name)
+            .collect();
+        for link in ids {
+            self.engine.handle(now, Input::Carrier { link, up: ev.up });
+        }
+    }
+
+    /// Tell the engine which links have an IPv4 address. A failed dump changes nothing.
+    async fn addresses(&mut self) {
+        let with = match self.dp.ipv4_interfaces().await {
+            Ok(w) => w,
+            Err(e) => return warn!("{:#}", anyhow::Error::new(e)),
+        };
+        let now = Instant::now().into_std();
+        let present: Vec<bool> = self
+            .engine
+            .config()
+            .links
+            .iter()
+            .map(|l| with.contains(&l.interface))
+            .collect();
+        for (link, present) in present.into_iter().enumerate() {
+            self.engine.handle(now, Input::Address { link, present });
+        }
+    }
+
+    /// Reload the configuration; on any error the running one stays and the error is reported.
+    async fn reload(&mut self) -> CommandReply {
+        notify(&[sd_notify::NotifyState::Reloading]);
+        let result = match reload_config(&self.path, self.engine.config()) {
+            Err(e) => {
+                self.engine.reload_failed(e.clone());
+                Err(e)
+            }
+            Ok(new) => {
+                let message = format!(
+                    "reloaded {} ({} links)",
+                    self.path.display(),
+                    new.links.len()
+                );
+                self.probes.reconfigure(&new);
+                let now = Instant::now().into_std();
+                self.engine.reconfigure(new, now, message.clone());
+                // Links kept their health; new ones learn carrier and addresses like at start.
+                if let Ok(links) = self.dp.interfaces().await {
+                    for ev in links {
+                        self.link_event(&ev);
+                    }
+                }
+                self.addresses().await;
+                Ok(message)
+            }
+        };
+        notify(&[sd_notify::NotifyState::Ready]);
+        result
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        notify(&[sd_notify::NotifyState::Stopping]);
+        if !self.engine.config().dataplane.cleanup_on_exit {
+            info!("stopping: leaving the dataplane in place (cleanup_on_exit = false)");
+            return Ok(());
+        }
+        info!("stopping: removing nft table, rules and routes");
+        let d = self.engine.desired();
+        self.dp.remove_all(&d).await.context("cleanup incomplete")
+    }
+
+    /// Where the default policy's new flows go now (as applied).
+    fn steer_name(&self) -> String {
+        let d = self
+            .engine
+            .applied_state()
+            .cloned()
+            .unwrap_or_else(|| self.engine.desired());
+        crate::engine::share_name(&d, d.share())
+    }
+}
+
+/// Read `path` again for a reload. Changes to the kernel footprint or the control socket would
+/// orphan objects or clients, so they need a restart.
+fn reload_config(path: &Path, running: &Config) -> Result<Config, String> {
+    let new = crate::config::load(path).map_err(|e| e.to_string())?;
+    if new.dataplane != running.dataplane
+        || new.control != running.control
+        || new.metrics != running.metrics
+    {
+        return Err("changes to [dataplane], [control] or [metrics] need a restart; the running configuration stays".into());
+    }
+    Ok(new)
+}
+
+/// Tell systemd (when it started us with Type=notify); harmless otherwise.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        debug!("sd_notify: {e}");
+    }
+}
+
+/// Wait for the next tick, or forever without an interval.
+async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleep until `t`, or forever when nothing is scheduled.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
