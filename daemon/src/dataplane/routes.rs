@@ -11,6 +11,7 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder, RuleAddRequest};
 
+use crate::config::fence::{PRIO_DEFAULT, PRIO_FROM, PRIO_MARK, PRIO_UNREACHABLE};
 use crate::config::MAX_LINKS;
 use crate::engine::DesiredState;
 
@@ -33,18 +34,6 @@ pub struct RuleSpec {
     /// `iif lo`: only the router's own traffic.
     pub iif_lo: bool,
 }
-
-/// Priorities of our rules, relative to `rule_priority`: main without defaults (0); the
-/// addresses of the links other than the default policy's (a socket bound to one leaves through
-/// its link, whatever mark the steering gives it); the marks; the refusal of flows whose policy
-/// has no usable link; and last, for the router's own unmarked lookups (`iif lo`: its sockets
-/// choosing their source address), the default policy's link, so its new flows follow failover.
-/// A socket bound to the default link's own address cannot be told from one whose address the
-/// kernel chose that way, so it is steered like the router's other new flows.
-const PRIO_FROM: u32 = 1;
-const PRIO_MARK: u32 = 2;
-const PRIO_UNREACHABLE: u32 = 3;
-const PRIO_DEFAULT: u32 = 4;
 
 /// A default route in one of our tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
