@@ -57,7 +57,7 @@ pub(super) fn owned_ids(c: &mut Checker<'_>, raw: &RawDataplane, dp: &DataplaneO
     let owned_tables = fence::owned_tables(dp.table_base);
     if dp.table_base == 0
         || RESERVED_TABLES.clone().any(|t| owned_tables.contains(&t))
-        || owned_tables.end < owned_tables.start + MAX_LINKS
+        || owned_tables.end - owned_tables.start < MAX_LINKS
     {
         let span = raw.table_base.as_ref().map_or(0..0, |v| v.span());
         c.err(
@@ -112,5 +112,13 @@ mod tests {
             keys,
             vec!["dataplane.table_base", "dataplane.rule_priority"]
         );
+    }
+
+    #[test]
+    fn tables_past_the_last_table_id_are_refused() {
+        let text = format!("{MINIMAL}\n[dataplane]\ntable_base = 4294967290\n");
+        let p = parse(&text).unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["dataplane.table_base"]);
     }
 }
