@@ -11,7 +11,9 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder, RuleAddRequest};
 
-use crate::config::MAX_LINKS;
+use crate::config::fence::{
+    owned_rule_priorities, owned_tables, PRIO_DEFAULT, PRIO_FROM, PRIO_MARK, PRIO_UNREACHABLE,
+};
 use crate::engine::DesiredState;
 
 /// The kernel's main routing table (`ip-rule(8)`: `lookup main`).
@@ -59,18 +61,6 @@ impl std::fmt::Display for RuleSpec {
         Ok(())
     }
 }
-
-/// Priorities of our rules, relative to `rule_priority`: main without defaults (0); the
-/// addresses of the links other than the default policy's (a socket bound to one leaves through
-/// its link, whatever mark the steering gives it); the marks; the refusal of flows whose policy
-/// has no usable link; and last, for the router's own unmarked lookups (`iif lo`: its sockets
-/// choosing their source address), the default policy's link, so its new flows follow failover.
-/// A socket bound to the default link's own address cannot be told from one whose address the
-/// kernel chose that way, so it is steered like the router's other new flows.
-const PRIO_FROM: u32 = 1;
-const PRIO_MARK: u32 = 2;
-const PRIO_UNREACHABLE: u32 = 3;
-const PRIO_DEFAULT: u32 = 4;
 
 /// A default route in one of our tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,11 +127,11 @@ pub fn desired_rules(d: &DesiredState) -> Vec<RuleSpec> {
 }
 
 fn owns_priority(d: &DesiredState, p: u32) -> bool {
-    (d.rule_priority..=d.rule_priority + MAX_LINKS).contains(&p)
+    owned_rule_priorities(d.rule_priority).contains(&p)
 }
 
 fn owns_table(table_base: u32, t: u32) -> bool {
-    (table_base..table_base + MAX_LINKS).contains(&t)
+    owned_tables(table_base).contains(&t)
 }
 
 /// Read a rule from a dump. A dump reports `SuppressPrefixLen = u32::MAX` on every rule: that

@@ -1,0 +1,229 @@
+//! `[[link]]` and `[lan]`: the WAN links and the LAN interfaces.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use toml::Spanned;
+use uplinkd_probes::Target;
+
+use super::super::fence::{mark_capacity, MAX_LINKS};
+use super::super::raw::{RawLan, RawLink};
+use super::super::{DataplaneOptions, Link, Prefix};
+use super::Checker;
+
+/// There is at least one link, and no more than the mark mask and `MAX_LINKS` leave room for.
+pub(super) fn count(c: &mut Checker<'_>, raw: &[Spanned<RawLink>], dp: &DataplaneOptions) {
+    if raw.is_empty() {
+        c.err(0..0, "link", "at least one [[link]] is required");
+    }
+    let max_links = mark_capacity(dp.mark_mask);
+    if raw.len() as u64 > u64::from(max_links) {
+        let span = raw.last().map_or(0..0, |l| l.span());
+        c.err(
+            span,
+            "dataplane.mark_mask",
+            format!(
+                "{:#x} leaves room for {max_links} links, {} configured",
+                dp.mark_mask,
+                raw.len()
+            ),
+        );
+    }
+    if raw.len() > MAX_LINKS as usize {
+        let span = raw.last().map_or(0..0, |l| l.span());
+        c.err(
+            span,
+            "link",
+            format!(
+                "at most {MAX_LINKS} links are supported, {} configured",
+                raw.len()
+            ),
+        );
+    }
+}
+
+/// The links in configuration order, their marks and tables not yet allocated (0).
+/// `detection_quorum` is the default of each link's quorum.
+pub(super) fn links(
+    c: &mut Checker<'_>,
+    raw: &[Spanned<RawLink>],
+    detection_quorum: Option<&Spanned<u32>>,
+) -> Vec<Link> {
+    let mut names = BTreeSet::new();
+    let mut ifaces = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, l) in raw.iter().enumerate() {
+        let l = l.get_ref();
+        let key = |field: &str| format!("link[{i}].{field}");
+        let name = l.name.get_ref();
+        if c.name(l.name.span(), &key("name"), name) && !names.insert(name.clone()) {
+            c.err(
+                l.name.span(),
+                key("name"),
+                format!("{name:?} is used by another link"),
+            );
+        }
+        c.ifname(&l.interface, &key("interface"));
+        if !ifaces.insert(l.interface.get_ref().clone()) {
+            c.err(
+                l.interface.span(),
+                key("interface"),
+                format!("{:?} is used by another link", l.interface.get_ref()),
+            );
+        }
+        let gateway = gateway(c, l.gateway.as_ref(), &key("gateway"));
+        let targets = targets(c, &l.targets, &key("targets"));
+        let quorum = quorum(c, l, targets.len() as u32, detection_quorum, &key("quorum"));
+        let nptv6 = nptv6(c, l.nptv6.as_ref(), &key("nptv6"));
+        out.push(Link {
+            nptv6,
+            name: name.clone(),
+            quorum,
+            failback: l.failback,
+            interface: l.interface.get_ref().clone(),
+            gateway,
+            priority: l.priority,
+            weight: c.int(&l.weight, &key("weight"), 1, 1..=1000),
+            targets,
+            // Allocated by `fence::allocate` once the whole configuration is valid.
+            mark: 0,
+            table: 0,
+        });
+    }
+    out
+}
+
+fn gateway(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Option<Ipv4Addr> {
+    raw.and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
+        Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
+        _ => {
+            c.err(
+                g.span(),
+                key,
+                format!("{:?} is not a usable IPv4 unicast address", g.get_ref()),
+            );
+            None
+        }
+    })
+}
+
+fn targets(c: &mut Checker<'_>, raw: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<Target> {
+    if raw.get_ref().is_empty() {
+        c.err(raw.span(), key, "must list at least one address to probe");
+    }
+    let mut targets: Vec<Target> = Vec::new();
+    for t in raw.get_ref() {
+        match t.get_ref().parse::<Target>() {
+            Ok(target) if targets.contains(&target) => {
+                c.err(t.span(), key, format!("{target} is listed twice"));
+            }
+            Ok(target) => targets.push(target),
+            Err(e) => c.err(t.span(), key, e),
+        }
+    }
+    targets
+}
+
+/// The link's own quorum, or else `detection.quorum`, or else all of its `n` targets.
+fn quorum(
+    c: &mut Checker<'_>,
+    l: &RawLink,
+    n: u32,
+    detection_quorum: Option<&Spanned<u32>>,
+    key: &str,
+) -> u32 {
+    match (&l.quorum, detection_quorum) {
+        (Some(q), _) | (None, Some(q)) => {
+            let v = *q.get_ref();
+            if n > 0 && !(1..=n).contains(&v) {
+                let k = if l.quorum.is_some() {
+                    key
+                } else {
+                    "detection.quorum"
+                };
+                c.err(
+                    q.span(),
+                    k,
+                    format!("must be between 1 and the link's {n} targets, got {v}"),
+                );
+            }
+            v.clamp(1, n.max(1))
+        }
+        (None, None) => n.max(1),
+    }
+}
+
+fn nptv6(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Option<Prefix> {
+    raw.and_then(|p| match p.get_ref().parse::<Prefix>() {
+        Ok(n) if n.is_ipv6() && (1..=64).contains(&n.len) => Some(n),
+        Ok(_) => {
+            c.err(
+                p.span(),
+                key,
+                "must be an IPv6 prefix of length 1-64, like \"2001:db8:1::/48\"",
+            );
+            None
+        }
+        Err(e) => {
+            c.err(p.span(), key, e);
+            None
+        }
+    })
+}
+
+/// The LAN interfaces: at least one, none of them a link's.
+pub(super) fn lan(
+    c: &mut Checker<'_>,
+    raw: Option<&Spanned<RawLan>>,
+    links: &[Link],
+) -> Vec<String> {
+    let Some(lan) = raw else {
+        c.err(
+            0..0,
+            "lan",
+            "missing section [lan] with `interfaces = [...]`",
+        );
+        return Vec::new();
+    };
+    let ifs = &lan.get_ref().interfaces;
+    if ifs.get_ref().is_empty() {
+        c.err(
+            ifs.span(),
+            "lan.interfaces",
+            "must name at least one interface",
+        );
+    }
+    let wan: BTreeSet<&str> = links.iter().map(|l| l.interface.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    for i in ifs.get_ref() {
+        c.ifname(i, "lan.interfaces");
+        if wan.contains(i.get_ref().as_str()) {
+            c.err(
+                i.span(),
+                "lan.interfaces",
+                format!("{:?} is also a link's interface", i.get_ref()),
+            );
+        }
+        if !seen.insert(i.get_ref().clone()) {
+            c.err(
+                i.span(),
+                "lan.interfaces",
+                format!("{:?} is listed twice", i.get_ref()),
+            );
+        }
+    }
+    ifs.get_ref().iter().map(|i| i.get_ref().clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use crate::config::parse;
+
+    #[test]
+    fn missing_sections_are_reported() {
+        let p = parse("").unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["link", "lan"]);
+    }
+}

@@ -1,0 +1,354 @@
+//! Validation of the raw file into a [`Config`], one checker per section; every problem is
+//! collected with the line of the span it refers to.
+
+mod control;
+mod dataplane;
+mod links;
+mod policy;
+mod probe;
+
+use std::ops::{Range, RangeInclusive};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::RawConfig;
+use super::{Config, Problem};
+
+/// Linux interface names are at most IFNAMSIZ - 1 bytes.
+const IFNAMSIZ: usize = 16;
+
+/// The configuration in `text`, its links' marks and tables not yet allocated (0: see
+/// `fence::allocate`); on failure every problem found, in file order.
+pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        text,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            c.err(span, "", e.message().trim().to_owned());
+            return Err(c.problems);
+        }
+    };
+    // Problems are sorted by line only: the sections are checked in this order so that those
+    // on one line (the first, for a missing section) are listed in it.
+    let probe = probe::probe(&mut c, &raw.probe);
+    let detection = probe::detection(&mut c, &raw.detection);
+    let dataplane = dataplane::options(&mut c, &raw.dataplane);
+    links::count(&mut c, &raw.link, &dataplane);
+    dataplane::owned_ids(&mut c, &raw.dataplane, &dataplane);
+    let links = links::links(&mut c, &raw.link, raw.detection.quorum.as_ref());
+    let lan_interfaces = links::lan(&mut c, raw.lan.as_ref(), &links);
+    let control = control::control(&mut c, &raw.control);
+    let metrics = control::metrics(&mut c, &raw.metrics);
+    let hooks = control::hooks(&mut c, &raw.hooks);
+    let (policies, rules) = policy::check(
+        &mut c,
+        &raw.policy,
+        &raw.rule,
+        &raw.sets,
+        &links,
+        &lan_interfaces,
+    );
+    c.finish(Config {
+        links,
+        lan_interfaces,
+        policies,
+        rules,
+        control,
+        metrics,
+        hooks,
+        probe,
+        detection,
+        dataplane,
+    })
+}
+
+/// Collects problems with the line of the span they refer to.
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let line = self.line(span.start);
+        self.problems.push(Problem {
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `config` if no problem was found, else the problems in file order.
+    fn finish(mut self, config: Config) -> Result<Config, Vec<Problem>> {
+        if self.problems.is_empty() {
+            Ok(config)
+        } else {
+            self.problems.sort_by_key(|p| p.line);
+            Err(self.problems)
+        }
+    }
+
+    fn duration<T>(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        check: T,
+    ) -> Duration
+    where
+        T: Fn(Duration) -> Result<(), String>,
+    {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()).and_then(|d| check(d).map(|()| d)) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(v.span(), key, e);
+                default
+            }
+        }
+    }
+
+    /// Whether `name` (of a link, policy or set) is 1-32 characters of `[a-z0-9_-]`; reports
+    /// the problem if not.
+    fn name(&mut self, span: Range<usize>, key: &str, name: &str) -> bool {
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-');
+        if !valid {
+            self.err(
+                span,
+                key,
+                format!("{name:?} must be 1-32 characters of [a-z0-9_-]"),
+            );
+        }
+        valid
+    }
+
+    fn int(
+        &mut self,
+        v: &Option<Spanned<u32>>,
+        key: &str,
+        default: u32,
+        range: RangeInclusive<u32>,
+    ) -> u32 {
+        match v {
+            Some(v) if !range.contains(v.get_ref()) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!(
+                        "must be between {} and {}, got {}",
+                        range.start(),
+                        range.end(),
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
+    fn ifname(&mut self, name: &Spanned<String>, key: &str) {
+        let n = name.get_ref();
+        let valid = !n.is_empty()
+            && n.len() < IFNAMSIZ
+            && n != "."
+            && n != ".."
+            && !n
+                .chars()
+                .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
+        if !valid {
+            self.err(
+                name.span(),
+                key,
+                format!("{n:?} is not a valid interface name"),
+            );
+        }
+    }
+}
+
+/// Parse a duration written as a number and a unit: `"250ms"`, `"2s"`, `"1m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a whole number and a unit, like \"500ms\"")
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("invalid duration {s:?}: unit must be ms, s or m")),
+    };
+    Ok(d)
+}
+
+fn in_range(d: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if d < min || d > max {
+        Err(format!("must be between {min:?} and {max:?}, got {d:?}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A check of a duration against `min ..= max`, for [`Checker::duration`].
+fn range(min: Duration, max: Duration) -> impl Fn(Duration) -> Result<(), String> {
+    move |d| in_range(d, min, max)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::parse_duration;
+    use crate::config::{parse, DEFAULT_SOCKET};
+
+    pub(super) const MINIMAL: &str = r#"
+[[link]]
+name = "fiber"
+interface = "wan1"
+gateway = "100.64.1.1"
+priority = 1
+targets = ["203.0.113.10", "198.51.100.10"]
+
+[[link]]
+name = "lte"
+interface = "wan2"
+priority = 2
+targets = ["203.0.113.10"]
+
+[lan]
+interfaces = ["lan0"]
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.links.len(), 2);
+        assert_eq!(c.links[0].mark, 0x100);
+        assert_eq!(c.links[1].mark, 0x200);
+        assert_eq!(c.links[0].table, 100);
+        assert_eq!(c.links[1].table, 101);
+        assert_eq!(c.links[1].gateway, None);
+        assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.probe.interval, Duration::from_millis(400));
+        assert_eq!(c.links[0].quorum, 2);
+        assert!(c.dataplane.cleanup_on_exit);
+        assert_eq!(c.worst_case_detection(), Duration::from_millis(900));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../../config.example.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.links.len(), 2);
+    }
+
+    #[test]
+    fn example_policies_are_valid_when_uncommented() {
+        let text: String = include_str!("../../../../config.example.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                // (Not the control group: it must exist on this machine.)
+                Some(rest)
+                    if !rest.starts_with("group")
+                        && (rest.starts_with('[')
+                            || rest.split_once(" = ").is_some_and(|(k, _)| {
+                                k.chars().all(|c| {
+                                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+                                })
+                            })) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&text).unwrap();
+        assert_eq!((c.policies.len(), c.rules.len()), (2, 1));
+        assert!(c.links[1].nptv6.is_some() && c.policies[1].sticky.is_some());
+        assert!(c.hooks.on_transition.len() == 2 && c.metrics.listen.is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"
+[[link]]
+name = "Fiber!"
+interface = "wan1"
+gateway = "not-an-ip"
+targets = []
+
+[[link]]
+name = "lte"
+interface = "wan1"
+targets = ["https://203.0.113.1/", "300.1.1.1"]
+
+[lan]
+interfaces = ["wan1"]
+
+[probe]
+interval = "5 parsecs"
+"#;
+        let p = parse(text).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, "link[0].name"),
+                (5, "link[0].gateway"),
+                (6, "link[0].targets"),
+                (10, "link[1].interface"),
+                (11, "link[1].targets"),
+                (11, "link[1].targets"),
+                (14, "lan.interfaces"),
+                (17, "probe.interval"),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_line() {
+        let text = MINIMAL.replace("priority = 2", "priority = 2\nprio = 3");
+        let p = parse(&text).unwrap_err();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].line, 13);
+        assert!(
+            p[0].message.contains("unknown field `prio`"),
+            "{}",
+            p[0].message
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

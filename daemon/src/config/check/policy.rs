@@ -1,0 +1,419 @@
+//! `[[policy]]`, `[[rule]]` and `[sets]`: which link carries which traffic.
+
+use std::collections::BTreeMap;
+
+use toml::Spanned;
+
+use super::super::raw::{RawMember, RawPolicy, RawPort, RawRule, RawSets};
+use super::super::{LastResort, Link, Member, Policy, Prefix, Rule, DEFAULT_POLICY};
+use super::{in_range, Checker};
+
+/// Most nft rules one `[[rule]]` may render to (its lists are matched in chained steps, so this
+/// bounds the sum of their lengths, not the product).
+const MAX_RULE_ENTRIES: usize = 4096;
+
+/// The policies (the default one first) and the rules.
+pub(super) fn check(
+    c: &mut Checker<'_>,
+    raw_policies: &[Spanned<RawPolicy>],
+    raw_rules: &[Spanned<RawRule>],
+    sets: &RawSets,
+    links: &[Link],
+    lan: &[String],
+) -> (Vec<Policy>, Vec<Rule>) {
+    let policies = policies(c, raw_policies, links);
+    let sets = self::sets(c, sets);
+    let rules = raw_rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| rule(c, i, r.get_ref(), &policies, &sets, lan))
+        .collect();
+    (policies, rules)
+}
+
+/// The policies, the default one first: as configured, or else every link with its own
+/// priority and weight.
+fn policies(c: &mut Checker<'_>, raw: &[Spanned<RawPolicy>], links: &[Link]) -> Vec<Policy> {
+    let implicit_default = Policy {
+        name: DEFAULT_POLICY.into(),
+        members: links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Member {
+                link: i,
+                priority: l.priority,
+                weight: l.weight,
+            })
+            .collect(),
+        last_resort: LastResort::Default,
+        sticky: None,
+    };
+    let mut policies = vec![implicit_default];
+    let mut explicit_default = false;
+    for (i, p) in raw.iter().enumerate() {
+        let p = p.get_ref();
+        let key = |f: &str| format!("policy[{i}].{f}");
+        let name = p.name.get_ref();
+        let dup = policies[usize::from(!explicit_default)..]
+            .iter()
+            .any(|q| &q.name == name);
+        if c.name(p.name.span(), &key("name"), name)
+            && (dup || (name == DEFAULT_POLICY && explicit_default))
+        {
+            c.err(
+                p.name.span(),
+                key("name"),
+                format!("{name:?} is used by another policy"),
+            );
+        }
+        let members = members(c, p, links, &key("links"));
+        // (An invalid value is reported; the configuration is then refused as a whole.)
+        let secs = std::time::Duration::from_secs;
+        let sticky = p.sticky.is_some().then(|| {
+            c.duration(&p.sticky, &key("sticky"), secs(0), |d| {
+                in_range(d, secs(1), secs(86400))
+            })
+        });
+        let policy = Policy {
+            name: name.clone(),
+            members,
+            last_resort: p.last_resort,
+            sticky,
+        };
+        if name == DEFAULT_POLICY && !explicit_default {
+            explicit_default = true;
+            policies[0] = policy;
+        } else {
+            policies.push(policy);
+        }
+    }
+    policies
+}
+
+/// A policy's links; unless given, a member's priority is its position (from 1) and its
+/// weight the link's.
+fn members(c: &mut Checker<'_>, p: &RawPolicy, links: &[Link], key: &str) -> Vec<Member> {
+    if p.links.get_ref().is_empty() {
+        c.err(p.links.span(), key, "must name at least one link");
+    }
+    let mut members: Vec<Member> = Vec::new();
+    for (pos, m) in p.links.get_ref().iter().enumerate() {
+        let (link, priority, weight) = match m.get_ref() {
+            RawMember::Name(n) => (n, None, None),
+            RawMember::Full(f) => (&f.link, f.priority, f.weight),
+        };
+        let Some(id) = links.iter().position(|l| &l.name == link) else {
+            c.err(m.span(), key, format!("no [[link]] named {link:?}"));
+            continue;
+        };
+        if members.iter().any(|x| x.link == id) {
+            c.err(m.span(), key, format!("{link:?} is listed twice"));
+            continue;
+        }
+        let weight = weight.unwrap_or(links[id].weight);
+        if !(1..=1000).contains(&weight) {
+            c.err(
+                m.span(),
+                key,
+                format!("weight must be between 1 and 1000, got {weight}"),
+            );
+        }
+        members.push(Member {
+            link: id,
+            priority: priority.unwrap_or(pos as u32 + 1),
+            weight: weight.clamp(1, 1000),
+        });
+    }
+    members
+}
+
+/// Every set, checked once whether used or not, its duplicates removed.
+fn sets<'a>(c: &mut Checker<'_>, sets: &'a RawSets) -> BTreeMap<&'a str, Vec<Prefix>> {
+    let mut parsed: BTreeMap<&str, Vec<Prefix>> = BTreeMap::new();
+    for (name, list) in sets {
+        let key = format!("sets.{name}");
+        c.name(list.span(), &key, name);
+        let mut out: Vec<Prefix> = Vec::new();
+        for e in list.get_ref() {
+            match e.get_ref().parse::<Prefix>() {
+                Ok(p) if !out.contains(&p) => out.push(p),
+                Ok(_) => {}
+                Err(msg) => c.err(e.span(), &key, msg),
+            }
+        }
+        parsed.insert(name.as_str(), out);
+    }
+    parsed
+}
+
+/// Rule `i`.
+fn rule(
+    c: &mut Checker<'_>,
+    i: usize,
+    r: &RawRule,
+    policies: &[Policy],
+    sets: &BTreeMap<&str, Vec<Prefix>>,
+    lan: &[String],
+) -> Rule {
+    let key = |f: &str| format!("rule[{i}].{f}");
+    let policy = policies
+        .iter()
+        .position(|p| &p.name == r.policy.get_ref())
+        .unwrap_or_else(|| {
+            c.err(
+                r.policy.span(),
+                key("policy"),
+                format!("no [[policy]] named {:?}", r.policy.get_ref()),
+            );
+            0
+        });
+    lan_only(c, &r.iif, lan, &key("iif"));
+    let proto = r.proto.as_ref().and_then(|p| proto(c, p, &key("proto")));
+    let src = prefixes(c, &r.src, sets, &key("src"));
+    let dst = prefixes(c, &r.dst, sets, &key("dst"));
+    if !src.is_empty()
+        && !dst.is_empty()
+        && !src
+            .iter()
+            .any(|s| dst.iter().any(|d| s.is_ipv6() == d.is_ipv6()))
+    {
+        let span = r.dst.first().map_or(0..0, |d| d.span());
+        c.err(
+            span,
+            key("dst"),
+            "no address family in common with src: the rule could never match",
+        );
+    }
+    let sport = ports(c, &r.sport, &key("sport"));
+    let dport = ports(c, &r.dport, &key("dport"));
+    let tcp_udp = matches!(proto, Some(6 | 17 | 132));
+    if (!sport.is_empty() || !dport.is_empty()) && !tcp_udp {
+        let span = r
+            .dport
+            .first()
+            .or(r.sport.first())
+            .map_or(0..0, |p| p.span());
+        c.err(
+            span,
+            key(if dport.is_empty() { "sport" } else { "dport" }),
+            "ports need proto = \"tcp\", \"udp\" or \"sctp\"",
+        );
+    }
+    let entries = r.iif.len() + src.len() + dst.len() + sport.len() + dport.len();
+    if entries > MAX_RULE_ENTRIES {
+        let span = r.policy.span();
+        c.err(
+            span,
+            key("src"),
+            format!("{entries} entries; at most {MAX_RULE_ENTRIES} per rule"),
+        );
+    }
+    Rule {
+        policy,
+        iif: r.iif.iter().map(|n| n.get_ref().clone()).collect(),
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+    }
+}
+
+/// The interfaces of `raw` are LAN interfaces.
+fn lan_only(c: &mut Checker<'_>, raw: &[Spanned<String>], lan: &[String], key: &str) {
+    for n in raw {
+        if !lan.contains(n.get_ref()) {
+            c.err(
+                n.span(),
+                key,
+                format!(
+                    "{:?} is not in lan.interfaces (only LAN traffic is steered)",
+                    n.get_ref()
+                ),
+            );
+        }
+    }
+}
+
+/// A protocol name or number.
+fn proto(c: &mut Checker<'_>, p: &Spanned<String>, key: &str) -> Option<u8> {
+    let n = proto_number(p.get_ref());
+    if n.is_none() {
+        c.err(
+            p.span(),
+            key,
+            format!(
+                "{:?} is not a protocol: tcp, udp, icmp, icmpv6, gre, esp, sctp or a number 0-255",
+                p.get_ref()
+            ),
+        );
+    }
+    n
+}
+
+fn proto_number(s: &str) -> Option<u8> {
+    Some(match s {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        "gre" => 47,
+        "esp" => 50,
+        "sctp" => 132,
+        n => return n.parse().ok(),
+    })
+}
+
+/// Prefixes and `@set` references (sets already checked), expanded, duplicates removed (in
+/// order).
+fn prefixes(
+    c: &mut Checker<'_>,
+    list: &[Spanned<String>],
+    sets: &BTreeMap<&str, Vec<Prefix>>,
+    key: &str,
+) -> Vec<Prefix> {
+    let mut out: Vec<Prefix> = Vec::new();
+    for item in list {
+        let text = item.get_ref();
+        let found: Vec<Prefix> = match text.strip_prefix('@') {
+            Some(name) => match sets.get(name) {
+                Some(set) => set.clone(),
+                None => {
+                    c.err(item.span(), key, format!("no set named {name:?} in [sets]"));
+                    continue;
+                }
+            },
+            None => match text.parse::<Prefix>() {
+                Ok(p) => vec![p],
+                Err(msg) => {
+                    c.err(item.span(), key, msg);
+                    continue;
+                }
+            },
+        };
+        for p in found {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn ports(c: &mut Checker<'_>, list: &[Spanned<RawPort>], key: &str) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for p in list {
+        let range = match p.get_ref() {
+            RawPort::One(n) => Some((*n, *n)),
+            RawPort::Range(s) => s
+                .split_once('-')
+                .or(Some((s.as_str(), s.as_str())))
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .filter(|(a, b)| a <= b),
+        };
+        match range {
+            Some(r) if r.0 > 0 => out.push(r),
+            _ => c.err(
+                p.span(),
+                key,
+                "must be a port 1-65535 or a \"FIRST-LAST\" range with FIRST <= LAST",
+            ),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::super::tests::MINIMAL;
+    use crate::config::parse;
+
+    #[test]
+    fn policies_rules_and_sets() {
+        let text = format!(
+            r#"{MINIMAL}
+[sets]
+phones = ["192.168.1.20", "2001:db8::/64"]
+
+[[policy]]
+name = "lte-first"
+links = ["lte", {{ link = "fiber", weight = 5 }}]
+sticky = "10m"
+
+[[policy]]
+name = "default"
+links = ["fiber"]
+last_resort = "unreachable"
+
+[[rule]]
+src = ["@phones", "10.0.0.0/8"]
+proto = "tcp"
+dport = [443, "8000-8100"]
+policy = "lte-first"
+"#
+        );
+        let c = parse(&text).unwrap();
+        let names: Vec<&str> = c.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["default", "lte-first"]);
+        assert_eq!(
+            c.policies[0].last_resort,
+            crate::config::LastResort::Unreachable
+        );
+        let m = &c.policies[1].members;
+        assert_eq!((m[0].link, m[0].priority, m[0].weight), (1, 1, 1));
+        assert_eq!((m[1].link, m[1].priority, m[1].weight), (0, 2, 5));
+        assert_eq!(c.policies[1].sticky, Some(Duration::from_secs(600)));
+        let r = &c.rules[0];
+        assert_eq!(r.policy, 1);
+        let src: Vec<String> = r.src.iter().map(|p| p.to_string()).collect();
+        assert_eq!(src, ["192.168.1.20/32", "2001:db8::/64", "10.0.0.0/8"]);
+        assert_eq!(
+            (r.proto, r.dport.clone()),
+            (Some(6), vec![(443, 443), (8000, 8100)])
+        );
+        // Without a [[policy]] named "default", every link with its own priority and weight.
+        let c = parse(MINIMAL).unwrap();
+        let m = &c.policies[0].members;
+        assert_eq!((m.len(), m[1].priority), (2, 2));
+    }
+
+    #[test]
+    fn policy_and_rule_mistakes_are_reported_with_their_lines() {
+        let text = format!(
+            r#"{MINIMAL}
+[[policy]]
+name = "x"
+links = ["dsl"]
+sticky = "forever"
+
+[[rule]]
+policy = "y"
+src = ["10.0.0.1/8", "@nope"]
+dport = [80]
+iif = ["eth9"]
+"#
+        );
+        let p = parse(&text).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (20, "policy[0].links"),
+                (21, "policy[0].sticky"),
+                (24, "rule[0].policy"),
+                (25, "rule[0].src"),
+                (25, "rule[0].src"),
+                (26, "rule[0].dport"),
+                (27, "rule[0].iif"),
+            ]
+        );
+        assert!(
+            p[3].message.contains("did you mean \"10.0.0.0/8\""),
+            "{}",
+            p[3].message
+        );
+    }
+}
