@@ -20,9 +20,10 @@ use nftnl::{
 };
 
 use super::nft_ext::{
-    set_buffers, set_dynamic, set_timeout, Base, Dynset, ElemsReplace, FlowKey, Hton32, Notrack,
-    NumgenRandom, RawLoad, SnatPrefix6,
+    set_buffers, set_dynamic, set_timeout, Base, Dynset, Hton32, Notrack, NumgenRandom, RawLoad,
+    SnatPrefix6,
 };
+pub use super::reset::{add_stale, StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS};
 use crate::config::Prefix;
 use crate::engine::{DesiredState, Steer};
 
@@ -38,19 +39,6 @@ const PRIO_FILTER: i32 = libc::NF_IP_PRI_FILTER;
 /// Before conntrack (-200): where `notrack` works.
 const PRIO_RAW: i32 = libc::NF_IP_PRI_RAW;
 
-/// Killed IPv4 TCP flows: key = the 12 packet bytes from the IPv4 source address to the TCP
-/// destination port (`@nh,96,96` when the header has no options).
-pub const STALE4: &CStr = c"stale4";
-/// Killed IPv6 TCP flows: 36 bytes from the source address to the TCP destination port
-/// (`@nh,64,288` when TCP follows the fixed header directly).
-pub const STALE6: &CStr = c"stale6";
-pub type StaleKey4 = FlowKey<12>;
-pub type StaleKey6 = FlowKey<36>;
-/// Killed flows stay rejectable this long; their clients are reset within seconds, this only
-/// covers clients that come back late from sleep.
-pub const STALE_TIMEOUT_MS: u64 = 20 * 60 * 1000;
-/// Elements per message when adding to a stale set; a message must fit libnftnl's 64 KiB.
-const ELEMS_PER_MSG: usize = 1000;
 const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
 const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -850,28 +838,6 @@ impl<'a> StaleSets<'a> {
     }
 }
 
-/// Add killed flows to the stale sets. Adding is cheap for the kernel (no RCU grace period, unlike
-/// deletes); an element already present only has its timeout renewed. Each message of at most
-/// ELEMS_PER_MSG elements goes in a batch of its own: one batch must fit one 128 KiB send.
-pub fn add_stale(v4: &[StaleKey4], v6: &[StaleKey6]) -> io::Result<()> {
-    let table = Table::new(TABLE, ProtoFamily::Inet);
-    for chunk in v4.chunks(ELEMS_PER_MSG) {
-        let mut set = Set::<StaleKey4>::new_named(STALE4, 1, &table, ProtoFamily::Inet);
-        chunk.iter().for_each(|k| set.add(k));
-        let mut batch = Batch::new();
-        batch.add(&ElemsReplace(&set), MsgType::Add);
-        send(&batch.finalize())?;
-    }
-    for chunk in v6.chunks(ELEMS_PER_MSG) {
-        let mut set = Set::<StaleKey6>::new_named(STALE6, 2, &table, ProtoFamily::Inet);
-        chunk.iter().for_each(|k| set.add(k));
-        let mut batch = Batch::new();
-        batch.add(&ElemsReplace(&set), MsgType::Add);
-        send(&batch.finalize())?;
-    }
-    Ok(())
-}
-
 /// Remove our table, if it exists.
 pub fn delete() -> io::Result<()> {
     let table = Table::new(TABLE, ProtoFamily::Inet);
@@ -1096,7 +1062,7 @@ fn load_saddr(rule: &mut Rule<'_>, v6: bool) {
 /// message; nftnl splits it into 128 KiB pages) and read every acknowledgement. The socket's
 /// buffers are sized for the batch and for one acknowledgement per message, all of which the
 /// kernel queues before we read the first, as nft(8) does.
-fn send(batch: &FinalizedBatch) -> io::Result<()> {
+pub(super) fn send(batch: &FinalizedBatch) -> io::Result<()> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let portid = socket.portid();
     let data: Vec<u8> = batch.iter().flatten().copied().collect();
