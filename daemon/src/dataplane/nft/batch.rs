@@ -8,7 +8,7 @@ use nftnl::expr::Lookup;
 use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule, Table};
 
-use super::encode::add_op;
+use super::encode::{add_exprs, cstring, lower, Sets};
 use super::plan::{Ruleset, StickySet};
 use super::{StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::{set_buffers, set_dynamic, set_timeout};
@@ -41,7 +41,7 @@ const OLD_STICKY_FIRST_ID: u32 = 1000;
 
 /// The batch that writes `rules` over `previous` (see [`replace`]). Each message is serialized
 /// as it is added, so the nftnl objects need not outlive the batch.
-fn build(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<FinalizedBatch> {
+pub(super) fn build(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<FinalizedBatch> {
     let table = Table::new(TABLE, ProtoFamily::Inet);
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
@@ -79,7 +79,7 @@ fn build(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<FinalizedBat
         for ops in &c.rules {
             let mut rule = Rule::new(chain);
             for op in ops {
-                add_op(&mut rule, op, &refs)?;
+                add_exprs(&mut rule, &lower(op)?, &refs)?;
             }
             batch.add(&rule, MsgType::Add);
         }
@@ -130,18 +130,31 @@ fn sticky_sets<'a>(
         .collect()
 }
 
-pub(super) fn cstring(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+/// The sets rules refer to, for lookups and dynamic updates by name and batch id.
+struct Refs<'r, 'a> {
+    stale: &'r StaleSets<'a>,
+    sticky: &'r [StickySetObj<'a>],
 }
 
-/// The sets rules refer to, for lookups and dynamic updates by name and batch id.
-pub(super) struct Refs<'r, 'a> {
-    pub(super) stale: &'r StaleSets<'a>,
-    pub(super) sticky: &'r [StickySetObj<'a>],
+impl Sets for Refs<'_, '_> {
+    fn lookup(&self, set: &str) -> io::Result<Lookup> {
+        Ok(if set.as_bytes() == STALE4.to_bytes() {
+            Lookup::new(&self.stale.v4)
+        } else if set.as_bytes() == STALE6.to_bytes() {
+            Lookup::new(&self.stale.v6)
+        } else {
+            self.sticky(set)?.lookup()
+        })
+    }
+
+    fn id(&self, set: &str) -> io::Result<(&CStr, u32)> {
+        let s = self.sticky(set)?;
+        Ok((s.name(), s.id()))
+    }
 }
 
 impl Refs<'_, '_> {
-    pub(super) fn sticky(&self, name: &str) -> io::Result<&StickySetObj<'_>> {
+    fn sticky(&self, name: &str) -> io::Result<&StickySetObj<'_>> {
         self.sticky
             .iter()
             .find(|s| s.name().to_bytes() == name.as_bytes())
@@ -151,7 +164,7 @@ impl Refs<'_, '_> {
 
 /// A sticky set as nftnl objects: flags dynamic and timeout, the timeout given per element by
 /// the rules that add them.
-pub(super) enum StickySetObj<'a> {
+enum StickySetObj<'a> {
     V4(Set<'a, std::net::Ipv4Addr>, CString),
     V6(Set<'a, std::net::Ipv6Addr>, CString),
 }
@@ -170,7 +183,7 @@ impl<'a> StickySetObj<'a> {
         })
     }
 
-    pub(super) fn name(&self) -> &CStr {
+    fn name(&self) -> &CStr {
         match self {
             StickySetObj::V4(_, n) | StickySetObj::V6(_, n) => n,
         }
@@ -190,14 +203,14 @@ impl<'a> StickySetObj<'a> {
         }
     }
 
-    pub(super) fn lookup(&self) -> Lookup {
+    fn lookup(&self) -> Lookup {
         match self {
             StickySetObj::V4(s, _) => Lookup::new(s),
             StickySetObj::V6(s, _) => Lookup::new(s),
         }
     }
 
-    pub(super) fn id(&self) -> u32 {
+    fn id(&self) -> u32 {
         match self {
             StickySetObj::V4(s, _) => s.get_id(),
             StickySetObj::V6(s, _) => s.get_id(),
@@ -205,9 +218,9 @@ impl<'a> StickySetObj<'a> {
     }
 }
 
-pub(super) struct StaleSets<'a> {
-    pub(super) v4: Set<'a, StaleKey4>,
-    pub(super) v6: Set<'a, StaleKey6>,
+struct StaleSets<'a> {
+    v4: Set<'a, StaleKey4>,
+    v6: Set<'a, StaleKey6>,
 }
 
 impl<'a> StaleSets<'a> {

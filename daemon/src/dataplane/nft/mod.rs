@@ -1,15 +1,23 @@
 //! uplinkd's nftables table, `inet uplinkd`, written in one atomic batch.
 //!
-//! Three layers, one module each:
-//! - [`plan`]: the desired state rendered as a [`Ruleset`] (chains of rules of [`Op`]s), pure.
-//! - [`encode`]: each `Op` as nftnl expressions, and as nft text (snapshot tests, debug logs).
-//! - [`batch`]: the netlink transaction that writes the table, updating it in place when it can.
+//! Three layers:
+//! - `plan`: the desired state rendered as a [`Ruleset`]: chains of rules made of [`Op`]s.
+//!   Pure; the supervisor compares rulesets to decide whether to write.
+//! - `encode`: each `Op` lowered once into `encode::Expr`s, which mirror the kernel's
+//!   expressions one to one. The nftnl expressions sent are a 1:1 map of them, and the text
+//!   (`text`, for the snapshot tests and debug logs) is printed from them, recognising nft(8)'s
+//!   phrases and printing anything else raw: there is no second description of an `Op` to drift
+//!   from what is sent, and a change to the encoding shows in the snapshots.
+//! - `batch`: the netlink transaction that writes the table, in place when it can.
 //!
 //! The stale sets' elements are added by the resets (`reset.rs`); the table defines the sets.
 
 mod batch;
 mod encode;
 mod plan;
+#[cfg(test)]
+mod tests;
+mod text;
 
 use std::ffi::CStr;
 
