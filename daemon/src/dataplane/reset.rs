@@ -9,14 +9,18 @@
 //! in recv(). Order matters: tickling before the delete would send the client's answer out the
 //! dead link, after which it ignores tickles for 500 ms (tcp_invalid_ratelimit).
 
+use std::ffi::CStr;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use nftnl::set::Set;
+use nftnl::{Batch, MsgType, ProtoFamily, Table};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::conntrack::{self, Flow, IPPROTO_TCP};
-use super::nft::{self, StaleKey4, StaleKey6};
+use super::nft;
+use super::nft_ext::{ElemsReplace, FlowKey};
 use super::sockets;
 
 /// Tickle rounds after the first, this far apart: more than tcp_invalid_ratelimit (500 ms), so
@@ -56,17 +60,54 @@ pub fn stale_key(f: &Flow) -> Option<Result<StaleKey4, StaleKey6>> {
             k[..4].copy_from_slice(&s.octets());
             k[4..8].copy_from_slice(&d.octets());
             k[8..].copy_from_slice(&ports);
-            Some(Ok(crate::dataplane::nft_ext::FlowKey(k)))
+            Some(Ok(FlowKey(k)))
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let mut k = [0u8; 36];
             k[..16].copy_from_slice(&s.octets());
             k[16..32].copy_from_slice(&d.octets());
             k[32..].copy_from_slice(&ports);
-            Some(Err(crate::dataplane::nft_ext::FlowKey(k)))
+            Some(Err(FlowKey(k)))
         }
         _ => None,
     }
+}
+
+/// Killed IPv4 TCP flows: key = the 12 packet bytes from the IPv4 source address to the TCP
+/// destination port (`@nh,96,96` when the header has no options).
+pub const STALE4: &CStr = c"stale4";
+/// Killed IPv6 TCP flows: 36 bytes from the source address to the TCP destination port
+/// (`@nh,64,288` when TCP follows the fixed header directly).
+pub const STALE6: &CStr = c"stale6";
+pub type StaleKey4 = FlowKey<12>;
+pub type StaleKey6 = FlowKey<36>;
+/// Killed flows stay rejectable this long; their clients are reset within seconds, this only
+/// covers clients that come back late from sleep.
+pub const STALE_TIMEOUT_MS: u64 = 20 * 60 * 1000;
+/// Elements per message when adding to a stale set; a message must fit libnftnl's 64 KiB.
+const ELEMS_PER_MSG: usize = 1000;
+
+/// Add killed flows to the stale sets of our table. Adding is cheap for the kernel (no RCU grace
+/// period, unlike deletes); an element already present only has its timeout renewed. Each
+/// message of at most ELEMS_PER_MSG elements goes in a batch of its own: one batch must fit one
+/// 128 KiB send.
+pub fn add_stale(v4: &[StaleKey4], v6: &[StaleKey6]) -> io::Result<()> {
+    let table = Table::new(nft::TABLE, ProtoFamily::Inet);
+    for chunk in v4.chunks(ELEMS_PER_MSG) {
+        let mut set = Set::<StaleKey4>::new_named(STALE4, 1, &table, ProtoFamily::Inet);
+        chunk.iter().for_each(|k| set.add(k));
+        let mut batch = Batch::new();
+        batch.add(&ElemsReplace(&set), MsgType::Add);
+        nft::send(&batch.finalize())?;
+    }
+    for chunk in v6.chunks(ELEMS_PER_MSG) {
+        let mut set = Set::<StaleKey6>::new_named(STALE6, 2, &table, ProtoFamily::Inet);
+        chunk.iter().for_each(|k| set.add(k));
+        let mut batch = Batch::new();
+        batch.add(&ElemsReplace(&set), MsgType::Add);
+        nft::send(&batch.finalize())?;
+    }
+    Ok(())
 }
 
 /// Where a purge's resets may go.
@@ -130,7 +171,7 @@ pub fn purge(mark: u32, mask: u32, tickle_mark: u32, scope: &Scope) -> io::Resul
         }
     }
     let t = Instant::now();
-    nft::add_stale(&r.stale4, &r.stale6)?;
+    add_stale(&r.stale4, &r.stale6)?;
     r.stale = t.elapsed();
     let t = Instant::now();
     conntrack::flush_mark(mark, mask)?;

@@ -1,0 +1,35 @@
+//! uplinkd's nftables table, `inet uplinkd`, written in one atomic batch.
+//!
+//! Three layers:
+//! - `plan`: the desired state rendered as a [`Ruleset`]: chains of rules made of [`Op`]s.
+//!   Pure; the supervisor compares rulesets to decide whether to write.
+//! - `encode`: each `Op` lowered once into `encode::Expr`s, which mirror the kernel's
+//!   expressions one to one. The nftnl expressions sent are a 1:1 map of them, and the text
+//!   (`text`, for the snapshot tests and debug logs) is printed from them, recognising nft(8)'s
+//!   phrases and printing anything else raw: there is no second description of an `Op` to drift
+//!   from what is sent, and a change to the encoding shows in the snapshots.
+//! - `batch`: the netlink transaction that writes the table, in place when it can.
+//!
+//! The stale sets' elements are added by the resets (`reset.rs`); the table defines the sets.
+
+mod batch;
+mod encode;
+mod plan;
+#[cfg(test)]
+mod tests;
+mod text;
+
+use std::ffi::CStr;
+
+pub use super::reset::{add_stale, StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS};
+pub(super) use batch::send;
+pub use batch::{delete, exists, replace};
+pub use plan::{render, ChainPlan, DynOp, Op, Ruleset, StickySet};
+
+/// The one table uplinkd owns (DESIGN.md §3).
+pub const TABLE: &CStr = c"uplinkd";
+
+const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
+const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
+const IPPROTO_TCP: u8 = libc::IPPROTO_TCP as u8;
+const TCP_FLAG_SYN: u8 = 0x02;

@@ -1,0 +1,545 @@
+//! Policy to rules: the [`DesiredState`] rendered as a [`Ruleset`], chains of rules made of
+//! [`Op`]s, each a match or a statement of nft(8) syntax.
+
+use std::net::IpAddr;
+
+use nftnl::{ChainType, Hook};
+
+use super::{IPPROTO_TCP, NFPROTO_IPV4, NFPROTO_IPV6};
+use crate::config::{Prefix, Rule};
+use crate::engine::{DesiredState, Steer};
+
+/// Mangle priority: after conntrack (-200) so `ct mark` is known, before routing decides.
+const PRIO_MANGLE: i32 = libc::NF_IP_PRI_MANGLE;
+/// Source NAT priority, where masquerade belongs.
+const PRIO_SRCNAT: i32 = libc::NF_IP_PRI_NAT_SRC;
+/// Filter priority for the forward chain.
+const PRIO_FILTER: i32 = libc::NF_IP_PRI_FILTER;
+/// Before conntrack (-200): where `notrack` works.
+const PRIO_RAW: i32 = libc::NF_IP_PRI_RAW;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `ct mark & mask == value`
+    CtMarkIs {
+        mask: u32,
+        value: u32,
+    },
+    IifName(String),
+    OifName(String),
+    CtStateNew,
+    /// `meta mark set meta mark & ~mask | value`: our bits replaced, others kept.
+    SetMetaMark {
+        mask: u32,
+        value: u32,
+    },
+    /// `ct mark set ct mark & ~mask | value`
+    SetCtMark {
+        mask: u32,
+        value: u32,
+    },
+    Masquerade,
+    /// `meta nfproto ipv4|ipv6`
+    NfProto(u8),
+    /// `meta l4proto N`
+    L4Proto(u8),
+    /// `ip saddr PREFIX` (or daddr, or ip6): the family check included.
+    Addr {
+        dst: bool,
+        prefix: Prefix,
+    },
+    /// `th dport LO-HI` (or sport); the rule checks the protocol before.
+    Port {
+        dst: bool,
+        lo: u16,
+        hi: u16,
+    },
+    /// `ip saddr @SET` (or ip6): the source address is in a sticky set.
+    SourceIn {
+        set: String,
+        v6: bool,
+    },
+    /// `add|update|delete @SET { ip saddr timeout T }` from the packet path.
+    SetSource {
+        op: DynOp,
+        set: String,
+        v6: bool,
+        timeout_ms: u64,
+    },
+    Jump(String),
+    Goto(String),
+    /// `snat ip6 prefix to PREFIX`: the source prefix replaced, the interface identifier kept.
+    SnatPrefix(Prefix),
+    /// `tcp flags & syn == 0`: not a connection attempt.
+    TcpNotSyn,
+    /// The packet's flow key is in a stale set (`@nh,OFFSET,LEN @set`).
+    StaleFlow {
+        v6: bool,
+    },
+    RejectTcpReset,
+    CtStateInvalid,
+    Drop,
+    /// `numgen random mod MODULUS < BELOW`
+    RandomBelow {
+        modulus: u32,
+        below: u32,
+    },
+    /// `meta mark & mask == value`
+    MetaMarkIs {
+        mask: u32,
+        value: u32,
+    },
+    Notrack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainPlan {
+    pub name: String,
+    /// Hook, type and priority of a base chain; `None` for a regular chain (a jump target).
+    pub base: Option<(Hook, ChainType, i32)>,
+    pub rules: Vec<Vec<Op>>,
+}
+
+/// A sticky set: source addresses (4 or 16 bytes) remembered for one link of one policy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StickySet {
+    pub name: String,
+    pub v6: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: Vec<ChainPlan>,
+    pub sticky: Vec<StickySet>,
+}
+
+/// Dynamic set operations (`NFT_DYNSET_OP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DynOp {
+    Add,
+    Update,
+    Delete,
+}
+
+/// The table for a desired state, given each link's current addresses.
+pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
+    let base = |name: &str, hook, kind, prio, rules| ChainPlan {
+        name: name.into(),
+        base: Some((hook, kind, prio)),
+        rules,
+    };
+    let mut chains = vec![
+        base(
+            "prerouting",
+            Hook::PreRouting,
+            ChainType::Filter,
+            PRIO_MANGLE,
+            prerouting(d),
+        ),
+        base(
+            "forward",
+            Hook::Forward,
+            ChainType::Filter,
+            PRIO_FILTER,
+            forward(d),
+        ),
+        base("output", Hook::Out, ChainType::Filter, PRIO_RAW, output(d)),
+        base(
+            "output_route",
+            Hook::Out,
+            ChainType::Route,
+            PRIO_MANGLE,
+            output_route(d, addrs),
+        ),
+        base(
+            "postrouting",
+            Hook::PostRouting,
+            ChainType::Nat,
+            PRIO_SRCNAT,
+            postrouting(d),
+        ),
+    ];
+    let mut sticky = Vec::new();
+    chains.extend(steering(d, &mut sticky));
+    Ruleset { chains, sticky }
+}
+
+/// `meta mark & mask == 0`: the packet has no link yet.
+fn unmarked(d: &DesiredState) -> Op {
+    Op::MetaMarkIs {
+        mask: d.mark_mask,
+        value: 0,
+    }
+}
+
+fn prerouting(d: &DesiredState) -> Vec<Vec<Op>> {
+    // Every packet of a flow that already has a link keeps it: restore our mark bits from the
+    // flow's ct mark. Replies to the LAN then match `lookup main suppress_prefixlength 0` first
+    // (see routes.rs), so restoring does not send them back out a WAN.
+    let mut pre = restore_marks(d);
+    // Connections that arrive on a link (port forwards, services on the router) belong to it:
+    // the ct mark then routes their answers back out the same link, whatever new flows do.
+    for l in &d.links {
+        pre.push(vec![
+            Op::IifName(l.interface.clone()),
+            Op::CtStateNew,
+            Op::SetCtMark {
+                mask: d.mark_mask,
+                value: l.mark,
+            },
+        ]);
+    }
+    // New LAN flows get the mark of the link their policy chooses, which routes them to its
+    // table (chain `steer`).
+    for lan in &d.lan_interfaces {
+        pre.push(vec![
+            Op::IifName(lan.clone()),
+            Op::CtStateNew,
+            unmarked(d),
+            Op::Jump(STEER.into()),
+        ]);
+    }
+    pre
+}
+
+fn forward(d: &DesiredState) -> Vec<Vec<Op>> {
+    // Stranded TCP flows: after a failover their LAN packets are answered with a reset. Only
+    // flows uplinkd killed are in the sets; a SYN is never rejected, so a new connection that
+    // happens to reuse a killed flow's ports goes through. Invalid LAN packets (e.g. the FIN of a
+    // flow whose entry was deleted) are dropped rather than forwarded un-NATed.
+    let mut forward = Vec::new();
+    for lan in &d.lan_interfaces {
+        for (v6, proto) in [(false, NFPROTO_IPV4), (true, NFPROTO_IPV6)] {
+            forward.push(vec![
+                Op::IifName(lan.clone()),
+                Op::NfProto(proto),
+                Op::L4Proto(IPPROTO_TCP),
+                Op::TcpNotSyn,
+                Op::StaleFlow { v6 },
+                Op::RejectTcpReset,
+            ]);
+        }
+    }
+    for lan in &d.lan_interfaces {
+        forward.push(vec![Op::IifName(lan.clone()), Op::CtStateInvalid, Op::Drop]);
+    }
+    forward
+}
+
+fn output(d: &DesiredState) -> Vec<Vec<Op>> {
+    // The tickles uplinkd sends to reset idle clients must not create conntrack entries: the
+    // client's answer has to meet the reject rule in `forward`, not a fresh entry.
+    vec![vec![
+        Op::MetaMarkIs {
+            mask: d.mark_mask,
+            value: d.tickle_mark,
+        },
+        Op::Notrack,
+    ]]
+}
+
+fn output_route(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
+    // The router's own packets of a flow that has a link (answers of its services to
+    // connections that came in on a link, its own connections out a link) keep that link; its
+    // new flows follow the policies like the LAN's (probes and tickles carry a mark already).
+    // The route chain re-routes when the mark changes.
+    let mut route_out = restore_marks(d);
+    if !d.steer_router {
+        return route_out;
+    }
+    // A new flow from a link's own address (a socket bound to it) belongs to that link; the
+    // default policy's link is left out, as its address is what unbound sockets get.
+    for (i, l) in d.links.iter().enumerate() {
+        if d.router_link == Some(i) {
+            continue;
+        }
+        for &a in addrs.get(i).into_iter().flatten() {
+            route_out.push(vec![
+                Op::CtStateNew,
+                unmarked(d),
+                Op::Addr {
+                    dst: false,
+                    prefix: Prefix::host(a),
+                },
+                Op::SetMetaMark {
+                    mask: d.mark_mask,
+                    value: l.mark,
+                },
+            ]);
+        }
+    }
+    route_out.push(vec![Op::CtStateNew, unmarked(d), Op::Jump(STEER.into())]);
+    route_out
+}
+
+fn postrouting(d: &DesiredState) -> Vec<Vec<Op>> {
+    let mut post = Vec::new();
+    for l in &d.links {
+        let ct = Op::SetCtMark {
+            mask: d.mark_mask,
+            value: l.mark,
+        };
+        if let Some(p) = l.nptv6 {
+            post.push(vec![
+                Op::OifName(l.interface.clone()),
+                Op::NfProto(NFPROTO_IPV6),
+                ct.clone(),
+                Op::SnatPrefix(p),
+            ]);
+        }
+        post.push(vec![Op::OifName(l.interface.clone()), ct, Op::Masquerade]);
+    }
+    post
+}
+
+/// The regular chain new flows (LAN and the router's own) jump to, unmarked.
+const STEER: &str = "steer";
+
+fn policy_chain(d: &DesiredState, policy: usize) -> String {
+    format!("policy_{}", d.policies[policy].name)
+}
+
+/// `sticky_<policy>_<link number>_<4|6>`, the link numbered from 1 in configuration order: the
+/// last two parts have no `_`, so names cannot collide.
+fn sticky_set(d: &DesiredState, policy: usize, link: usize, v6: bool) -> String {
+    format!(
+        "sticky_{}_{}_{}",
+        d.policies[policy].name,
+        link + 1,
+        if v6 { 6 } else { 4 }
+    )
+}
+
+fn regular(name: String, rules: Vec<Vec<Op>>) -> ChainPlan {
+    ChainPlan {
+        name,
+        base: None,
+        rules,
+    }
+}
+
+/// Chain `steer` (the rules, in order, then the default policy), the chains of rules that match
+/// on more than one list, and one chain per policy.
+fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
+    let mut chains = rule_chains(d);
+    for (i, p) in d.policies.iter().enumerate() {
+        // A sticky policy's sets exist while it does, whatever its links do, so hosts are
+        // remembered through an outage.
+        if p.sticky.is_some() {
+            for &link in &p.members {
+                for v6 in [false, true] {
+                    sticky.push(StickySet {
+                        name: sticky_set(d, i, link, v6),
+                        v6,
+                    });
+                }
+            }
+        }
+        chains.push(regular(policy_chain(d, i), policy_rules(d, i)));
+    }
+    chains
+}
+
+/// Chain `steer` first, then the step chains of the rules.
+///
+/// A rule's lists are alternatives each, all of which must match: the first list is tested in
+/// `steer`, which jumps to a chain for the next list, and so on; the last goes to the policy.
+/// The size is the sum of the lists' lengths, not their product.
+fn rule_chains(d: &DesiredState) -> Vec<ChainPlan> {
+    let mut chains = Vec::new();
+    let mut steer = Vec::new();
+    for (k, r) in d.rules.iter().enumerate() {
+        let levels = rule_levels(r);
+        let target = policy_chain(d, r.policy);
+        let step = |j: usize| {
+            if j + 1 == levels.len() {
+                target.clone()
+            } else {
+                format!("rule{k}_{}", j + 1)
+            }
+        };
+        let mut head = vec![unmarked(d)];
+        head.extend(r.proto.map(Op::L4Proto));
+        if levels.is_empty() {
+            steer.push([head, vec![Op::Jump(target.clone())]].concat());
+            continue;
+        }
+        for alt in &levels[0] {
+            steer.push([head.clone(), alt.clone(), vec![Op::Jump(step(0))]].concat());
+        }
+        for (j, level) in levels.iter().enumerate().skip(1) {
+            let rules = level
+                .iter()
+                .map(|alt| [alt.clone(), vec![Op::Goto(step(j))]].concat())
+                .collect();
+            chains.push(regular(format!("rule{k}_{j}"), rules));
+        }
+    }
+    steer.push(vec![unmarked(d), Op::Jump(policy_chain(d, 0))]);
+    chains.insert(0, regular(STEER.into(), steer));
+    chains
+}
+
+/// A rule's non-empty lists, in matching order, each as its alternatives.
+fn rule_levels(r: &Rule) -> Vec<Vec<Vec<Op>>> {
+    let addr = |dst, list: &[Prefix]| -> Vec<Vec<Op>> {
+        list.iter()
+            .map(|&prefix| vec![Op::Addr { dst, prefix }])
+            .collect()
+    };
+    let port = |dst, list: &[(u16, u16)]| -> Vec<Vec<Op>> {
+        list.iter()
+            .map(|&(lo, hi)| vec![Op::Port { dst, lo, hi }])
+            .collect()
+    };
+    [
+        r.iif.iter().map(|i| vec![Op::IifName(i.clone())]).collect(),
+        addr(false, &r.src),
+        addr(true, &r.dst),
+        port(false, &r.sport),
+        port(true, &r.dport),
+    ]
+    .into_iter()
+    .filter(|l: &Vec<Vec<Op>>| !l.is_empty())
+    .collect()
+}
+
+/// The rules of policy `i`'s chain.
+fn policy_rules(d: &DesiredState, i: usize) -> Vec<Vec<Op>> {
+    let p = &d.policies[i];
+    // Hosts are placed and remembered only on links that work (the default policy with
+    // nothing usable still uses its preferred link, without remembering anyone there).
+    let share = match &p.steer {
+        Steer::Share(s) => s,
+        Steer::Fallback => return vec![vec![Op::Goto(policy_chain(d, 0))]],
+        Steer::Refuse => {
+            return vec![vec![
+                unmarked(d),
+                Op::SetMetaMark {
+                    mask: d.mark_mask,
+                    value: d.unreachable_mark,
+                },
+            ]]
+        }
+    };
+    let live = share.iter().any(|&(l, _)| d.links[l].usable);
+    if let Some(timeout) = p.sticky.filter(|_| live) {
+        return sticky_rules(d, i, share, timeout.as_millis() as u64);
+    }
+    // Links sharing a tier split new flows by weight: link i of n takes a flow with
+    // probability w_i / (w_i + ... + w_n) among those the links before it left unmarked,
+    // which gives each exactly w_i / total.
+    let mut rules = Vec::new();
+    for (pick, &(link, w), remaining) in weighted(share) {
+        let mut rule = vec![unmarked(d)];
+        rule.extend(pick.then_some(Op::RandomBelow {
+            modulus: remaining,
+            below: w,
+        }));
+        rule.push(set_mark(d, link));
+        rules.push(rule);
+    }
+    rules
+}
+
+/// `meta mark set` the link's mark.
+fn set_mark(d: &DesiredState, link: usize) -> Op {
+    Op::SetMetaMark {
+        mask: d.mark_mask,
+        value: d.links[link].mark,
+    }
+}
+
+/// The rules of a sticky policy `i` with a live link in `share`.
+fn sticky_rules(
+    d: &DesiredState,
+    i: usize,
+    share: &[(usize, u32)],
+    timeout_ms: u64,
+) -> Vec<Vec<Op>> {
+    let mut rules = Vec::new();
+    // A source seen recently keeps its link while that link takes new flows here; each new
+    // flow renews its timeout.
+    for v6 in [false, true] {
+        for &(link, _) in share {
+            let set = sticky_set(d, i, link, v6);
+            rules.push(vec![
+                unmarked(d),
+                Op::SourceIn {
+                    set: set.clone(),
+                    v6,
+                },
+                set_mark(d, link),
+                Op::SetSource {
+                    op: DynOp::Update,
+                    set,
+                    v6,
+                    timeout_ms,
+                },
+            ]);
+        }
+    }
+    // Others are placed by weight and remembered there, and forgotten on every other link of
+    // the policy, so a recovered link does not take them back.
+    for (v6, proto) in [(false, NFPROTO_IPV4), (true, NFPROTO_IPV6)] {
+        for (pick, &(link, w), remaining) in weighted(share) {
+            let mut rule = vec![unmarked(d), Op::NfProto(proto)];
+            rule.extend(pick.then_some(Op::RandomBelow {
+                modulus: remaining,
+                below: w,
+            }));
+            rule.push(set_mark(d, link));
+            rule.push(Op::SetSource {
+                op: DynOp::Add,
+                set: sticky_set(d, i, link, v6),
+                v6,
+                timeout_ms,
+            });
+            for &other in d.policies[i].members.iter().filter(|&&o| o != link) {
+                rule.push(Op::SetSource {
+                    op: DynOp::Delete,
+                    set: sticky_set(d, i, other, v6),
+                    v6,
+                    timeout_ms,
+                });
+            }
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+/// For each link of a share: whether it must draw (all but the last), the link and its
+/// weight, and the weight of it and the links after it.
+fn weighted(share: &[(usize, u32)]) -> Vec<(bool, &(usize, u32), u32)> {
+    let mut remaining: u32 = share.iter().map(|(_, w)| w).sum();
+    share
+        .iter()
+        .enumerate()
+        .map(|(n, lw)| {
+            let r = remaining;
+            remaining -= lw.1;
+            (n + 1 < share.len(), lw, r)
+        })
+        .collect()
+}
+
+/// For each link: `ct mark & mask == mark → meta mark set ... | mark`.
+fn restore_marks(d: &DesiredState) -> Vec<Vec<Op>> {
+    let mask = d.mark_mask;
+    d.links
+        .iter()
+        .map(|l| {
+            vec![
+                Op::CtMarkIs {
+                    mask,
+                    value: l.mark,
+                },
+                Op::SetMetaMark {
+                    mask,
+                    value: l.mark,
+                },
+            ]
+        })
+        .collect()
+}

@@ -1,0 +1,494 @@
+//! Rendering snapshots (the spec of the table's text) and the encoding's own tests.
+
+#![allow(clippy::unwrap_used)]
+use std::collections::HashSet;
+use std::mem::discriminant;
+
+use super::encode::{lower, Expr};
+use super::plan::{ChainPlan, DynOp, Op, StickySet};
+use super::text;
+use super::*;
+use crate::config::Prefix;
+use crate::engine::{DesiredState, Engine, Steer};
+
+use crate::config::TEST_LINKS as LINKS;
+
+/// The desired state of a configuration (links as `LINKS`, then `extra`), with the
+/// default policy's share set to `share`.
+fn state(lan: &str, extra: &str, share: &[(usize, u32)]) -> DesiredState {
+    let text = format!("{LINKS}\n[lan]\ninterfaces = [{lan}]\n{extra}");
+    let config = crate::config::parse(&text).unwrap();
+    let mut d = Engine::new(config, std::time::Instant::now()).desired();
+    d.policies[0].steer = Steer::Share(share.to_vec());
+    d.router_link = share.first().map(|&(l, _)| l);
+    for l in &mut d.links {
+        l.usable = true;
+    }
+    d
+}
+
+fn chain(r: &Ruleset, name: &str) -> Vec<String> {
+    let c = r.chains.iter().find(|c| c.name == name).unwrap();
+    c.rules
+        .iter()
+        .map(|ops| ops.iter().map(Op::to_string).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn renders_restore_steer_resets_and_masquerade() {
+    let addrs = [
+        vec!["100.64.1.2".parse().unwrap()],
+        vec!["100.64.2.2".parse().unwrap()],
+    ];
+    let text = render(&state(r#""lan0", "lan1""#, "", &[(1, 1)]), &addrs).to_string();
+    let want = r#"table inet uplinkd {
+  set stale4 { type integer (12 bytes); flags timeout; timeout 1200s; }
+  set stale6 { type integer (36 bytes); flags timeout; timeout 1200s; }
+  chain prerouting { type filter hook prerouting priority -150; policy accept;
+    ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
+    ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
+    iifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0x100
+    iifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x200
+    iifname "lan0" ct state new meta mark & 0xff00 == 0x0 jump steer
+    iifname "lan1" ct state new meta mark & 0xff00 == 0x0 jump steer
+  }
+  chain forward { type filter hook forward priority 0; policy accept;
+    iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 @nh,96,96 @stale4 reject with tcp reset
+    iifname "lan0" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 @nh,64,288 @stale6 reject with tcp reset
+    iifname "lan1" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 @nh,96,96 @stale4 reject with tcp reset
+    iifname "lan1" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 @nh,64,288 @stale6 reject with tcp reset
+    iifname "lan0" ct state invalid drop
+    iifname "lan1" ct state invalid drop
+  }
+  chain output { type filter hook output priority -300; policy accept;
+    meta mark & 0xff00 == 0xff00 notrack
+  }
+  chain output_route { type route hook output priority -150; policy accept;
+    ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
+    ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
+    ct state new meta mark & 0xff00 == 0x0 ip saddr 100.64.1.2/32 meta mark set meta mark & 0xffff00ff | 0x100
+    ct state new meta mark & 0xff00 == 0x0 jump steer
+  }
+  chain postrouting { type nat hook postrouting priority 100; policy accept;
+    oifname "wan1" ct mark set ct mark & 0xffff00ff | 0x100 masquerade
+    oifname "wan2" ct mark set ct mark & 0xffff00ff | 0x200 masquerade
+  }
+  chain steer {
+    meta mark & 0xff00 == 0x0 jump policy_default
+  }
+  chain policy_default {
+    meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200
+  }
+}"#;
+    assert_eq!(text, want);
+}
+
+#[test]
+fn links_of_a_tier_share_new_flows_by_weight() {
+    let d = state(r#""lan0""#, "", &[(0, 3), (1, 1)]);
+    assert_eq!(
+        chain(&render(&d, &[]), "policy_default"),
+        vec![
+            "meta mark & 0xff00 == 0x0 numgen random mod 4 < 3 meta mark set meta mark & 0xffff00ff | 0x100",
+            "meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200",
+        ]
+    );
+}
+
+#[test]
+fn rules_match_each_list_in_a_chained_step_then_go_to_their_policy() {
+    let extra = r#"
+[sets]
+phones = ["192.168.1.20", "192.168.1.21"]
+
+[[policy]]
+name = "lte-first"
+links = ["l2", "l1"]
+
+[[rule]]
+src = ["192.168.1.50/32"]
+policy = "lte-first"
+
+[[rule]]
+iif = ["lan1"]
+src = ["@phones", "fd00::/64"]
+proto = "udp"
+dport = [5060, "10000-20000"]
+policy = "lte-first"
+"#;
+    let mut d = state(r#""lan0", "lan1""#, extra, &[(0, 1)]);
+    d.policies[1].steer = Steer::Share(vec![(1, 1)]);
+    let r = render(&d, &[]);
+    assert_eq!(
+        chain(&r, "steer"),
+        vec![
+            "meta mark & 0xff00 == 0x0 ip saddr 192.168.1.50/32 jump policy_lte-first",
+            "meta mark & 0xff00 == 0x0 meta l4proto udp iifname \"lan1\" jump rule1_1",
+            "meta mark & 0xff00 == 0x0 jump policy_default",
+        ]
+    );
+    assert_eq!(
+        chain(&r, "rule1_1"),
+        vec![
+            "ip saddr 192.168.1.20/32 goto rule1_2",
+            "ip saddr 192.168.1.21/32 goto rule1_2",
+            "ip6 saddr fd00::/64 goto rule1_2",
+        ]
+    );
+    assert_eq!(
+        chain(&r, "rule1_2"),
+        vec![
+            "th dport 5060 goto policy_lte-first",
+            "th dport 10000-20000 goto policy_lte-first",
+        ]
+    );
+    assert_eq!(
+        chain(&r, "policy_lte-first"),
+        vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200"]
+    );
+}
+
+#[test]
+fn a_policy_without_usable_links_falls_back_or_refuses() {
+    let extra = r#"
+[[policy]]
+name = "fallback"
+links = ["l2"]
+
+[[policy]]
+name = "strict"
+links = ["l2"]
+last_resort = "unreachable"
+"#;
+    let mut d = state(r#""lan0""#, extra, &[(0, 1)]);
+    d.policies[1].steer = Steer::Fallback;
+    d.policies[2].steer = Steer::Refuse;
+    let r = render(&d, &[]);
+    assert_eq!(chain(&r, "policy_fallback"), vec!["goto policy_default"]);
+    assert_eq!(
+        chain(&r, "policy_strict"),
+        vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0xfe00"]
+    );
+    // The default policy itself refuses when it has nothing (last_resort = "unreachable").
+    d.policies[0].steer = Steer::Refuse;
+    assert_eq!(
+        chain(&render(&d, &[]), "policy_default"),
+        vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0xfe00"]
+    );
+}
+
+#[test]
+fn sticky_policies_remember_sources_per_link() {
+    let extra = r#"
+[[policy]]
+name = "default"
+links = [{ link = "l1", priority = 1 }, { link = "l2", priority = 1 }]
+sticky = "10m"
+"#;
+    let d = state(r#""lan0""#, extra, &[(0, 1), (1, 1)]);
+    let r = render(&d, &[]);
+    let names: Vec<&str> = r.sticky.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "sticky_default_1_4",
+            "sticky_default_1_6",
+            "sticky_default_2_4",
+            "sticky_default_2_6"
+        ]
+    );
+    let rules = chain(&r, "policy_default");
+    assert_eq!(rules.len(), 8, "{rules:#?}");
+    assert_eq!(rules[0], "meta mark & 0xff00 == 0x0 ip saddr @sticky_default_1_4 meta mark set meta mark & 0xffff00ff | 0x100 update @sticky_default_1_4 { ip saddr timeout 600s }");
+    assert_eq!(rules[3], "meta mark & 0xff00 == 0x0 ip6 saddr @sticky_default_2_6 meta mark set meta mark & 0xffff00ff | 0x200 update @sticky_default_2_6 { ip6 saddr timeout 600s }");
+    assert_eq!(rules[4], "meta mark & 0xff00 == 0x0 meta nfproto ipv4 numgen random mod 2 < 1 meta mark set meta mark & 0xffff00ff | 0x100 add @sticky_default_1_4 { ip saddr timeout 600s } delete @sticky_default_2_4 { ip saddr }");
+    assert_eq!(rules[7], "meta mark & 0xff00 == 0x0 meta nfproto ipv6 meta mark set meta mark & 0xffff00ff | 0x200 add @sticky_default_2_6 { ip6 saddr timeout 600s } delete @sticky_default_1_6 { ip6 saddr }");
+    // With no usable link the sets stay (hosts are remembered through the outage), and
+    // nobody is re-placed.
+    let mut down = d.clone();
+    down.links.iter_mut().for_each(|l| l.usable = false);
+    let r = render(&down, &[]);
+    assert_eq!(r.sticky.len(), 4);
+    assert!(chain(&r, "policy_default").iter().all(|r| !r.contains('@')));
+}
+
+#[test]
+fn nptv6_links_translate_the_prefix_and_masquerade_ipv4() {
+    let text = format!("{LINKS}\n[lan]\ninterfaces = [\"lan0\"]\n").replacen(
+        "interface = \"wan1\"",
+        "interface = \"wan1\"\nnptv6 = \"2001:db8:1::/48\"",
+        1,
+    );
+    let config = crate::config::parse(&text).unwrap();
+    let d = Engine::new(config, std::time::Instant::now()).desired();
+    assert_eq!(
+        chain(&render(&d, &[]), "postrouting"),
+        vec![
+            "oifname \"wan1\" meta nfproto ipv6 ct mark set ct mark & 0xffff00ff | 0x100 snat ip6 prefix to 2001:db8:1::/48",
+            "oifname \"wan1\" ct mark set ct mark & 0xffff00ff | 0x100 masquerade",
+            "oifname \"wan2\" ct mark set ct mark & 0xffff00ff | 0x200 masquerade",
+        ]
+    );
+}
+
+/// Every op with the text nft(8) would print for it.
+fn every_op() -> Vec<(Op, &'static str)> {
+    let prefix = |s: &str| s.parse::<Prefix>().unwrap();
+    let set = |name: &str, v6| Op::SourceIn {
+        set: name.into(),
+        v6,
+    };
+    let dynset = |op, v6, timeout_ms| Op::SetSource {
+        op,
+        set: if v6 { "s6" } else { "s4" }.into(),
+        v6,
+        timeout_ms,
+    };
+    vec![
+        (
+            Op::CtMarkIs {
+                mask: 0xff00,
+                value: 0x100,
+            },
+            "ct mark & 0xff00 == 0x100",
+        ),
+        (
+            Op::MetaMarkIs {
+                mask: 0xff00,
+                value: 0,
+            },
+            "meta mark & 0xff00 == 0x0",
+        ),
+        (
+            Op::SetMetaMark {
+                mask: 0xff00,
+                value: 0x200,
+            },
+            "meta mark set meta mark & 0xffff00ff | 0x200",
+        ),
+        (
+            Op::SetCtMark {
+                mask: 0xff00,
+                value: 0x200,
+            },
+            "ct mark set ct mark & 0xffff00ff | 0x200",
+        ),
+        (Op::IifName("lan0".into()), "iifname \"lan0\""),
+        (Op::OifName("wan 1".into()), "oifname \"wan 1\""),
+        (Op::CtStateNew, "ct state new"),
+        (Op::CtStateInvalid, "ct state invalid"),
+        (Op::NfProto(NFPROTO_IPV4), "meta nfproto ipv4"),
+        (Op::NfProto(NFPROTO_IPV6), "meta nfproto ipv6"),
+        (Op::L4Proto(IPPROTO_TCP), "meta l4proto tcp"),
+        (Op::L4Proto(17), "meta l4proto udp"),
+        (Op::L4Proto(132), "meta l4proto 132"),
+        (
+            Op::Addr {
+                dst: false,
+                prefix: prefix("10.0.0.0/8"),
+            },
+            "ip saddr 10.0.0.0/8",
+        ),
+        (
+            Op::Addr {
+                dst: true,
+                prefix: prefix("192.0.2.1"),
+            },
+            "ip daddr 192.0.2.1/32",
+        ),
+        (
+            Op::Addr {
+                dst: false,
+                prefix: prefix("fd00::/64"),
+            },
+            "ip6 saddr fd00::/64",
+        ),
+        (
+            Op::Addr {
+                dst: true,
+                prefix: prefix("2001:db8::/29"),
+            },
+            "ip6 daddr 2001:db8::/29",
+        ),
+        (
+            Op::Addr {
+                dst: true,
+                prefix: prefix("0.0.0.0/0"),
+            },
+            "ip daddr 0.0.0.0/0",
+        ),
+        (
+            Op::Port {
+                dst: true,
+                lo: 53,
+                hi: 53,
+            },
+            "th dport 53",
+        ),
+        (
+            Op::Port {
+                dst: false,
+                lo: 1024,
+                hi: 65535,
+            },
+            "th sport 1024-65535",
+        ),
+        (set("s4", false), "ip saddr @s4"),
+        (set("s6", true), "ip6 saddr @s6"),
+        (
+            dynset(DynOp::Add, false, 600_000),
+            "add @s4 { ip saddr timeout 600s }",
+        ),
+        (
+            dynset(DynOp::Update, true, 1500),
+            "update @s6 { ip6 saddr timeout 1500ms }",
+        ),
+        (
+            dynset(DynOp::Delete, false, 600_000),
+            "delete @s4 { ip saddr }",
+        ),
+        (Op::Jump("steer".into()), "jump steer"),
+        (Op::Goto("policy_default".into()), "goto policy_default"),
+        (
+            Op::SnatPrefix(prefix("2001:db8:1::/48")),
+            "snat ip6 prefix to 2001:db8:1::/48",
+        ),
+        (Op::TcpNotSyn, "tcp flags & syn == 0"),
+        (Op::StaleFlow { v6: false }, "@nh,96,96 @stale4"),
+        (Op::StaleFlow { v6: true }, "@nh,64,288 @stale6"),
+        (Op::RejectTcpReset, "reject with tcp reset"),
+        (Op::Drop, "drop"),
+        (Op::Masquerade, "masquerade"),
+        (Op::Notrack, "notrack"),
+        (
+            Op::RandomBelow {
+                modulus: 4,
+                below: 3,
+            },
+            "numgen random mod 4 < 3",
+        ),
+    ]
+}
+
+#[test]
+fn every_op_prints_as_nft_syntax() {
+    for (op, want) in every_op() {
+        assert_eq!(op.to_string(), want, "{op:?} lowers to {:?}", lower(&op));
+    }
+}
+
+#[test]
+fn every_op_and_expression_encodes_into_a_batch() {
+    let ops = every_op();
+    let exprs: HashSet<_> = ops
+        .iter()
+        .flat_map(|(op, _)| lower(op).unwrap())
+        .map(|e| discriminant(&e))
+        .collect();
+    // Every variant of Expr (all 19) is used by some op, so all of add_expr runs.
+    assert_eq!(exprs.len(), 19);
+    let rules = Ruleset {
+        chains: vec![
+            ChainPlan {
+                name: "all".into(),
+                base: None,
+                rules: ops.into_iter().map(|(op, _)| vec![op]).collect(),
+            },
+            ChainPlan {
+                name: "steer".into(),
+                base: None,
+                rules: vec![],
+            },
+            ChainPlan {
+                name: "policy_default".into(),
+                base: None,
+                rules: vec![],
+            },
+        ],
+        sticky: vec![
+            StickySet {
+                name: "s4".into(),
+                v6: false,
+            },
+            StickySet {
+                name: "s6".into(),
+                v6: true,
+            },
+        ],
+    };
+    let batch = batch::build(&rules, None).unwrap();
+    assert!(batch.iter().flatten().count() > 0);
+    // A set that does not exist is an error, not a panic.
+    let mut bad = rules.clone();
+    bad.sticky.pop();
+    assert!(batch::build(&bad, None).is_err());
+}
+
+/// The text is printed from the lowered expressions: an encoding that changes is printed
+/// differently, so the snapshots catch it.
+#[test]
+fn text_follows_the_encoding() {
+    let mut e = lower(&Op::CtStateNew).unwrap();
+    assert_eq!(text::print(&e), "ct state new");
+    e[2] = Expr::Cmp {
+        op: encode::CmpKind::Eq,
+        data: vec![0; 4],
+    };
+    // The state bits are in host byte order.
+    let new: String = 8u32
+        .to_ne_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        text::print(&e),
+        format!("[ct load state] [bitwise & 0x{new} ^ 0x00000000] [cmp eq 0x00000000]")
+    );
+    let mut e = lower(&Op::Addr {
+        dst: false,
+        prefix: "10.1.0.0/16".parse().unwrap(),
+    })
+    .unwrap();
+    assert_eq!(text::print(&e), "ip saddr 10.1.0.0/16");
+    e.remove(0);
+    e.remove(0);
+    assert_eq!(
+        text::print(&e),
+        "[payload @nh,96,32] [bitwise & 0xffff0000 ^ 0x00000000] [cmp eq 0x0a010000]"
+    );
+}
+
+/// A rule's text is its ops' texts joined: no phrase spans two ops.
+#[test]
+fn rule_text_is_its_ops_text() {
+    let extra = r#"
+[sets]
+phones = ["192.168.1.20", "fd00::20"]
+
+[[policy]]
+name = "default"
+links = [{ link = "l1", priority = 1 }, { link = "l2", priority = 1 }]
+sticky = "10m"
+
+[[rule]]
+src = ["@phones"]
+dst = ["2001:db8::/32"]
+proto = "udp"
+sport = [5060]
+policy = "default"
+"#;
+    let d = state(r#""lan0", "lan1""#, extra, &[(0, 3), (1, 1)]);
+    let addrs = [vec![
+        "100.64.1.2".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+    ]];
+    let r = render(&d, &addrs);
+    for c in &r.chains {
+        for ops in &c.rules {
+            let each: Vec<String> = ops.iter().map(Op::to_string).collect();
+            assert_eq!(text::rule(ops), each.join(" "));
+            assert!(!text::rule(ops).contains('['), "{}", text::rule(ops));
+        }
+    }
+}
