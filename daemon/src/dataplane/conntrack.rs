@@ -220,6 +220,7 @@ pub fn dump_mark(mark: u32, mask: u32) -> io::Result<Vec<Flow>> {
 /// Create conntrack entries (for benchmarks and tests in a throwaway namespace): TCP flows in
 /// state ESTABLISHED with `mark`, expiring after `timeout_secs`. Sent in batches; only errors
 /// are acknowledged.
+#[cfg(feature = "bench")]
 pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
     const IPCTNL_MSG_CT_NEW: u16 = 0;
     const NLM_F_CREATE: u16 = 0x400;
