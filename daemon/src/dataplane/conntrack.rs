@@ -11,17 +11,18 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use rtnetlink::sys::protocols::NETLINK_NETFILTER;
+
+// The framing shared with sockets.rs. Declared here, not in mod.rs, for now: it belongs there
+// as `mod netlink;`.
+#[path = "netlink.rs"]
+pub(super) mod netlink;
+
+use netlink::{find, Netlink};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 // Attribute numbers from linux/netfilter/nfnetlink_conntrack.h.
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -69,81 +70,22 @@ impl Flow {
     }
 }
 
-fn request(kind: u16, flags: u16, seq: u32, mark: u32, mask: u32) -> Vec<u8> {
-    let attr = |buf: &mut Vec<u8>, kind: u16, value: u32| {
-        buf.extend_from_slice(&8u16.to_ne_bytes());
-        buf.extend_from_slice(&kind.to_ne_bytes());
-        buf.extend_from_slice(&value.to_be_bytes());
-    };
-    let mut b = Vec::with_capacity(36);
-    b.extend_from_slice(&36u32.to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
-    b.extend_from_slice(&flags.to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family AF_UNSPEC, version NFNETLINK_V0, res_id 0.
-    b.extend_from_slice(&[0, 0, 0, 0]);
-    attr(&mut b, CTA_MARK, mark);
-    attr(&mut b, CTA_MARK_MASK, mask);
+/// The ctnetlink message type of `msg`.
+const fn ct(msg: u16) -> u16 {
+    (NFNL_SUBSYS_CTNETLINK << 8) | msg
+}
+
+/// The payload selecting `ct mark & mask == mark`: nfgenmsg (family AF_UNSPEC, version
+/// NFNETLINK_V0, res_id 0), CTA_MARK, CTA_MARK_MASK.
+fn by_mark(mark: u32, mask: u32) -> Vec<u8> {
+    let mut b = vec![0; 4];
+    netlink::put_attr(&mut b, CTA_MARK, &mark.to_be_bytes());
+    netlink::put_attr(&mut b, CTA_MARK_MASK, &mask.to_be_bytes());
     b
 }
 
-fn open() -> io::Result<Socket> {
-    let mut socket = Socket::new(NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    Ok(socket)
-}
-
-/// Netlink messages in a buffer: (type, sequence, payload after the 16-byte header).
-pub(super) fn messages(buf: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + 16 > buf.len() {
-            return None;
-        }
-        let h = &buf[off..];
-        let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            off = buf.len();
-            return Some(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "truncated netlink message",
-            )));
-        }
-        let kind = u16::from_ne_bytes([h[4], h[5]]);
-        let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
-        off += (len + 3) & !3;
-        Some(Ok((kind, seq, &h[16..len])))
-    })
-}
-
-/// The errno of an NLMSG_ERROR payload (0 is an acknowledgement).
-pub(super) fn error_code(payload: &[u8]) -> i32 {
-    payload.get(..4).map_or(-libc::EINVAL, |b| {
-        i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
-    })
-}
-
-/// Attributes in a buffer: (type without flags, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-        Some((kind, payload))
-    })
-}
-
-fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
-    attrs(buf).find(|(k, _)| *k == kind).map(|(_, p)| p)
+fn open(recv_len: usize) -> io::Result<Netlink> {
+    Netlink::open(NETLINK_NETFILTER, recv_len)
 }
 
 fn ip(b: &[u8]) -> Option<IpAddr> {
@@ -187,53 +129,23 @@ pub fn parse_flow(payload: &[u8]) -> Option<Flow> {
 
 /// Every flow with `ct mark & mask == mark`, IPv4 and IPv6.
 pub fn dump_mark(mark: u32, mask: u32) -> io::Result<Vec<Flow>> {
-    let socket = open()?;
-    let seq = 1;
-    socket.send(
-        &request(
-            IPCTNL_MSG_CT_GET,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            mark,
-            mask,
-        ),
-        0,
-    )?;
     let mut flows = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = socket.recv(&mut &mut buf[..], 0)?;
-        for m in messages(&buf[..n]) {
-            let (kind, msg_seq, payload) = m?;
-            if msg_seq != seq {
-                continue;
-            }
-            match kind {
-                NLMSG_DONE => return Ok(flows),
-                NLMSG_ERROR => return Err(io::Error::from_raw_os_error(-error_code(payload))),
-                _ => flows.extend(parse_flow(payload)),
-            }
-        }
-    }
+    open(1 << 16)?.dump(ct(IPCTNL_MSG_CT_GET), &by_mark(mark, mask), |p| {
+        flows.extend(parse_flow(p));
+    })?;
+    Ok(flows)
 }
 
 /// Create conntrack entries (for benchmarks and tests in a throwaway namespace): TCP flows in
 /// state ESTABLISHED with `mark`, expiring after `timeout_secs`. Sent in batches; only errors
 /// are acknowledged.
+#[cfg(feature = "bench")]
 pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
     const IPCTNL_MSG_CT_NEW: u16 = 0;
-    const NLM_F_CREATE: u16 = 0x400;
     const CTA_TUPLE_REPLY: u16 = 2;
     const CTA_TIMEOUT: u16 = 7;
-    const NESTED: u16 = 0x8000;
-    fn nla(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(payload);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-    }
+    use netlink::{message, put_attr as nla, Reply, NLA_F_NESTED as NESTED};
+    use netlink::{NLM_F_CREATE, NLM_F_REQUEST};
     fn tuple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
         let mut ips = Vec::new();
         match (src, dst) {
@@ -259,9 +171,8 @@ pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
         nla(&mut t, CTA_TUPLE_PROTO | NESTED, &p);
         t
     }
-    let socket = open()?;
+    let mut socket = open(8192)?;
     let mut batch = Vec::with_capacity(1 << 16);
-    let mut buf = vec![0u8; 8192];
     for (i, f) in flows.iter().enumerate() {
         let mut body = vec![
             if f.src.is_ipv6() {
@@ -290,22 +201,20 @@ pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
         nla(&mut body, CTA_PROTOINFO | NESTED, &info);
         nla(&mut body, CTA_TIMEOUT, &timeout_secs.to_be_bytes());
         nla(&mut body, CTA_MARK, &mark.to_be_bytes());
-        batch.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        batch.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW).to_ne_bytes());
-        batch.extend_from_slice(&(NLM_F_REQUEST | NLM_F_CREATE).to_ne_bytes());
-        batch.extend_from_slice(&(i as u32 + 1).to_ne_bytes());
-        batch.extend_from_slice(&0u32.to_ne_bytes());
-        batch.extend_from_slice(&body);
+        batch.extend_from_slice(&message(
+            ct(IPCTNL_MSG_CT_NEW),
+            NLM_F_REQUEST | NLM_F_CREATE,
+            i as u32 + 1,
+            &body,
+        ));
         if batch.len() > 60_000 || i + 1 == flows.len() {
-            socket.send(&batch, 0)?;
+            socket.send(&batch)?;
             batch.clear();
             // Errors (if any) are waiting; without NLM_F_ACK success is silent.
-            while let Ok(n) = socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
-                for m in messages(&buf[..n]) {
-                    let (kind, _, payload) = m?;
-                    if kind == NLMSG_ERROR && error_code(payload) != 0 {
-                        return Err(io::Error::from_raw_os_error(-error_code(payload)));
-                    }
+            while let Ok(buf) = socket.recv(libc::MSG_DONTWAIT) {
+                for m in netlink::messages(buf) {
+                    // Only an error matters here.
+                    let _: Reply = m?.reply()?;
                 }
             }
         }
@@ -315,32 +224,10 @@ pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
 
 /// Delete every conntrack entry with `ct mark & mask == mark`.
 pub fn flush_mark(mark: u32, mask: u32) -> io::Result<()> {
-    let socket = open()?;
-    let seq = 1;
-    socket.send(
-        &request(
-            IPCTNL_MSG_CT_DELETE,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            mark,
-            mask,
-        ),
-        0,
-    )?;
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = socket.recv(&mut &mut buf[..], 0)?;
-        for m in messages(&buf[..n]) {
-            let (kind, msg_seq, payload) = m?;
-            if kind == NLMSG_ERROR && msg_seq == seq {
-                // ENOENT: nothing carried that mark.
-                return match error_code(payload) {
-                    0 => Ok(()),
-                    c if -c == libc::ENOENT => Ok(()),
-                    c => Err(io::Error::from_raw_os_error(-c)),
-                };
-            }
-        }
+    match open(8192)?.request(ct(IPCTNL_MSG_CT_DELETE), &by_mark(mark, mask)) {
+        // ENOENT: nothing carried that mark.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
     }
 }
 
@@ -349,29 +236,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    use netlink::NLA_F_NESTED;
+
     fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
-        b.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        b.extend_from_slice(&kind.to_ne_bytes());
-        b.extend_from_slice(payload);
-        while b.len() % 4 != 0 {
-            b.push(0);
-        }
+        netlink::put_attr(&mut b, kind, payload);
         b
     }
 
     #[test]
     fn request_layout() {
-        let b = request(
-            IPCTNL_MSG_CT_DELETE,
-            NLM_F_REQUEST | NLM_F_ACK,
-            7,
-            0x100,
-            0xff00,
-        );
+        let b = netlink::message(ct(IPCTNL_MSG_CT_DELETE), 0, 7, &by_mark(0x100, 0xff00));
         assert_eq!(b.len(), 36);
         assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 0x102);
         assert_eq!(&b[16..20], &[0, 0, 0, 0]);
+        assert_eq!(u16::from_ne_bytes([b[20], b[21]]), 8);
         assert_eq!(u16::from_ne_bytes([b[22], b[23]]), CTA_MARK);
         assert_eq!(&b[24..28], &0x100u32.to_be_bytes());
         assert_eq!(u16::from_ne_bytes([b[30], b[31]]), CTA_MARK_MASK);
@@ -392,18 +271,18 @@ mod tests {
         ]
         .concat();
         let orig = [
-            nla(CTA_TUPLE_IP | 0x8000, &ips),
-            nla(CTA_TUPLE_PROTO | 0x8000, &proto),
+            nla(CTA_TUPLE_IP | NLA_F_NESTED, &ips),
+            nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &proto),
         ]
         .concat();
         let tcp = nla(
-            CTA_PROTOINFO_TCP | 0x8000,
+            CTA_PROTOINFO_TCP | NLA_F_NESTED,
             &nla(CTA_PROTOINFO_TCP_STATE, &[3]),
         );
         let payload = [
             vec![2, 0, 0, 0],
-            nla(CTA_TUPLE_ORIG | 0x8000, &orig),
-            nla(CTA_PROTOINFO | 0x8000, &tcp),
+            nla(CTA_TUPLE_ORIG | NLA_F_NESTED, &orig),
+            nla(CTA_PROTOINFO | NLA_F_NESTED, &tcp),
         ]
         .concat();
         let f = parse_flow(&payload).unwrap();

@@ -7,17 +7,12 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use rtnetlink::sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use rtnetlink::sys::protocols::NETLINK_SOCK_DIAG;
 
-use super::conntrack::{error_code, messages};
+use super::conntrack::netlink::Netlink;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
 /// TCP states worth aborting: every state but LISTEN (10), TIME_WAIT (6) and CLOSE (7).
 const STATES: u32 = !((1 << 10) | (1 << 6) | (1 << 7));
 /// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
@@ -43,17 +38,6 @@ fn req(family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
     r
 }
 
-fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(16 + payload.len());
-    m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(payload);
-    m
-}
-
 /// Parse `struct inet_diag_msg` (family, state, timer, retrans, id, ...).
 fn parse(payload: &[u8]) -> Option<SockId> {
     let family = *payload.first()?;
@@ -72,39 +56,14 @@ fn parse(payload: &[u8]) -> Option<SockId> {
     Some(SockId { family, tuple, raw })
 }
 
-fn open() -> io::Result<Socket> {
-    let mut s = Socket::new(NETLINK_SOCK_DIAG)?;
-    s.bind_auto()?;
-    s.connect(&SocketAddr::new(0, 0))?;
-    Ok(s)
-}
-
 /// TCP sockets of this host with one of these connections.
 pub fn list(tuples: &[Tuple]) -> io::Result<Vec<SockId>> {
-    let socket = open()?;
+    let mut socket = Netlink::open(NETLINK_SOCK_DIAG, 1 << 15)?;
     let mut found = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        socket.send(
-            &message(
-                SOCK_DIAG_BY_FAMILY,
-                NLM_F_REQUEST | NLM_F_DUMP,
-                1,
-                &req(family, &[0; SOCKID_LEN]),
-            ),
-            0,
-        )?;
-        let mut buf = vec![0u8; 1 << 15];
-        'dump: loop {
-            let n = socket.recv(&mut &mut buf[..], 0)?;
-            for m in messages(&buf[..n]) {
-                let (kind, _, payload) = m?;
-                match kind {
-                    NLMSG_DONE => break 'dump,
-                    NLMSG_ERROR => return Err(io::Error::from_raw_os_error(-error_code(payload))),
-                    _ => found.extend(parse(payload).filter(|s| tuples.contains(&s.tuple))),
-                }
-            }
-        }
+        socket.dump(SOCK_DIAG_BY_FAMILY, &req(family, &[0; SOCKID_LEN]), |p| {
+            found.extend(parse(p).filter(|s| tuples.contains(&s.tuple)));
+        })?;
     }
     Ok(found)
 }
@@ -112,30 +71,13 @@ pub fn list(tuples: &[Tuple]) -> io::Result<Vec<SockId>> {
 /// Abort each socket; its owner sees ECONNABORTED. Returns how many were destroyed (a socket
 /// that closed in the meantime is not an error).
 pub fn destroy(sockets: &[SockId]) -> io::Result<usize> {
-    let socket = open()?;
+    let mut socket = Netlink::open(NETLINK_SOCK_DIAG, 4096)?;
     let mut destroyed = 0;
-    let mut buf = vec![0u8; 4096];
-    for (i, s) in sockets.iter().enumerate() {
-        let seq = i as u32 + 1;
-        socket.send(
-            &message(
-                SOCK_DESTROY,
-                NLM_F_REQUEST | NLM_F_ACK,
-                seq,
-                &req(s.family, &s.raw),
-            ),
-            0,
-        )?;
-        let n = socket.recv(&mut &mut buf[..], 0)?;
-        for m in messages(&buf[..n]) {
-            let (kind, _, payload) = m?;
-            if kind == NLMSG_ERROR {
-                match error_code(payload) {
-                    0 => destroyed += 1,
-                    e if -e == libc::ENOENT => {}
-                    e => return Err(io::Error::from_raw_os_error(-e)),
-                }
-            }
+    for s in sockets {
+        match socket.request(SOCK_DESTROY, &req(s.family, &s.raw)) {
+            Ok(()) => destroyed += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(destroyed)
