@@ -13,12 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::sys::protocols::NETLINK_NETFILTER;
 
-// The framing shared with sockets.rs. Declared here, not in mod.rs, for now: it belongs there
-// as `mod netlink;`.
-#[path = "netlink.rs"]
-pub(super) mod netlink;
-
-use netlink::{find, Netlink};
+use super::netlink::{self, find, Netlink};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -144,8 +139,8 @@ pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
     const IPCTNL_MSG_CT_NEW: u16 = 0;
     const CTA_TUPLE_REPLY: u16 = 2;
     const CTA_TIMEOUT: u16 = 7;
-    use netlink::{message, put_attr as nla, Reply, NLA_F_NESTED as NESTED};
-    use netlink::{NLM_F_CREATE, NLM_F_REQUEST};
+    use crate::dataplane::netlink::{message, put_attr as nla, Reply, NLA_F_NESTED as NESTED};
+    use crate::dataplane::netlink::{NLM_F_CREATE, NLM_F_REQUEST};
     fn tuple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
         let mut ips = Vec::new();
         match (src, dst) {
@@ -236,7 +231,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    use netlink::NLA_F_NESTED;
+    use crate::dataplane::netlink::NLA_F_NESTED;
 
     fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();

@@ -9,6 +9,7 @@ pub mod conntrack;
 pub mod fake;
 mod kernel;
 pub mod monitor;
+mod netlink;
 pub mod nft;
 mod nft_ext;
 pub mod reset;

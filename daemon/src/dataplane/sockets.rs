@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::sys::protocols::NETLINK_SOCK_DIAG;
 
-use super::conntrack::netlink::Netlink;
+use super::netlink::Netlink;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const SOCK_DESTROY: u16 = 21;
