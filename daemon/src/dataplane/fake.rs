@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{nft, routes, Dataplane, Error, LinkEvent};
+use super::{nft, rules, Dataplane, Error, LinkEvent};
 use crate::engine::{share_name, Applied, DesiredState, PurgeOrder, Purged};
 
 #[derive(Debug, Default)]
@@ -63,7 +63,7 @@ impl Fake {
 pub fn render(d: &DesiredState) -> String {
     let mut out = nft::render(d, &[]).to_string();
     out.push('\n');
-    for r in routes::desired_rules(d) {
+    for r in rules::desired_rules(d) {
         out.push_str(&format!("{r}\n"));
     }
     for l in &d.links {

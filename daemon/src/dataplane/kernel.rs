@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{blocking, monitor, nft, reset, routes, Dataplane, Error, LinkEvent};
+use super::{blocking, monitor, nft, reset, routes, rules, Dataplane, Error, LinkEvent};
 use crate::engine::{Applied, DesiredState, PurgeOrder, Purged};
 
 /// Stale-set keys of recent purges with the time they expire.
@@ -95,7 +95,7 @@ impl Dataplane for Kernel {
         report.nft_replaced = *nft.as_ref().unwrap_or(&false);
         report.nft = t.elapsed();
         let t = Instant::now();
-        let rules = routes::converge_rules(&self.handle, d, &addrs)
+        let rules = rules::converge_rules(&self.handle, d, &addrs)
             .await
             .map_err(Error::Route)?;
         let (missing, changes) =
@@ -161,10 +161,9 @@ impl Dataplane for Kernel {
     async fn remove_all(&mut self, d: &DesiredState) -> Result<(), Error> {
         self.applied = None;
         let nft = blocking(nft::delete).await.map_err(Error::Nft);
-        let routes = routes::remove_all(&self.handle, d, self.table_base)
-            .await
-            .map_err(Error::Route);
-        nft.and(routes)
+        let rules = rules::remove_all(&self.handle, d).await;
+        let routes = routes::remove_all(&self.handle, self.table_base).await;
+        nft.and(rules.and(routes).map_err(Error::Route))
     }
 
     async fn interfaces(&self) -> Result<Vec<LinkEvent>, Error> {

@@ -14,6 +14,7 @@ pub mod nft;
 mod nft_ext;
 pub mod reset;
 pub mod routes;
+pub mod rules;
 pub mod sockets;
 
 use std::future::Future;

@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup};
 use tokio::sync::mpsc;
@@ -51,15 +51,7 @@ fn link_event(m: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
 
 /// The local table (255) changes with every address; it is not ours and says nothing new.
 fn in_local_table(m: &RouteMessage) -> bool {
-    let table = m
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(m.header.table));
-    table == RT_TABLE_LOCAL
+    super::routes::route_table(m) == RT_TABLE_LOCAL
 }
 
 /// The current state of every interface.
