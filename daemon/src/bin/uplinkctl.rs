@@ -233,5 +233,10 @@ fn table(s: &Status) -> String {
             ));
         }
     }
+    if let Some(e) = &s.apply_error {
+        out.push_str(&format!(
+            "dataplane: the kernel refused the last apply, retrying: {e}\n"
+        ));
+    }
     out
 }
