@@ -85,7 +85,8 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. `UPLINKD_LOG` (RUST_LOG syntax) sets the filter; the netlink crates are
-/// quiet by default. Under journald (JOURNAL_STREAM set) timestamps are left to the journal.
+/// quiet by default. Under journald (JOURNAL_STREAM set) timestamps are left to the journal;
+/// colours only when stderr is a terminal.
 fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env("UPLINKD_LOG").unwrap_or_else(|_| {
         EnvFilter::new("info,netlink_proto=warn,netlink_sys=warn,rtnetlink=warn")
@@ -94,11 +95,14 @@ fn init_logging(json: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    // Colours only for a person at a terminal: files, pipes and other supervisors get plain
+    // text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if json {
         builder.json().init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.init();
+        builder.with_ansi(ansi).init();
     }
 }

@@ -79,6 +79,11 @@ pub enum Event {
         error: String,
         retry_ms: u64,
     },
+    /// The kernel refuses something for a link (its route); `None`: not any more.
+    LinkProblem {
+        link: String,
+        problem: Option<String>,
+    },
     /// Interfaces of configured links that do not exist (yet).
     MissingInterfaces {
         interfaces: Vec<String>,
@@ -99,7 +104,10 @@ impl Event {
             Event::PurgeFailed { .. } | Event::ApplyFailed { .. } => Level::Error,
             Event::Reload { ok: false, .. }
             | Event::Repaired { .. }
-            | Event::MissingInterfaces { .. } => Level::Warn,
+            | Event::MissingInterfaces { .. }
+            | Event::LinkProblem {
+                problem: Some(_), ..
+            } => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -177,6 +185,14 @@ impl fmt::Display for Event {
             Event::ApplyFailed { error, retry_ms } => {
                 write!(f, "{error} (retrying in {retry_ms} ms)")
             }
+            Event::LinkProblem {
+                link,
+                problem: Some(p),
+            } => write!(f, "link {link}: {p}"),
+            Event::LinkProblem {
+                link,
+                problem: None,
+            } => write!(f, "link {link}: the kernel accepts its routes again"),
             Event::MissingInterfaces { interfaces } => {
                 write!(f, "interfaces not present yet: {}", interfaces.join(", "))
             }

@@ -108,6 +108,9 @@ pub struct LinkStatus {
     pub table: u32,
     /// Taken out of service by `uplinkctl drain`: gets no new flows.
     pub drained: bool,
+    /// What the kernel refuses for this link now (e.g. its route while the interface is down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// Counters since the daemon started.
     pub probes_sent: u64,
     pub probes_lost: u64,

@@ -40,6 +40,7 @@ impl Fake {
                 .iter()
                 .map(|n| LinkEvent {
                     name: (*n).to_owned(),
+                    admin_up: true,
                     up: true,
                 })
                 .collect();

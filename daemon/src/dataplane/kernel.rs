@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{blocking, monitor, nft, reset, routes, rules, Dataplane, Error, LinkEvent};
+use super::{blocking, monitor, nft, reset, routes, rules, sysctl, Dataplane, Error, LinkEvent};
 use crate::engine::{Applied, DesiredState, PurgeOrder, Purged};
 
 /// Stale-set keys of recent purges with the time they expire.
@@ -23,6 +23,7 @@ pub struct Kernel {
     /// Stale-set keys of recent purges, until they expire: re-added after a table replacement.
     /// Purges add to it from their own tasks.
     stale: Arc<Mutex<StaleMemory>>,
+    src_valid_mark: sysctl::SrcValidMark,
 }
 
 impl Kernel {
@@ -35,6 +36,7 @@ impl Kernel {
             table_base,
             applied: None,
             stale: Arc::default(),
+            src_valid_mark: sysctl::SrcValidMark::default(),
         })
     }
 
@@ -98,12 +100,19 @@ impl Dataplane for Kernel {
         let rules = rules::converge_rules(&self.handle, d, &addrs)
             .await
             .map_err(Error::Route)?;
-        let (missing, changes) =
-            routes::converge_routes(&self.handle, d, self.table_base, &ifindexes)
-                .await
-                .map_err(Error::Route)?;
-        report.missing_interfaces = missing;
-        report.route_changes = rules + changes;
+        let routes = routes::converge_routes(&self.handle, d, self.table_base, &ifindexes)
+            .await
+            .map_err(Error::Route)?;
+        report.missing_interfaces = routes.missing;
+        report.route_changes = rules + routes.changes;
+        report.refused = routes.refused;
+        for (l, index) in d.links.iter().zip(&ifindexes) {
+            if index.is_some() {
+                if let Err(e) = self.src_valid_mark.ensure(&l.interface) {
+                    report.refused.push((l.name.clone(), e));
+                }
+            }
+        }
         report.routes = t.elapsed();
         nft?;
         Ok(report)
@@ -163,7 +172,8 @@ impl Dataplane for Kernel {
         let nft = blocking(nft::delete).await.map_err(Error::Nft);
         let rules = rules::remove_all(&self.handle, d).await;
         let routes = routes::remove_all(&self.handle, self.table_base).await;
-        nft.and(rules.and(routes).map_err(Error::Route))
+        let sysctl = self.src_valid_mark.restore().map_err(Error::Sysctl);
+        nft.and(rules.and(routes).map_err(Error::Route)).and(sysctl)
     }
 
     async fn interfaces(&self) -> Result<Vec<LinkEvent>, Error> {

@@ -16,6 +16,7 @@ pub mod reset;
 pub mod routes;
 pub mod rules;
 pub mod sockets;
+mod sysctl;
 
 use std::future::Future;
 
@@ -37,6 +38,8 @@ pub enum Error {
     },
     #[error("cannot open a netlink socket")]
     Netlink(#[source] std::io::Error),
+    #[error("cannot restore net.ipv4.conf.*.src_valid_mark")]
+    Sysctl(#[source] std::io::Error),
     #[error("cannot read the interfaces and addresses")]
     Read(#[source] rtnetlink::Error),
     #[error("{0}")]

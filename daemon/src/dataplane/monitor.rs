@@ -27,6 +27,9 @@ const RT_TABLE_LOCAL: u32 = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkEvent {
     pub name: String,
+    /// Administratively up (`ip link set up`).
+    pub admin_up: bool,
+    /// Up with carrier: usable for traffic.
     pub up: bool,
 }
 
@@ -45,8 +48,9 @@ fn link_event(m: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
         LinkAttribute::IfName(n) => Some(n.clone()),
         _ => None,
     })?;
-    let up = !deleted && m.header.flags.contains(LinkFlags::Up | LinkFlags::LowerUp);
-    Some(LinkEvent { name, up })
+    let admin_up = !deleted && m.header.flags.contains(LinkFlags::Up);
+    let up = admin_up && m.header.flags.contains(LinkFlags::LowerUp);
+    Some(LinkEvent { name, admin_up, up })
 }
 
 /// The local table (255) changes with every address; it is not ours and says nothing new.

@@ -143,60 +143,93 @@ pub fn learned_gateway(routes: &[RouteMessage], oif: u32) -> Option<Ipv4Addr> {
     }
 }
 
+/// What converging the routes did.
+#[derive(Debug, Default)]
+pub struct Converged {
+    /// Interfaces of links that do not exist (yet).
+    pub missing: Vec<String>,
+    /// Routes added or removed.
+    pub changes: usize,
+    /// Links whose route the kernel refused (e.g. the interface is down or has no address to
+    /// reach the gateway from), with the error. The other links proceed.
+    pub refused: Vec<(String, String)>,
+}
+
 /// Converge the default routes of every link's table: IPv4 via the configured or learned
 /// gateway (on-link without one), IPv6 like the main table's IPv6 default route via the link,
-/// when there is one. A link whose interface does not exist is skipped (its name is returned
-/// with the number of routes changed) and any stale route in its table removed; the rest
-/// proceed.
+/// when there is one. A link whose interface does not exist is skipped, and any stale route in
+/// its table removed; a route the kernel refuses is reported for its link. Neither stops the
+/// other links.
 pub async fn converge_routes(
     h: &Handle,
     d: &DesiredState,
     table_base: u32,
     ifindexes: &[Option<u32>],
-) -> Result<(Vec<String>, usize), rtnetlink::Error> {
+) -> Result<Converged, rtnetlink::Error> {
     let routes = dump_routes(h).await?;
     let mut want = Vec::new();
-    let mut missing = Vec::new();
+    let mut out = Converged::default();
     for (l, index) in d.links.iter().zip(ifindexes) {
         let Some(oif) = *index else {
-            missing.push(l.interface.clone());
+            out.missing.push(l.interface.clone());
             continue;
         };
         let gateway = l
             .gateway
             .or_else(|| learned_gateway(&routes, oif))
             .map(IpAddr::V4);
-        want.push(RouteSpec {
-            v6: false,
-            table: l.table,
-            oif,
-            gateway,
-        });
-        if let Some(r6) = main_default(&routes, oif, true) {
-            want.push(RouteSpec {
+        want.push((
+            l,
+            RouteSpec {
+                v6: false,
                 table: l.table,
-                ..r6
-            });
+                oif,
+                gateway,
+            },
+        ));
+        if let Some(r6) = main_default(&routes, oif, true) {
+            want.push((
+                l,
+                RouteSpec {
+                    table: l.table,
+                    ..r6
+                },
+            ));
         }
     }
     let ours: Vec<&RouteMessage> = routes
         .iter()
         .filter(|m| owns_table(table_base, route_table(m)))
         .collect();
-    let mut changes = 0;
-    for w in &want {
-        if !ours.iter().any(|m| route_spec(m) == Some(*w)) {
-            add_route(h, w).await?;
-            changes += 1;
+    for (l, w) in &want {
+        if ours.iter().any(|m| route_spec(m) == Some(*w)) {
+            continue;
+        }
+        match add_route(h, w).await {
+            Ok(()) => out.changes += 1,
+            Err(e) => out.refused.push((
+                l.name.clone(),
+                format!(
+                    "cannot install its {} default route in table {}: {e}",
+                    if w.v6 { "IPv6" } else { "IPv4" },
+                    w.table
+                ),
+            )),
         }
     }
     for m in ours {
-        if !route_spec(m).is_some_and(|s| want.contains(&s)) {
-            h.route().del(m.clone()).execute().await?;
-            changes += 1;
+        if route_spec(m).is_some_and(|s| want.iter().any(|(_, w)| *w == s)) {
+            continue;
+        }
+        match h.route().del(m.clone()).execute().await {
+            Ok(()) => out.changes += 1,
+            // Gone meanwhile: `replace` swapped it for the wanted one, or the kernel dropped it
+            // with its interface.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok((missing, changes))
+    Ok(out)
 }
 
 /// The table a route is in (a table id over 255 comes as an attribute).

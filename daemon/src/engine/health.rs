@@ -89,6 +89,7 @@ pub struct LinkHealth {
     quorum: u32,
     /// Consecutive misses after which a target is silent (`detection.misses`).
     silent_after: u32,
+    admin: bool,
     carrier: bool,
     address: bool,
     rounds: VecDeque<Round>,
@@ -109,6 +110,14 @@ pub struct LinkHealth {
     pub probes_lost: u64,
 }
 
+/// What changed at the link layer; `None`: unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LinkLayer {
+    pub admin: Option<bool>,
+    pub carrier: Option<bool>,
+    pub address: Option<bool>,
+}
+
 impl LinkHealth {
     pub fn new(now: Instant, targets: usize, quorum: u32, silent_after: u32) -> Self {
         LinkHealth {
@@ -118,6 +127,7 @@ impl LinkHealth {
             targets: vec![TargetHealth::default(); targets],
             quorum,
             silent_after,
+            admin: true,
             carrier: true,
             address: true,
             rounds: VecDeque::new(),
@@ -218,12 +228,12 @@ impl LinkHealth {
     }
 
     pub(super) fn next_round(&self) -> Option<Instant> {
-        (self.carrier && self.address).then_some(self.next_round)
+        self.link_layer_ok().then_some(self.next_round)
     }
 
     /// Start a round at `now` if one is due; the caller probes every target with `sent_at = now`.
     pub(super) fn start_round(&mut self, now: Instant, config: &Config) -> bool {
-        if !(self.carrier && self.address) || now < self.next_round {
+        if !self.link_layer_ok() || now < self.next_round {
             return false;
         }
         // A down link is probed calmly: fast probing only confirms an outage of a usable link.
@@ -250,17 +260,17 @@ impl LinkHealth {
         true
     }
 
-    pub(super) fn on_link_layer(
-        &mut self,
-        now: Instant,
-        carrier: Option<bool>,
-        address: Option<bool>,
-        config: &Config,
-    ) -> Change {
-        let was_ok = self.carrier && self.address;
-        self.carrier = carrier.unwrap_or(self.carrier);
-        self.address = address.unwrap_or(self.address);
-        let ok = self.carrier && self.address;
+    /// Whether the interface can carry traffic at all.
+    fn link_layer_ok(&self) -> bool {
+        self.admin && self.carrier && self.address
+    }
+
+    pub(super) fn on_link_layer(&mut self, now: Instant, c: LinkLayer, config: &Config) -> Change {
+        let was_ok = self.link_layer_ok();
+        self.admin = c.admin.unwrap_or(self.admin);
+        self.carrier = c.carrier.unwrap_or(self.carrier);
+        self.address = c.address.unwrap_or(self.address);
+        let ok = self.link_layer_ok();
         if ok == was_ok {
             return None;
         }
@@ -276,7 +286,9 @@ impl LinkHealth {
             }
             None
         } else {
-            let reason = if !self.carrier {
+            let reason = if !self.admin {
+                "interface administratively down".to_owned()
+            } else if !self.carrier {
                 "carrier lost".to_owned()
             } else {
                 "no IPv4 address on the interface".to_owned()
@@ -334,7 +346,7 @@ impl LinkHealth {
                 r.answered += u32::from(p.result.is_ok());
                 (r.concluded as usize >= self.targets.len()).then_some(*r)
             });
-        if !(self.carrier && self.address) {
+        if !self.link_layer_ok() {
             return None;
         }
         if let Err(failure) = p.result {

@@ -16,6 +16,7 @@ pub use failover::{
     draining, ms, share_name, stranded, Action, Applied, Counters, HookCall, PurgeOrder, Purged,
     Why, APPLY_RETRY,
 };
+use health::LinkLayer;
 pub use health::{LinkHealth, LinkState, TargetHealth};
 pub use state::{DesiredState, LinkPlan, PolicyPlan, Steer};
 
@@ -58,7 +59,12 @@ pub struct ProbeOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Probe(ProbeOutcome),
-    /// Carrier (or admin state) of a link's interface changed.
+    /// The administrative state of a link's interface changed (`ip link set down`).
+    Admin {
+        link: LinkId,
+        up: bool,
+    },
+    /// Carrier of a link's interface changed.
     Carrier {
         link: LinkId,
         up: bool,
@@ -103,6 +109,8 @@ pub struct Engine {
     retry_at: Option<Instant>,
     apply_error: Option<String>,
     missing: Vec<String>,
+    /// Per link: what the kernel refuses for it now.
+    refused: Vec<Option<String>>,
     /// For status: each link's newest transition, links whose transition's steering is not
     /// live yet, counters by link name, and the applies.
     last: Vec<Option<TransitionStatus>>,
@@ -135,6 +143,7 @@ impl Engine {
             retry_at: None,
             apply_error: None,
             missing: Vec::new(),
+            refused: vec![None; n],
             last: vec![None; n],
             unsteered: Vec::new(),
             counters: BTreeMap::new(),
@@ -178,6 +187,7 @@ impl Engine {
             }
         }
         self.config = next.config;
+        self.refused = next.refused;
         self.links = next.links;
         self.drained = next.drained;
         self.last = next.last;
@@ -255,6 +265,11 @@ impl Engine {
         self.last.get(id).and_then(Option::as_ref)
     }
 
+    /// What the kernel refuses for a link now (its route, ...).
+    pub fn refused(&self, id: LinkId) -> Option<&str> {
+        self.refused.get(id).and_then(Option::as_deref)
+    }
+
     pub fn counters(&self, name: &str) -> Counters {
         self.counters.get(name).copied().unwrap_or_default()
     }
@@ -317,14 +332,36 @@ impl Engine {
             Input::Probe(p) if p.link < self.links.len() => {
                 (p.link, self.links[p.link].on_probe(now, &p, &self.config))
             }
-            Input::Carrier { link, up } if link < self.links.len() => (
-                link,
-                self.links[link].on_link_layer(now, Some(up), None, &self.config),
-            ),
-            Input::Address { link, present } if link < self.links.len() => (
-                link,
-                self.links[link].on_link_layer(now, None, Some(present), &self.config),
-            ),
+            Input::Admin { link, up } if link < self.links.len() => {
+                let change = LinkLayer {
+                    admin: Some(up),
+                    ..LinkLayer::default()
+                };
+                (
+                    link,
+                    self.links[link].on_link_layer(now, change, &self.config),
+                )
+            }
+            Input::Carrier { link, up } if link < self.links.len() => {
+                let change = LinkLayer {
+                    carrier: Some(up),
+                    ..LinkLayer::default()
+                };
+                (
+                    link,
+                    self.links[link].on_link_layer(now, change, &self.config),
+                )
+            }
+            Input::Address { link, present } if link < self.links.len() => {
+                let change = LinkLayer {
+                    address: Some(present),
+                    ..LinkLayer::default()
+                };
+                (
+                    link,
+                    self.links[link].on_link_layer(now, change, &self.config),
+                )
+            }
             _ => return Vec::new(),
         };
         let out: Vec<Transition> = change

@@ -451,3 +451,22 @@ last_resort = "unreachable"
     assert_eq!(d.policies[0].steer, Steer::Refuse);
     assert_eq!(d.router_link, None);
 }
+
+#[test]
+fn an_interface_taken_down_by_an_admin_says_so() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(config(), t0);
+    // Admin state first, then carrier, as the supervisor hands them over.
+    let t = e.handle(t0, Input::Admin { link: 0, up: false });
+    assert_eq!(t[0].reason, "interface administratively down");
+    assert!(e
+        .handle(t0, Input::Carrier { link: 0, up: false })
+        .is_empty());
+    // Up again without carrier: still down; with carrier the probes decide.
+    assert!(e.handle(t0, Input::Admin { link: 0, up: true }).is_empty());
+    assert_eq!(e.link(0).next_round(), None);
+    assert!(e
+        .handle(t0, Input::Carrier { link: 0, up: true })
+        .is_empty());
+    assert_eq!(e.link(0).next_round(), Some(t0));
+}

@@ -46,16 +46,35 @@ pub enum Signal {
 /// Run until SIGTERM or SIGINT, then remove what we created (unless configured not to). `path`
 /// is where the configuration came from, for reloads (SIGHUP or `uplinkctl reload`).
 pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    // Everything that can fail for reasons of its own is acquired before the kernel is touched.
+    let socket = config.control.socket.clone();
+    let listener = control::bind(&socket, config.control.gid)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let result = serve(listener, config, path).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+async fn serve(
+    listener: tokio::net::UnixListener,
+    config: Config,
+    path: PathBuf,
+) -> anyhow::Result<()> {
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let (kernel_tx, kernel) = mpsc::channel(64);
+    monitor::spawn(kernel_tx).context("cannot subscribe to kernel events")?;
+    let signals = unix_signals()?;
     let dp = Kernel::new(config.dataplane.table_base)?;
     let probes = LinkProbes::new(&config);
     let (events, _) = broadcast::channel::<Event>(256);
     let mut sup = Supervisor::start(config, path, dp, probes, events.clone()).await?;
-
-    let (kernel_tx, kernel) = mpsc::channel(64);
-    monitor::spawn(kernel_tx).context("cannot subscribe to kernel events")?;
-    let config = sup.engine.config().clone();
-    let listener = control::bind(&config.control.socket, config.control.gid)
-        .with_context(|| format!("cannot listen on {}", config.control.socket.display()))?;
     let (cmd_tx, commands) = mpsc::channel(8);
     let shared = control::Shared {
         status: sup.status.subscribe(),
@@ -63,18 +82,12 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         commands: cmd_tx,
     };
     let control = tokio::spawn(control::serve(listener, shared));
-    let metrics = match config.metrics.listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let metrics = metrics.map(|l| {
+        if let Ok(addr) = l.local_addr() {
             info!("metrics on http://{addr}/metrics");
-            let status = sup.status.subscribe();
-            Some(tokio::spawn(control::metrics::listen(l, status)))
         }
-        None => None,
-    };
-    let signals = unix_signals()?;
+        tokio::spawn(control::metrics::listen(l, sup.status.subscribe()))
+    });
     // READY only now: the first apply succeeded and the status socket answers.
     let to = sup.steer_name();
     notify(&[
@@ -96,7 +109,6 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     if let Some(m) = metrics {
         m.abort();
     }
-    let _ = std::fs::remove_file(&config.control.socket);
     result
 }
 
@@ -182,8 +194,16 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         sup.addresses().await;
         sup.execute().await;
         if sup.engine.applied_state().is_none() {
-            let (_, _, e) = sup.engine.applies();
-            anyhow::bail!("initial apply failed: {}", e.unwrap_or("unknown error"));
+            // Whatever part of it the kernel took is removed again.
+            let e = sup.engine.applies().2.unwrap_or("unknown error").to_owned();
+            let d = sup.engine.desired();
+            if let Err(c) = sup.dp.remove_all(&d).await {
+                error!(
+                    "{:#}",
+                    anyhow::Error::new(c).context("cleanup after the failed start incomplete")
+                );
+            }
+            anyhow::bail!("initial apply failed: {e}");
         }
         Ok(sup)
     }
@@ -294,7 +314,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         }
     }
 
-    /// Carrier (or admin state) of an interface, for every link on it.
+    /// Admin state and carrier of an interface, for every link on it (admin state first, so a
+    /// link taken down by an admin says so).
     fn link_event(&mut self, ev: &monitor::LinkEvent) {
         self.carriers.insert(ev.name.clone(), ev.up);
         let now = Instant::now().into_std();

@@ -152,6 +152,13 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             output_route(d, addrs),
         ),
         base(
+            "record_link",
+            Hook::PostRouting,
+            ChainType::Filter,
+            PRIO_MANGLE,
+            record_link(d),
+        ),
+        base(
             "postrouting",
             Hook::PostRouting,
             ChainType::Nat,
@@ -272,22 +279,39 @@ fn output_route(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
     route_out
 }
 
+/// A new flow that leaves through a link belongs to it: its ct mark records the link, which
+/// keeps its later packets there and selects it for a purge. In a filter chain, which sees every
+/// packet whatever other tables do: of NAT chains only the first that translates a flow runs,
+/// so a foreign masquerade registered after ours (a firewall reloaded, Docker starting) would
+/// otherwise leave the flow without a link.
+fn record_link(d: &DesiredState) -> Vec<Vec<Op>> {
+    d.links
+        .iter()
+        .map(|l| {
+            vec![
+                Op::OifName(l.interface.clone()),
+                Op::CtStateNew,
+                Op::SetCtMark {
+                    mask: d.mark_mask,
+                    value: l.mark,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// Traffic leaving a link takes its address (or, for IPv6 with `nptv6`, its prefix).
 fn postrouting(d: &DesiredState) -> Vec<Vec<Op>> {
     let mut post = Vec::new();
     for l in &d.links {
-        let ct = Op::SetCtMark {
-            mask: d.mark_mask,
-            value: l.mark,
-        };
         if let Some(p) = l.nptv6 {
             post.push(vec![
                 Op::OifName(l.interface.clone()),
                 Op::NfProto(NFPROTO_IPV6),
-                ct.clone(),
                 Op::SnatPrefix(p),
             ]);
         }
-        post.push(vec![Op::OifName(l.interface.clone()), ct, Op::Masquerade]);
+        post.push(vec![Op::OifName(l.interface.clone()), Op::Masquerade]);
     }
     post
 }

@@ -70,9 +70,13 @@ fn renders_restore_steer_resets_and_masquerade() {
     ct state new meta mark & 0xff00 == 0x0 ip saddr 100.64.1.2/32 meta mark set meta mark & 0xffff00ff | 0x100
     ct state new meta mark & 0xff00 == 0x0 jump steer
   }
+  chain record_link { type filter hook postrouting priority -150; policy accept;
+    oifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0x100
+    oifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x200
+  }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
-    oifname "wan1" ct mark set ct mark & 0xffff00ff | 0x100 masquerade
-    oifname "wan2" ct mark set ct mark & 0xffff00ff | 0x200 masquerade
+    oifname "wan1" masquerade
+    oifname "wan2" masquerade
   }
   chain steer {
     meta mark & 0xff00 == 0x0 jump policy_default
@@ -225,9 +229,9 @@ fn nptv6_links_translate_the_prefix_and_masquerade_ipv4() {
     assert_eq!(
         chain(&render(&d, &[]), "postrouting"),
         vec![
-            "oifname \"wan1\" meta nfproto ipv6 ct mark set ct mark & 0xffff00ff | 0x100 snat ip6 prefix to 2001:db8:1::/48",
-            "oifname \"wan1\" ct mark set ct mark & 0xffff00ff | 0x100 masquerade",
-            "oifname \"wan2\" ct mark set ct mark & 0xffff00ff | 0x200 masquerade",
+            "oifname \"wan1\" meta nfproto ipv6 snat ip6 prefix to 2001:db8:1::/48",
+            "oifname \"wan1\" masquerade",
+            "oifname \"wan2\" masquerade",
         ]
     );
 }
