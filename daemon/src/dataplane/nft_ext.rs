@@ -26,6 +26,8 @@ pub struct RawLoad {
     pub base: Base,
     pub offset: u32,
     pub len: u32,
+    /// Destination register (`NFT_REG_*` or `NFT_REG32_*`).
+    pub dreg: u32,
 }
 
 impl Expression for RawLoad {
@@ -42,11 +44,7 @@ impl Expression for RawLoad {
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, base);
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
-            sys::nftnl_expr_set_u32(
-                e,
-                sys::NFTNL_EXPR_PAYLOAD_DREG as u16,
-                libc::NFT_REG_1 as u32,
-            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, self.dreg);
             expr
         }
     }
@@ -129,18 +127,36 @@ unsafe fn alloc(name: &CStr) -> NonNull<sys::nftnl_expr> {
     }
 }
 
-/// A flow key of `N` bytes: exactly the packet bytes a [`RawLoad`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey<const N: usize>(pub [u8; N]);
+/// A set key of `N` bytes whose nft type is the concatenation `T` (nft's `concat_type_alloc`:
+/// each part's datatype id shifted in by 6 bits), so `nft list` prints the set with a type it
+/// can read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConcatKey<const N: usize, const T: u32>(pub [u8; N]);
 
-impl<const N: usize> SetKey for FlowKey<N> {
-    /// nft's "integer" type: `nft list` prints the keys as numbers.
-    const TYPE: u32 = 4;
+impl<const N: usize, const T: u32> SetKey for ConcatKey<N, T> {
+    const TYPE: u32 = T;
     const LEN: u32 = N as u32;
 
     fn data(&self) -> Box<[u8]> {
         Box::new(self.0)
     }
+}
+
+/// nft datatype ids (`enum datatypes` in nftables' datatype.h) and how they concatenate.
+pub const TYPE_IPADDR: u32 = 7;
+pub const TYPE_IP6ADDR: u32 = 8;
+pub const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_BITS: u32 = 6;
+
+/// The type id of a concatenation of `parts`, in order.
+pub const fn concat_type(parts: &[u32]) -> u32 {
+    let mut t = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        t = (t << TYPE_BITS) | parts[i];
+        i += 1;
+    }
+    t
 }
 
 /// Make `set` one whose elements expire after `timeout_ms` (flag NFT_SET_TIMEOUT and a default

@@ -20,7 +20,9 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::conntrack::{self, Flow, IPPROTO_TCP};
 use super::nft;
-use super::nft_ext::{ElemsReplace, FlowKey};
+use super::nft_ext::{
+    concat_type, ConcatKey, ElemsReplace, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+};
 use super::sockets;
 
 /// Tickle rounds after the first, this far apart: more than tcp_invalid_ratelimit (500 ms), so
@@ -50,37 +52,51 @@ pub struct PurgeReport {
     pub stale6: Vec<StaleKey6>,
 }
 
-/// The key of a flow in the stale sets: the bytes of the client's packets from the source
-/// address to the TCP destination port.
+/// The key of a flow in the stale sets: `saddr . daddr . sport . dport` of the client's packets,
+/// each port in a 32-bit register of its own (two bytes, two of padding).
 pub fn stale_key(f: &Flow) -> Option<Result<StaleKey4, StaleKey6>> {
-    let ports = [f.sport.to_be_bytes(), f.dport.to_be_bytes()].concat();
+    let mut ports = [0u8; 8];
+    ports[..2].copy_from_slice(&f.sport.to_be_bytes());
+    ports[4..6].copy_from_slice(&f.dport.to_be_bytes());
     match (f.src, f.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut k = [0u8; 12];
+            let mut k = [0u8; 16];
             k[..4].copy_from_slice(&s.octets());
             k[4..8].copy_from_slice(&d.octets());
             k[8..].copy_from_slice(&ports);
-            Some(Ok(FlowKey(k)))
+            Some(Ok(ConcatKey(k)))
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut k = [0u8; 36];
+            let mut k = [0u8; 40];
             k[..16].copy_from_slice(&s.octets());
             k[16..32].copy_from_slice(&d.octets());
             k[32..].copy_from_slice(&ports);
-            Some(Err(FlowKey(k)))
+            Some(Err(ConcatKey(k)))
         }
         _ => None,
     }
 }
 
-/// Killed IPv4 TCP flows: key = the 12 packet bytes from the IPv4 source address to the TCP
-/// destination port (`@nh,96,96` when the header has no options).
+/// Killed IPv4 TCP flows, keyed by the client's `ip saddr . ip daddr . tcp sport . tcp dport`.
 pub const STALE4: &CStr = c"stale4";
-/// Killed IPv6 TCP flows: 36 bytes from the source address to the TCP destination port
-/// (`@nh,64,288` when TCP follows the fixed header directly).
+/// Killed IPv6 TCP flows, keyed the same way.
 pub const STALE6: &CStr = c"stale6";
-pub type StaleKey4 = FlowKey<12>;
-pub type StaleKey6 = FlowKey<36>;
+pub type StaleKey4 = ConcatKey<16, STALE4_TYPE>;
+pub type StaleKey6 = ConcatKey<40, STALE6_TYPE>;
+/// `ipv4_addr . ipv4_addr . inet_service . inet_service`
+const STALE4_TYPE: u32 = concat_type(&[
+    TYPE_IPADDR,
+    TYPE_IPADDR,
+    TYPE_INET_SERVICE,
+    TYPE_INET_SERVICE,
+]);
+/// `ipv6_addr . ipv6_addr . inet_service . inet_service`
+const STALE6_TYPE: u32 = concat_type(&[
+    TYPE_IP6ADDR,
+    TYPE_IP6ADDR,
+    TYPE_INET_SERVICE,
+    TYPE_INET_SERVICE,
+]);
 /// Killed flows stay rejectable this long; their clients are reset within seconds, this only
 /// covers clients that come back late from sleep.
 pub const STALE_TIMEOUT_MS: u64 = 20 * 60 * 1000;
@@ -287,18 +303,23 @@ mod tests {
     }
 
     #[test]
-    fn stale_keys_are_the_client_packet_bytes() {
+    fn stale_keys_are_the_client_packet_fields_each_port_in_its_own_register() {
         let Some(Ok(k)) = stale_key(&flow("10.99.0.2", "198.51.100.10")) else {
             panic!()
         };
         assert_eq!(
             k.0,
-            [10, 99, 0, 2, 198, 51, 100, 10, 0x9c, 0x40, 0x01, 0xbb]
+            [10, 99, 0, 2, 198, 51, 100, 10, 0x9c, 0x40, 0, 0, 0x01, 0xbb, 0, 0]
         );
         let Some(Err(k)) = stale_key(&flow("2001:db8::2", "2001:db8:ff::10")) else {
             panic!()
         };
-        assert_eq!(&k.0[32..], &[0x9c, 0x40, 0x01, 0xbb]);
+        assert_eq!(&k.0[32..], &[0x9c, 0x40, 0, 0, 0x01, 0xbb, 0, 0]);
+        // As nft names the key type: ipv4_addr . ipv4_addr . inet_service . inet_service.
+        assert_eq!(
+            <StaleKey4 as nftnl::set::SetKey>::TYPE,
+            ((7 << 6 | 7) << 6 | 13) << 6 | 13
+        );
     }
 
     #[test]

@@ -56,7 +56,15 @@ pub enum Expr {
         offset: u32,
         len: u32,
     },
-    /// Register 1 is in the set called `set`.
+    /// `len` bytes at `offset` of the network or transport header into the 32-bit register
+    /// `reg32` (0 ..= 15) and the ones after it: one part of a concatenation.
+    PayloadTo {
+        base: Base,
+        offset: u32,
+        len: u32,
+        reg32: u32,
+    },
+    /// Register 1 (and the ones after it, for a long key) is in the set called `set`.
     Lookup {
         set: String,
     },
@@ -226,18 +234,32 @@ fn snat_prefix(p: &Prefix) -> io::Result<Vec<Expr>> {
 
 /// The packet's flow key, from the source address to the TCP destination port (see
 /// reset::STALE4/6), is in a stale set.
+/// `ip saddr . ip daddr . tcp sport . tcp dport @stale4` (or ip6, `@stale6`): the key is the
+/// concatenation of the four, each part starting at a 32-bit register (a port is padded to
+/// four bytes), as [`stale_key`](crate::dataplane::reset::stale_key) builds it.
 fn stale_flow(v6: bool) -> Vec<Expr> {
-    let (offset, len, set) = if v6 {
-        (8, 36, STALE6)
-    } else {
-        (12, 12, STALE4)
-    };
-    vec![
-        payload(Base::Network, offset, len),
-        Expr::Lookup {
-            set: set.to_string_lossy().into_owned(),
-        },
-    ]
+    let (src, dst) = (addr_offset(v6, false), addr_offset(v6, true));
+    let addr_regs = src.1 / 4;
+    let parts = [
+        (Base::Network, src, 0),
+        (Base::Network, dst, addr_regs),
+        (Base::Transport, (0, 2), 2 * addr_regs),
+        (Base::Transport, (2, 2), 2 * addr_regs + 1),
+    ];
+    let set = if v6 { STALE6 } else { STALE4 };
+    let mut out: Vec<Expr> = parts
+        .into_iter()
+        .map(|(base, (offset, len), reg32)| Expr::PayloadTo {
+            base,
+            offset,
+            len,
+            reg32,
+        })
+        .collect();
+    out.push(Expr::Lookup {
+        set: set.to_string_lossy().into_owned(),
+    });
+    out
 }
 
 /// The TCP flags byte in the TCP header.
@@ -364,7 +386,24 @@ fn add_expr(rule: &mut Rule<'_>, e: &Expr, sets: &impl Sets) -> io::Result<()> {
             base: *base,
             offset: *offset,
             len: *len,
+            dreg: libc::NFT_REG_1 as u32,
         }),
+        Expr::PayloadTo {
+            base,
+            offset,
+            len,
+            reg32,
+        } => {
+            if *reg32 > 15 {
+                return Err(invalid("no such 32-bit register"));
+            }
+            rule.add_expr(&RawLoad {
+                base: *base,
+                offset: *offset,
+                len: *len,
+                dreg: libc::NFT_REG32_00 as u32 + reg32,
+            })
+        }
         Expr::Lookup { set } => rule.add_expr(&sets.lookup(set)?),
         Expr::Dynset {
             op,

@@ -43,8 +43,8 @@ fn renders_restore_steer_resets_and_masquerade() {
     ];
     let text = render(&state(r#""lan0", "lan1""#, "", &[(1, 1)]), &addrs).to_string();
     let want = r#"table inet uplinkd {
-  set stale4 { type integer (12 bytes); flags timeout; timeout 1200s; }
-  set stale6 { type integer (36 bytes); flags timeout; timeout 1200s; }
+  set stale4 { type ipv4_addr . ipv4_addr . inet_service . inet_service; flags timeout; timeout 1200s; }
+  set stale6 { type ipv6_addr . ipv6_addr . inet_service . inet_service; flags timeout; timeout 1200s; }
   chain prerouting { type filter hook prerouting priority -150; policy accept;
     ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
     ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
@@ -54,10 +54,10 @@ fn renders_restore_steer_resets_and_masquerade() {
     iifname "lan1" ct state new meta mark & 0xff00 == 0x0 jump steer
   }
   chain forward { type filter hook forward priority 0; policy accept;
-    iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 @nh,96,96 @stale4 reject with tcp reset
-    iifname "lan0" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 @nh,64,288 @stale6 reject with tcp reset
-    iifname "lan1" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 @nh,96,96 @stale4 reject with tcp reset
-    iifname "lan1" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 @nh,64,288 @stale6 reject with tcp reset
+    iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 ip saddr . ip daddr . tcp sport . tcp dport @stale4 reject with tcp reset
+    iifname "lan0" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 ip6 saddr . ip6 daddr . tcp sport . tcp dport @stale6 reject with tcp reset
+    iifname "lan1" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 ip saddr . ip daddr . tcp sport . tcp dport @stale4 reject with tcp reset
+    iifname "lan1" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 ip6 saddr . ip6 daddr . tcp sport . tcp dport @stale6 reject with tcp reset
     iifname "lan0" ct state invalid drop
     iifname "lan1" ct state invalid drop
   }
@@ -359,8 +359,14 @@ fn every_op() -> Vec<(Op, &'static str)> {
             "snat ip6 prefix to 2001:db8:1::/48",
         ),
         (Op::TcpNotSyn, "tcp flags & syn == 0"),
-        (Op::StaleFlow { v6: false }, "@nh,96,96 @stale4"),
-        (Op::StaleFlow { v6: true }, "@nh,64,288 @stale6"),
+        (
+            Op::StaleFlow { v6: false },
+            "ip saddr . ip daddr . tcp sport . tcp dport @stale4",
+        ),
+        (
+            Op::StaleFlow { v6: true },
+            "ip6 saddr . ip6 daddr . tcp sport . tcp dport @stale6",
+        ),
         (Op::RejectTcpReset, "reject with tcp reset"),
         (Op::Drop, "drop"),
         (Op::Masquerade, "masquerade"),
@@ -390,8 +396,8 @@ fn every_op_and_expression_encodes_into_a_batch() {
         .flat_map(|(op, _)| lower(op).unwrap())
         .map(|e| discriminant(&e))
         .collect();
-    // Every variant of Expr (all 19) is used by some op, so all of add_expr runs.
-    assert_eq!(exprs.len(), 19);
+    // Every variant of Expr (all 20) is used by some op, so all of add_expr runs.
+    assert_eq!(exprs.len(), 20);
     let rules = Ruleset {
         chains: vec![
             ChainPlan {

@@ -53,7 +53,8 @@ type Phrase = Option<(usize, String)>;
 
 /// The phrase `e` starts with: how many expressions it covers and its text.
 fn phrase(e: &[Expr]) -> Phrase {
-    let phrases: [fn(&[Expr]) -> Phrase; 6] = [meta, mark, ct_state, transport, network, statement];
+    let phrases: [fn(&[Expr]) -> Phrase; 7] =
+        [meta, mark, ct_state, transport, network, concat, statement];
     phrases.iter().find_map(|p| p(e))
 }
 
@@ -202,6 +203,44 @@ fn network(e: &[Expr]) -> Phrase {
         }
         _ => None,
     }
+}
+
+/// `ip saddr . ip daddr . tcp sport . tcp dport @SET` (or ip6): loads into consecutive 32-bit
+/// registers from 0, then a lookup.
+fn concat(e: &[Expr]) -> Phrase {
+    let mut parts = Vec::new();
+    let mut reg = 0;
+    for x in e {
+        match x {
+            Expr::PayloadTo {
+                base,
+                offset,
+                len,
+                reg32,
+            } if *reg32 == reg => {
+                parts.push(field(*base, *offset, *len)?);
+                reg += len.div_ceil(4);
+            }
+            Expr::Lookup { set } if !parts.is_empty() => {
+                return Some((parts.len() + 1, format!("{} @{set}", parts.join(" . "))));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The header field at `offset` (the TCP ports, the IP addresses).
+fn field(base: Base, offset: u32, len: u32) -> Option<&'static str> {
+    Some(match (base, offset, len) {
+        (Base::Transport, 0, 2) => "tcp sport",
+        (Base::Transport, 2, 2) => "tcp dport",
+        (Base::Network, o, l) if (o, l) == addr_offset(false, false) => "ip saddr",
+        (Base::Network, o, l) if (o, l) == addr_offset(false, true) => "ip daddr",
+        (Base::Network, o, l) if (o, l) == addr_offset(true, false) => "ip6 saddr",
+        (Base::Network, o, l) if (o, l) == addr_offset(true, true) => "ip6 daddr",
+        _ => return None,
+    })
 }
 
 /// NAT, numgen and verdicts.
@@ -387,6 +426,12 @@ fn raw(e: &Expr) -> String {
             format!("cmp {} {}", format!("{op:?}").to_lowercase(), hex(data))
         }
         Expr::Payload { base, offset, len } => format!("payload {}", payload(*base, *offset, *len)),
+        Expr::PayloadTo {
+            base,
+            offset,
+            len,
+            reg32,
+        } => format!("payload {} => reg32 {reg32}", payload(*base, *offset, *len)),
         Expr::Lookup { set } => format!("lookup @{set}"),
         Expr::Dynset {
             op,
@@ -406,10 +451,10 @@ fn raw(e: &Expr) -> String {
 impl fmt::Display for Ruleset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table inet {} {{", TABLE.to_string_lossy())?;
-        for (name, len) in [(STALE4, 12), (STALE6, 36)] {
+        for (name, ip) in [(STALE4, "ipv4_addr"), (STALE6, "ipv6_addr")] {
             writeln!(
                 f,
-                "  set {} {{ type integer ({len} bytes); flags timeout; timeout {}s; }}",
+                "  set {} {{ type {ip} . {ip} . inet_service . inet_service; flags timeout; timeout {}s; }}",
                 name.to_string_lossy(),
                 STALE_TIMEOUT_MS / 1000
             )?;
