@@ -41,6 +41,7 @@ fn flows(n: usize, offset: usize) -> Vec<Flow> {
             sport: 1024 + (i % 60_000) as u16,
             dport: 443,
             tcp_state: Some(3),
+            reply_dst: None,
         })
         .collect()
 }
@@ -74,7 +75,7 @@ fn main() -> std::io::Result<()> {
         lan: vec![(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 0)), 16)],
         ..Default::default()
     };
-    let r = reset::purge(d.links[0].mark, d.mark_mask, d.tickle_mark, &scope)?;
+    let r = reset::purge(d.links[0].mark, d.mark_mask, d.tickle_mark, &scope, &[])?;
     let all = t.elapsed();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     println!("\npurge of the dead link's flows out of {total} tracked:");

@@ -41,6 +41,11 @@ pub enum Event {
         link: String,
         to: String,
     },
+    /// A link lost addresses while keeping another: the flows translated to them are reset.
+    AddressGone {
+        link: String,
+        addresses: Vec<String>,
+    },
     /// A link's flows were purged and their clients reset.
     Purge {
         link: String,
@@ -161,6 +166,11 @@ impl fmt::Display for Event {
             } => write!(
                 f,
                 "link {link}: purged {flows} flows, reset {tcp_reset} TCP clients, aborted {sockets_aborted} router sockets in {ms:.1} ms (dump {dump:.1}, stale set {stale:.1}, flush {flush:.1}, tickle {tickle:.1}, sockets {sockets:.1})"
+            ),
+            Event::AddressGone { link, addresses } => write!(
+                f,
+                "link {link}: lost {}; resetting the flows translated to it",
+                addresses.join(", ")
             ),
             Event::PurgeFailed { link, error } => write!(f, "link {link}: {error}"),
             Event::Drain { link, reset } => write!(

@@ -21,6 +21,7 @@ const IPCTNL_MSG_CT_DELETE: u16 = 2;
 
 // Attribute numbers from linux/netfilter/nfnetlink_conntrack.h.
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_MARK: u16 = 8;
 const CTA_MARK_MASK: u16 = 21;
@@ -52,6 +53,8 @@ pub struct Flow {
     pub dport: u16,
     /// TCP only: the conntrack TCP state.
     pub tcp_state: Option<u8>,
+    /// Where replies are addressed: the address the flow was translated to, for a NATed one.
+    pub reply_dst: Option<IpAddr>,
 }
 
 impl Flow {
@@ -108,6 +111,10 @@ pub fn parse_flow(payload: &[u8]) -> Option<Flow> {
         .and_then(ip)?;
     let proto = find(orig, CTA_TUPLE_PROTO)?;
     let num = *find(proto, CTA_PROTO_NUM)?.first()?;
+    let reply_dst = find(body, CTA_TUPLE_REPLY)
+        .and_then(|r| find(r, CTA_TUPLE_IP))
+        .and_then(|ips| find(ips, CTA_IP_V4_DST).or_else(|| find(ips, CTA_IP_V6_DST)))
+        .and_then(ip);
     let tcp_state = find(body, CTA_PROTOINFO)
         .and_then(|p| find(p, CTA_PROTOINFO_TCP))
         .and_then(|t| find(t, CTA_PROTOINFO_TCP_STATE))
@@ -119,6 +126,7 @@ pub fn parse_flow(payload: &[u8]) -> Option<Flow> {
         sport: find(proto, CTA_PROTO_SRC_PORT).and_then(port).unwrap_or(0),
         dport: find(proto, CTA_PROTO_DST_PORT).and_then(port).unwrap_or(0),
         tcp_state,
+        reply_dst,
     })
 }
 
@@ -137,48 +145,13 @@ pub fn dump_mark(mark: u32, mask: u32) -> io::Result<Vec<Flow>> {
 #[cfg(feature = "bench")]
 pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
     const IPCTNL_MSG_CT_NEW: u16 = 0;
-    const CTA_TUPLE_REPLY: u16 = 2;
     const CTA_TIMEOUT: u16 = 7;
     use crate::dataplane::netlink::{message, put_attr as nla, Reply, NLA_F_NESTED as NESTED};
     use crate::dataplane::netlink::{NLM_F_CREATE, NLM_F_REQUEST};
-    fn tuple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
-        let mut ips = Vec::new();
-        match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                nla(&mut ips, CTA_IP_V4_SRC, &s.octets());
-                nla(&mut ips, CTA_IP_V4_DST, &d.octets());
-            }
-            (s, d) => {
-                let v6 = |a: IpAddr| match a {
-                    IpAddr::V6(a) => a.octets(),
-                    IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-                };
-                nla(&mut ips, CTA_IP_V6_SRC, &v6(s));
-                nla(&mut ips, CTA_IP_V6_DST, &v6(d));
-            }
-        }
-        let mut p = Vec::new();
-        nla(&mut p, CTA_PROTO_NUM, &[proto]);
-        nla(&mut p, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
-        nla(&mut p, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
-        let mut t = Vec::new();
-        nla(&mut t, CTA_TUPLE_IP | NESTED, &ips);
-        nla(&mut t, CTA_TUPLE_PROTO | NESTED, &p);
-        t
-    }
     let mut socket = open(8192)?;
     let mut batch = Vec::with_capacity(1 << 16);
     for (i, f) in flows.iter().enumerate() {
-        let mut body = vec![
-            if f.src.is_ipv6() {
-                libc::AF_INET6 as u8
-            } else {
-                libc::AF_INET as u8
-            },
-            0,
-            0,
-            0,
-        ];
+        let mut body = family(f);
         nla(
             &mut body,
             CTA_TUPLE_ORIG | NESTED,
@@ -215,6 +188,71 @@ pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A tuple as ctnetlink takes it (CTA_TUPLE_IP and CTA_TUPLE_PROTO, nested).
+fn tuple(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut ips = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            netlink::put_attr(&mut ips, CTA_IP_V4_SRC, &s.octets());
+            netlink::put_attr(&mut ips, CTA_IP_V4_DST, &d.octets());
+        }
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            netlink::put_attr(&mut ips, CTA_IP_V6_SRC, &v6(s));
+            netlink::put_attr(&mut ips, CTA_IP_V6_DST, &v6(d));
+        }
+    }
+    let mut p = Vec::new();
+    netlink::put_attr(&mut p, CTA_PROTO_NUM, &[proto]);
+    netlink::put_attr(&mut p, CTA_PROTO_SRC_PORT, &sport.to_be_bytes());
+    netlink::put_attr(&mut p, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+    let mut t = Vec::new();
+    netlink::put_attr(&mut t, CTA_TUPLE_IP | netlink::NLA_F_NESTED, &ips);
+    netlink::put_attr(&mut t, CTA_TUPLE_PROTO | netlink::NLA_F_NESTED, &p);
+    t
+}
+
+/// TCP, UDP, DCCP, SCTP and UDP-Lite: a tuple of addresses and ports.
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, 6 | 17 | 33 | 132 | 136)
+}
+
+/// The nfgenmsg of a request about one flow: its address family.
+fn family(f: &Flow) -> Vec<u8> {
+    let family = if f.src.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    vec![family as u8, 0, 0, 0]
+}
+
+/// Delete these flows' entries, one request each (by the original tuple). Entries already gone
+/// are skipped, and so are flows of protocols without ports (ICMP: its tuple is an id, type and
+/// code, which [`Flow`] does not keep; such entries expire within seconds anyway). Returns how
+/// many were deleted.
+pub fn delete(flows: &[Flow]) -> io::Result<usize> {
+    let mut socket = open(8192)?;
+    let mut deleted = 0;
+    for f in flows.iter().filter(|f| has_ports(f.proto)) {
+        let mut body = family(f);
+        netlink::put_attr(
+            &mut body,
+            CTA_TUPLE_ORIG | netlink::NLA_F_NESTED,
+            &tuple(f.src, f.dst, f.proto, f.sport, f.dport),
+        );
+        match socket.request(ct(IPCTNL_MSG_CT_DELETE), &body) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
 }
 
 /// Delete every conntrack entry with `ct mark & mask == mark`.
@@ -290,6 +328,7 @@ mod tests {
                 sport: 40000,
                 dport: 8080,
                 tcp_state: Some(3),
+                reply_dst: None,
             }
         );
         assert!(f.tcp_open());

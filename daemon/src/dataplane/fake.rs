@@ -4,6 +4,7 @@
 //! Clones share one state: the test keeps one, the supervisor owns the other.
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{nft, rules, Dataplane, Error, LinkEvent};
@@ -21,8 +22,8 @@ pub struct State {
     pub fail_applies: usize,
     /// Interfaces and their state, as `interfaces()` reports them.
     pub interfaces: Vec<LinkEvent>,
-    /// Interfaces with an IPv4 address.
-    pub ipv4: Vec<String>,
+    /// IPv4 addresses with their interfaces.
+    pub ipv4: Vec<(String, Ipv4Addr)>,
     /// Flows each purge reports.
     pub flows_per_purge: usize,
 }
@@ -44,7 +45,11 @@ impl Fake {
                     up: true,
                 })
                 .collect();
-            s.ipv4 = names.iter().map(|n| (*n).to_owned()).collect();
+            s.ipv4 = names
+                .iter()
+                .zip(1..)
+                .map(|(n, i)| ((*n).to_owned(), Ipv4Addr::new(100, 64, i, 2)))
+                .collect();
         }
         f
     }
@@ -121,7 +126,7 @@ impl Dataplane for Fake {
         Ok(self.state().interfaces.clone())
     }
 
-    async fn ipv4_interfaces(&self) -> Result<Vec<String>, Error> {
+    async fn ipv4_addresses(&self) -> Result<Vec<(String, Ipv4Addr)>, Error> {
         Ok(self.state().ipv4.clone())
     }
 }

@@ -41,7 +41,9 @@ impl Kernel {
     }
 
     /// Write our table if it differs from the one written last or (with `verify`) has gone
-    /// missing; whether it was written.
+    /// missing. Returns whether it had to be restored: it was missing, or the update in place
+    /// was refused because someone changed it (a first write, or a new ruleset applied in place,
+    /// is not a repair).
     async fn write_nft(
         &mut self,
         d: &DesiredState,
@@ -56,19 +58,21 @@ impl Kernel {
         let r = rules.clone();
         // When our table went missing it is written afresh.
         let previous = self.applied.clone().filter(|_| !missing);
+        let in_place = previous.is_some();
         let (v4, v6) = self.stale_keys();
-        blocking(move || {
+        let replaced = blocking(move || {
             // Sets survive an update in place; a replacement empties them, so the stale flows
             // are put back.
-            if nft::replace(&r, previous.as_ref())? {
+            let replaced = nft::replace(&r, previous.as_ref())?;
+            if replaced {
                 nft::add_stale(&v4, &v6)?;
             }
-            Ok(())
+            Ok(replaced)
         })
         .await
         .map_err(Error::Nft)?;
         self.applied = Some(rules);
-        Ok(true)
+        Ok(missing || (in_place && replaced))
     }
 
     /// The stale keys that still matter.
@@ -136,7 +140,8 @@ impl Dataplane for Kernel {
                     .map(|(_, a, len)| (*a, *len))
                     .collect(),
             };
-            let r = blocking(move || reset::purge(mark, mask, tickle_mark, &scope))
+            let nat_to = order.nat_to;
+            let r = blocking(move || reset::purge(mark, mask, tickle_mark, &scope, &nat_to))
                 .await
                 .map_err(err)?;
             let until = Instant::now() + Duration::from_millis(nft::STALE_TIMEOUT_MS);
@@ -180,7 +185,9 @@ impl Dataplane for Kernel {
         monitor::snapshot(&self.handle).await.map_err(Error::Read)
     }
 
-    async fn ipv4_interfaces(&self) -> Result<Vec<String>, Error> {
-        monitor::with_ipv4(&self.handle).await.map_err(Error::Read)
+    async fn ipv4_addresses(&self) -> Result<Vec<(String, std::net::Ipv4Addr)>, Error> {
+        monitor::ipv4_addresses(&self.handle)
+            .await
+            .map_err(Error::Read)
     }
 }

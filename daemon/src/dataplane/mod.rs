@@ -19,6 +19,7 @@ pub mod sockets;
 mod sysctl;
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 
 use crate::engine::{Applied, DesiredState, PurgeOrder, Purged};
 pub use kernel::Kernel;
@@ -68,8 +69,8 @@ pub trait Dataplane {
     /// Every interface with its state now (carrier and admin state).
     async fn interfaces(&self) -> Result<Vec<LinkEvent>, Error>;
 
-    /// Names of the interfaces that have an IPv4 address now.
-    async fn ipv4_interfaces(&self) -> Result<Vec<String>, Error>;
+    /// Every IPv4 address now, with its interface (primary addresses first).
+    async fn ipv4_addresses(&self) -> Result<Vec<(String, Ipv4Addr)>, Error>;
 }
 
 /// Run blocking netlink work on tokio's blocking pool (same process, same network namespace).

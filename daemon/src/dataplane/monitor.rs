@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::Ipv4Addr;
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
@@ -64,17 +65,17 @@ pub async fn snapshot(h: &Handle) -> Result<Vec<LinkEvent>, rtnetlink::Error> {
     Ok(links.iter().filter_map(|m| link_event(m, false)).collect())
 }
 
-/// Names of the interfaces that have at least one IPv4 address.
-pub async fn with_ipv4(h: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
-    let mut out: Vec<String> = local_addrs(h)
+/// Every IPv4 address of the router with its interface's name, in the kernel's order (an
+/// interface's primary address first).
+pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(String, Ipv4Addr)>, rtnetlink::Error> {
+    Ok(local_addrs(h)
         .await?
         .into_iter()
-        .filter(|(_, ip, _)| ip.is_ipv4())
-        .map(|(name, _, _)| name)
-        .collect();
-    out.sort();
-    out.dedup();
-    Ok(out)
+        .filter_map(|(name, ip, _)| match ip {
+            std::net::IpAddr::V4(a) => Some((name, a)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect())
 }
 
 /// Every address of the router, IPv4 and IPv6, with the name of its interface and its prefix

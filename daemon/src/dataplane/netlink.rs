@@ -36,7 +36,6 @@ pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLM_F_CREATE: u16 = 0x400;
 
 /// Attribute type flag: the payload is itself a list of attributes.
-#[cfg(any(test, feature = "bench"))]
 pub const NLA_F_NESTED: u16 = 0x8000;
 /// The attribute type without the NLA_F_NESTED and NLA_F_NET_BYTEORDER flags.
 pub const NLA_TYPE_MASK: u16 = 0x3fff;

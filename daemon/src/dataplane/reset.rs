@@ -155,15 +155,31 @@ pub fn in_net(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
     }
 }
 
-/// Purge the flows with `ct mark & mask == mark` and reset their LAN TCP clients (first tickle
-/// round included), then abort the router's own TCP sockets of those flows.
+/// Purge the flows with `ct mark & mask == mark` (only those translated to an address of
+/// `nat_to`, when it is not empty) and reset their LAN TCP clients (first tickle round
+/// included), then abort the router's own TCP sockets of those flows.
 /// Blocking: run off the event loop.
-pub fn purge(mark: u32, mask: u32, tickle_mark: u32, scope: &Scope) -> io::Result<PurgeReport> {
+pub fn purge(
+    mark: u32,
+    mask: u32,
+    tickle_mark: u32,
+    scope: &Scope,
+    nat_to: &[IpAddr],
+) -> io::Result<PurgeReport> {
     let mut r = PurgeReport::default();
     let t = Instant::now();
-    let flows = conntrack::dump_mark(mark, mask)?;
+    let mut flows = conntrack::dump_mark(mark, mask)?;
+    if !nat_to.is_empty() {
+        flows.retain(|f| f.reply_dst.is_some_and(|a| nat_to.contains(&a)));
+    }
     r.dump = t.elapsed();
     r.flows = flows.len();
+    // Deleted one by one when only some of the link's flows go (kept only then).
+    let doomed = if nat_to.is_empty() {
+        Vec::new()
+    } else {
+        flows.clone()
+    };
     let own: Vec<sockets::Tuple> = flows
         .iter()
         .filter(|f| f.tcp_open() && scope.local.contains(&f.src))
@@ -190,7 +206,11 @@ pub fn purge(mark: u32, mask: u32, tickle_mark: u32, scope: &Scope) -> io::Resul
     add_stale(&r.stale4, &r.stale6)?;
     r.stale = t.elapsed();
     let t = Instant::now();
-    conntrack::flush_mark(mark, mask)?;
+    if nat_to.is_empty() {
+        conntrack::flush_mark(mark, mask)?;
+    } else {
+        conntrack::delete(&doomed)?;
+    }
     r.flush = t.elapsed();
     let t = Instant::now();
     tickle(&r.tickle_flows, tickle_mark)?;
@@ -288,6 +308,7 @@ mod tests {
             sport: 40000,
             dport: 443,
             tcp_state: Some(3),
+            reply_dst: None,
         }
     }
 

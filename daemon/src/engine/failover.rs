@@ -38,6 +38,9 @@ pub enum Why {
     Failback,
     /// An operator drained it and asked for its flows to be reset.
     Drained,
+    /// It lost addresses while keeping another (renumbered): the flows translated to the lost
+    /// ones ([`PurgeOrder::nat_to`]) are dead.
+    Renumbered,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +53,8 @@ pub struct PurgeOrder {
     pub tickle_mark: u32,
     /// Resets go only to clients on these interfaces' subnets.
     pub lan_interfaces: Vec<String>,
+    /// Only the flows translated to these addresses; empty: all the link's flows.
+    pub nat_to: Vec<std::net::IpAddr>,
 }
 
 /// The environment of a transition hook (see [`crate::config::Hooks`]).
@@ -241,8 +246,20 @@ impl Engine {
         let Some(l) = live.links.get(link) else {
             return;
         };
+        let mut nat_to = Vec::new();
         match why {
             Why::Down => {}
+            Why::Renumbered => {
+                let gone = std::mem::take(&mut self.gone[link]);
+                if gone.is_empty() {
+                    return;
+                }
+                self.emit(Event::AddressGone {
+                    link: l.name.clone(),
+                    addresses: gone.iter().map(ToString::to_string).collect(),
+                });
+                nat_to = gone.into_iter().map(std::net::IpAddr::V4).collect();
+            }
             Why::Failback => self.emit(Event::Draining {
                 link: l.name.clone(),
                 to: share_name(live, live.share()),
@@ -265,6 +282,7 @@ impl Engine {
             mark_mask: live.mark_mask,
             tickle_mark: live.tickle_mark,
             lan_interfaces: live.lan_interfaces.clone(),
+            nat_to,
         }));
     }
 
@@ -308,7 +326,7 @@ impl Engine {
                 routes_ms: None,
             });
         }
-        if prev == now && r.nft_replaced {
+        if r.nft_replaced {
             self.emit(Event::Repaired {
                 what: "nft table inet uplinkd was missing or changed".into(),
             });
@@ -342,6 +360,23 @@ impl Engine {
                 self.emit(Event::LinkProblem { link, problem: now });
             }
         }
+    }
+
+    /// A link's IPv4 addresses now. Addresses lost while another stays (a renumber, the link
+    /// possibly up all along) strand the flows translated to them: they are reset after the next
+    /// apply. A link left without any goes down instead, and all its flows go.
+    pub(super) fn addresses_now(&mut self, link: LinkId, v4: Vec<std::net::Ipv4Addr>) {
+        let old = std::mem::replace(&mut self.addrs[link], v4);
+        let now = &self.addrs[link];
+        let lost: Vec<_> = old.into_iter().filter(|a| !now.contains(a)).collect();
+        if lost.is_empty() || now.is_empty() {
+            return;
+        }
+        self.gone[link].extend(lost);
+        if !self.waiting.contains(&(link, Why::Renumbered)) {
+            self.waiting.push((link, Why::Renumbered));
+        }
+        self.verify = true;
     }
 
     /// A transition for status, counters and `watch`.

@@ -8,6 +8,7 @@ pub mod sim;
 mod state;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -69,10 +70,11 @@ pub enum Input {
         link: LinkId,
         up: bool,
     },
-    /// The link's interface gained its first or lost its last IPv4 address.
-    Address {
+    /// The IPv4 addresses of the link's interface now (primary first); none: it cannot carry
+    /// IPv4.
+    Addresses {
         link: LinkId,
-        present: bool,
+        v4: Vec<Ipv4Addr>,
     },
 }
 
@@ -111,6 +113,10 @@ pub struct Engine {
     missing: Vec<String>,
     /// Per link: what the kernel refuses for it now.
     refused: Vec<Option<String>>,
+    /// Per link: its IPv4 addresses, and those it lost while it kept another (a renumber):
+    /// the flows translated to them are reset.
+    addrs: Vec<Vec<Ipv4Addr>>,
+    gone: Vec<Vec<Ipv4Addr>>,
     /// For status: each link's newest transition, links whose transition's steering is not
     /// live yet, counters by link name, and the applies.
     last: Vec<Option<TransitionStatus>>,
@@ -144,6 +150,8 @@ impl Engine {
             apply_error: None,
             missing: Vec::new(),
             refused: vec![None; n],
+            addrs: vec![Vec::new(); n],
+            gone: vec![Vec::new(); n],
             last: vec![None; n],
             unsteered: Vec::new(),
             counters: BTreeMap::new(),
@@ -188,6 +196,8 @@ impl Engine {
         }
         self.config = next.config;
         self.refused = next.refused;
+        self.addrs = next.addrs;
+        self.gone = next.gone;
         self.links = next.links;
         self.drained = next.drained;
         self.last = next.last;
@@ -352,11 +362,12 @@ impl Engine {
                     self.links[link].on_link_layer(now, change, &self.config),
                 )
             }
-            Input::Address { link, present } if link < self.links.len() => {
+            Input::Addresses { link, v4 } if link < self.links.len() => {
                 let change = LinkLayer {
-                    address: Some(present),
+                    address: Some(!v4.is_empty()),
                     ..LinkLayer::default()
                 };
+                self.addresses_now(link, v4);
                 (
                     link,
                     self.links[link].on_link_layer(now, change, &self.config),

@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
+use std::net::Ipv4Addr;
+
 use super::sim::{Rng, Sim};
 use super::*;
 use crate::config;
@@ -253,15 +255,15 @@ fn carrier_or_address_loss_is_down_at_once_and_probes_bring_it_back() {
         vec![LinkState::Up]
     );
 
-    let tr = sim.event(Input::Address {
+    let tr = sim.event(Input::Addresses {
         link: 0,
-        present: false,
+        v4: Vec::new(),
     });
     assert_eq!(tr[0].reason, "no IPv4 address on the interface");
     assert!(sim
-        .event(Input::Address {
+        .event(Input::Addresses {
             link: 0,
-            present: true
+            v4: vec![Ipv4Addr::new(100, 64, 1, 2)],
         })
         .is_empty());
     let tr = of_link0(sim.run(sim.now + secs(10), |_, _, _| Some(ms(5))));

@@ -328,22 +328,27 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         }
     }
 
-    /// Tell the engine which links have an IPv4 address. A failed dump changes nothing.
+    /// Tell the engine each link's IPv4 addresses. A failed dump changes nothing.
     async fn addresses(&mut self) {
-        let with = match self.dp.ipv4_interfaces().await {
-            Ok(w) => w,
+        let all = match self.dp.ipv4_addresses().await {
+            Ok(a) => a,
             Err(e) => return warn!("{:#}", anyhow::Error::new(e)),
         };
         let now = Instant::now().into_std();
-        let present: Vec<bool> = self
+        let per_link: Vec<Vec<std::net::Ipv4Addr>> = self
             .engine
             .config()
             .links
             .iter()
-            .map(|l| with.contains(&l.interface))
+            .map(|l| {
+                all.iter()
+                    .filter(|(i, _)| *i == l.interface)
+                    .map(|(_, a)| *a)
+                    .collect()
+            })
             .collect();
-        for (link, present) in present.into_iter().enumerate() {
-            self.engine.handle(now, Input::Address { link, present });
+        for (link, v4) in per_link.into_iter().enumerate() {
+            self.engine.handle(now, Input::Addresses { link, v4 });
         }
     }
 

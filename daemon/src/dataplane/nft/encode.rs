@@ -15,10 +15,10 @@ use std::ffi::{CStr, CString};
 use std::io;
 
 use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Conntrack, Immediate, Lookup, Masquerade, Meta, Register, RejectionType,
-    States, Verdict,
+    Bitwise, Cmp, CmpOp, Conntrack, Immediate, Lookup, Masquerade, Meta, Nat, NatType, Register,
+    RejectionType, States, Verdict,
 };
-use nftnl::Rule;
+use nftnl::{ProtoFamily, Rule};
 
 use super::plan::{DynOp, Op};
 use super::{NFPROTO_IPV4, NFPROTO_IPV6, TCP_FLAG_SYN};
@@ -92,6 +92,10 @@ pub enum Expr {
     Masquerade,
     /// IPv6 source NAT to the prefix from register 1 (first address) to register 2 (last).
     SnatPrefix6,
+    /// 4 bytes (an IPv4 address) into register 1.
+    Immediate4([u8; 4]),
+    /// IPv4 source NAT to the address in register 1.
+    Snat4,
     Notrack,
 }
 
@@ -174,6 +178,7 @@ pub fn lower(op: &Op) -> io::Result<Vec<Expr>> {
         Op::Jump(c) => vec![E::Jump(c.clone())],
         Op::Goto(c) => vec![E::Goto(c.clone())],
         Op::SnatPrefix(p) => snat_prefix(p)?,
+        Op::Snat4(a) => vec![Expr::Immediate4(a.octets()), Expr::Snat4],
         Op::TcpNotSyn => vec![
             payload(Base::Transport, TCP_FLAGS_OFFSET, 1),
             E::Bitwise {
@@ -437,6 +442,13 @@ fn add_expr(rule: &mut Rule<'_>, e: &Expr, sets: &impl Sets) -> io::Result<()> {
         Expr::RejectTcpReset => rule.add_expr(&Verdict::Reject(RejectionType::TcpRst)),
         Expr::Masquerade => rule.add_expr(&Masquerade),
         Expr::SnatPrefix6 => rule.add_expr(&SnatPrefix6),
+        Expr::Immediate4(a) => rule.add_expr(&Immediate::new(*a, Register::Reg1)),
+        Expr::Snat4 => rule.add_expr(&Nat {
+            nat_type: NatType::SNat,
+            family: ProtoFamily::Ipv4,
+            ip_register: Register::Reg1,
+            port_register: None,
+        }),
         Expr::Notrack => rule.add_expr(&Notrack),
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! Policy to rules: the [`DesiredState`] rendered as a [`Ruleset`], chains of rules made of
 //! [`Op`]s, each a match or a statement of nft(8) syntax.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use nftnl::{ChainType, Hook};
 
@@ -70,6 +70,8 @@ pub enum Op {
     Goto(String),
     /// `snat ip6 prefix to PREFIX`: the source prefix replaced, the interface identifier kept.
     SnatPrefix(Prefix),
+    /// `snat ip to ADDR`; the rule checks the family before.
+    Snat4(Ipv4Addr),
     /// `tcp flags & syn == 0`: not a connection attempt.
     TcpNotSyn,
     /// The packet's flow key is in a stale set (`@nh,OFFSET,LEN @set`).
@@ -163,7 +165,7 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             Hook::PostRouting,
             ChainType::Nat,
             PRIO_SRCNAT,
-            postrouting(d),
+            postrouting(d, addrs),
         ),
     ];
     let mut sticky = Vec::new();
@@ -300,10 +302,25 @@ fn record_link(d: &DesiredState) -> Vec<Vec<Op>> {
         .collect()
 }
 
-/// Traffic leaving a link takes its address (or, for IPv6 with `nptv6`, its prefix).
-fn postrouting(d: &DesiredState) -> Vec<Vec<Op>> {
+/// Traffic leaving a link takes its address (or, for IPv6 with `nptv6`, its prefix). IPv4 is
+/// translated to the link's first (primary) address by SNAT rather than masquerade: when that
+/// address goes away (a DHCP lease lost, a renumber), the kernel deletes masqueraded flows'
+/// entries itself, and their clients could no longer be found to reset; SNATed ones stay until
+/// uplinkd purges them. Masquerade covers the rest (IPv6, a link without an IPv4 address).
+fn postrouting(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
     let mut post = Vec::new();
-    for l in &d.links {
+    for (i, l) in d.links.iter().enumerate() {
+        let v4 = addrs.get(i).into_iter().flatten().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        if let Some(a) = v4 {
+            post.push(vec![
+                Op::OifName(l.interface.clone()),
+                Op::NfProto(NFPROTO_IPV4),
+                Op::Snat4(a),
+            ]);
+        }
         if let Some(p) = l.nptv6 {
             post.push(vec![
                 Op::OifName(l.interface.clone()),

@@ -75,7 +75,9 @@ fn renders_restore_steer_resets_and_masquerade() {
     oifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x200
   }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
+    oifname "wan1" meta nfproto ipv4 snat ip to 100.64.1.2
     oifname "wan1" masquerade
+    oifname "wan2" meta nfproto ipv4 snat ip to 100.64.2.2
     oifname "wan2" masquerade
   }
   chain steer {
@@ -358,6 +360,10 @@ fn every_op() -> Vec<(Op, &'static str)> {
             Op::SnatPrefix(prefix("2001:db8:1::/48")),
             "snat ip6 prefix to 2001:db8:1::/48",
         ),
+        (
+            Op::Snat4("100.64.1.2".parse().unwrap()),
+            "snat ip to 100.64.1.2",
+        ),
         (Op::TcpNotSyn, "tcp flags & syn == 0"),
         (
             Op::StaleFlow { v6: false },
@@ -396,8 +402,8 @@ fn every_op_and_expression_encodes_into_a_batch() {
         .flat_map(|(op, _)| lower(op).unwrap())
         .map(|e| discriminant(&e))
         .collect();
-    // Every variant of Expr (all 20) is used by some op, so all of add_expr runs.
-    assert_eq!(exprs.len(), 20);
+    // Every variant of Expr (all 22) is used by some op, so all of add_expr runs.
+    assert_eq!(exprs.len(), 22);
     let rules = Ruleset {
         chains: vec![
             ChainPlan {

@@ -257,6 +257,9 @@ fn statement(e: &[Expr]) -> Phrase {
             let text = format!("snat ip6 prefix to {}/{len}", Ipv6Addr::from(*first));
             (3, text)
         }
+        [Expr::Immediate4(a), Expr::Snat4, ..] => {
+            (2, format!("snat ip to {}", std::net::Ipv4Addr::from(*a)))
+        }
         [Expr::NumgenRandom { modulus }, Expr::Hton32, Expr::Cmp {
             op: CmpKind::Lt,
             data,
@@ -442,6 +445,8 @@ fn raw(e: &Expr) -> String {
         Expr::NumgenRandom { modulus } => format!("numgen random mod {modulus}"),
         Expr::Hton32 => "byteorder hton 4".into(),
         Expr::SnatPrefix6 => "snat ip6 prefix r1-r2".into(),
+        Expr::Immediate4(a) => format!("immediate r1 {}", hex(a)),
+        Expr::Snat4 => "snat ip r1".into(),
         // Verdicts and the like always form a phrase.
         e => format!("{e:?}"),
     };

@@ -329,3 +329,64 @@ fn purge_results_reach_status_and_counters() {
     };
     assert_eq!(e.level(), crate::control::event::Level::Error);
 }
+
+#[test]
+fn a_renumbered_link_resets_only_the_flows_translated_to_its_lost_address() {
+    let mut sim = up("");
+    let (old, new) = (
+        std::net::Ipv4Addr::new(100, 64, 1, 2),
+        std::net::Ipv4Addr::new(100, 64, 1, 3),
+    );
+    sim.event(Input::Addresses {
+        link: 0,
+        v4: vec![old],
+    });
+    sim.actions.clear();
+    // The new lease arrives before the old one goes: the link never lacks an address.
+    sim.event(Input::Addresses {
+        link: 0,
+        v4: vec![old, new],
+    });
+    assert!(purges(&sim).is_empty());
+    sim.event(Input::Addresses {
+        link: 0,
+        v4: vec![new],
+    });
+    let w = words(&sim);
+    let apply = w.iter().position(|x| x.starts_with("apply")).unwrap();
+    let purge = w
+        .iter()
+        .position(|x| x == "purge fiber (Renumbered)")
+        .unwrap();
+    assert!(apply < purge, "{w:#?}");
+    assert!(w.contains(
+        &"event link fiber: lost 100.64.1.2; resetting the flows translated to it".to_owned()
+    ));
+    let Some((_, Action::Purge(p))) = sim
+        .actions
+        .iter()
+        .find(|(_, a)| matches!(a, Action::Purge(_)))
+    else {
+        panic!()
+    };
+    assert_eq!(p.nat_to, [std::net::IpAddr::V4(old)]);
+    assert_eq!(
+        sim.engine.link(0).state,
+        crate::engine::LinkState::Up,
+        "up all along"
+    );
+    // Losing the last address takes the link down and all its flows go.
+    sim.actions.clear();
+    sim.event(Input::Addresses {
+        link: 0,
+        v4: vec![],
+    });
+    let Some((_, Action::Purge(p))) = sim
+        .actions
+        .iter()
+        .find(|(_, a)| matches!(a, Action::Purge(_)))
+    else {
+        panic!("{:#?}", words(&sim))
+    };
+    assert_eq!((p.why, p.nat_to.len()), (Why::Down, 0));
+}
