@@ -84,7 +84,8 @@ pub enum Event {
         error: String,
         retry_ms: u64,
     },
-    /// The kernel refuses something for a link (its route); `None`: not any more.
+    /// Something is wrong with a link that uplinkd cannot repair itself (the kernel refuses its
+    /// route, another table's NAT pre-empts it, a sysctl cannot be set); `None`: not any more.
     LinkProblem {
         link: String,
         problem: Option<String>,
@@ -202,7 +203,7 @@ impl fmt::Display for Event {
             Event::LinkProblem {
                 link,
                 problem: None,
-            } => write!(f, "link {link}: the kernel accepts its routes again"),
+            } => write!(f, "link {link}: its problem is gone"),
             Event::MissingInterfaces { interfaces } => {
                 write!(f, "interfaces not present yet: {}", interfaces.join(", "))
             }

@@ -108,7 +108,8 @@ pub struct LinkStatus {
     pub table: u32,
     /// Taken out of service by `uplinkctl drain`: gets no new flows.
     pub drained: bool,
-    /// What the kernel refuses for this link now (e.g. its route while the interface is down).
+    /// What is wrong with this link that uplinkd cannot repair (a route the kernel refuses,
+    /// another table's NAT pre-empting uplinkd's, a sysctl it cannot set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
     /// Counters since the daemon started.

@@ -86,6 +86,43 @@ impl Kernel {
     }
 }
 
+/// Links whose new flows another table's NAT translated to an address not theirs (as the
+/// `check_nat` chain recorded it in the last minutes), as problems to report.
+async fn foreign_nat(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, l) in d.links.iter().enumerate() {
+        let Some(own) = addrs
+            .get(i)
+            .into_iter()
+            .flatten()
+            .find(|a| a.is_ipv4())
+            .copied()
+        else {
+            continue;
+        };
+        let set = nft::foreign_nat_set(i);
+        let seen = match blocking(move || nft::ipv4_elements(&set)).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot read nft set {}: {e}", nft::foreign_nat_set(i));
+                continue;
+            }
+        };
+        if !seen.is_empty() {
+            let seen: Vec<String> = seen.iter().map(ToString::to_string).collect();
+            out.push((
+                l.name.clone(),
+                format!(
+                    "another table's NAT translated new flows leaving {} to {} instead of {own} (it ran before uplinkd's); their replies may come back another way or not at all",
+                    l.interface,
+                    seen.join(", ")
+                ),
+            ));
+        }
+    }
+    out
+}
+
 impl Dataplane for Kernel {
     async fn apply(&mut self, d: &DesiredState, verify: bool) -> Result<Applied, Error> {
         let mut report = Applied::default();
@@ -109,14 +146,15 @@ impl Dataplane for Kernel {
             .map_err(Error::Route)?;
         report.missing_interfaces = routes.missing;
         report.route_changes = rules + routes.changes;
-        report.refused = routes.refused;
+        report.problems = routes.refused;
         for (l, index) in d.links.iter().zip(&ifindexes) {
             if index.is_some() {
                 if let Err(e) = self.src_valid_mark.ensure(&l.interface) {
-                    report.refused.push((l.name.clone(), e));
+                    report.problems.push((l.name.clone(), e));
                 }
             }
         }
+        report.problems.extend(foreign_nat(d, &addrs).await);
         report.routes = t.elapsed();
         nft?;
         Ok(report)

@@ -50,6 +50,27 @@ impl Expression for RawLoad {
     }
 }
 
+/// `ct reply ip daddr` into register 1: where the flow's replies go, i.e. the address its
+/// source was translated to.
+pub struct CtReplyDaddr4;
+
+/// `IP_CT_DIR_REPLY` (linux/netfilter/nf_conntrack_tuple_common.h).
+const IP_CT_DIR_REPLY: u8 = 1;
+
+impl Expression for CtReplyDaddr4 {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for RawLoad.
+        unsafe {
+            let expr = alloc(c"ct");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_KEY as u16, libc::NFT_CT_DST_IP as u32);
+            sys::nftnl_expr_set_u8(e, sys::NFTNL_EXPR_CT_DIR as u16, IP_CT_DIR_REPLY);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, libc::NFT_REG_1 as u32);
+            expr
+        }
+    }
+}
+
 /// `numgen random mod MODULUS` into register 1 (host byte order).
 pub struct NumgenRandom {
     pub modulus: u32,

@@ -80,8 +80,9 @@ pub struct Applied {
     pub missing_interfaces: Vec<String>,
     /// Rules and routes added or removed to converge.
     pub route_changes: usize,
-    /// Links (by name) the kernel refused something for, with the error; the rest is applied.
-    pub refused: Vec<(String, String)>,
+    /// What is wrong with links (by name) that uplinkd cannot repair: a route the kernel refuses
+    /// (the rest is applied), a sysctl it cannot set, another table's NAT pre-empting its own.
+    pub problems: Vec<(String, String)>,
 }
 
 /// What a purge did, as the dataplane reports it.
@@ -146,7 +147,7 @@ impl Engine {
                 self.emit(Event::MissingInterfaces { interfaces });
             }
         }
-        self.tell_refusals(&r.refused);
+        self.tell_problems(&r.problems);
         let previous = self.applied.replace(state.clone());
         self.tell_steering(previous.as_ref(), &state, &r);
         for (l, at) in std::mem::take(&mut self.unsteered) {
@@ -341,20 +342,19 @@ impl Engine {
         }
     }
 
-    /// Say what the kernel refuses for a link once, when it starts or changes, and when it
-    /// stops.
-    fn tell_refusals(&mut self, refused: &[(String, String)]) {
+    /// Say what is wrong with a link once, when it starts or changes, and when it stops.
+    fn tell_problems(&mut self, problems: &[(String, String)]) {
         let names: Vec<String> = self.config.links.iter().map(|l| l.name.clone()).collect();
         for (i, link) in names.into_iter().enumerate() {
-            let now = refused
+            let now = problems
                 .iter()
                 .filter(|(l, _)| *l == link)
                 .map(|(_, e)| e.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
             let now = (!now.is_empty()).then_some(now);
-            if self.refused.get(i) != Some(&now) {
-                if let Some(slot) = self.refused.get_mut(i) {
+            if self.problems.get(i) != Some(&now) {
+                if let Some(slot) = self.problems.get_mut(i) {
                     *slot = now.clone();
                 }
                 self.emit(Event::LinkProblem { link, problem: now });

@@ -111,8 +111,8 @@ pub struct Engine {
     retry_at: Option<Instant>,
     apply_error: Option<String>,
     missing: Vec<String>,
-    /// Per link: what the kernel refuses for it now.
-    refused: Vec<Option<String>>,
+    /// Per link: what is wrong with it that uplinkd cannot repair (see [`Applied::problems`]).
+    problems: Vec<Option<String>>,
     /// Per link: its IPv4 addresses, and those it lost while it kept another (a renumber):
     /// the flows translated to them are reset.
     addrs: Vec<Vec<Ipv4Addr>>,
@@ -149,7 +149,7 @@ impl Engine {
             retry_at: None,
             apply_error: None,
             missing: Vec::new(),
-            refused: vec![None; n],
+            problems: vec![None; n],
             addrs: vec![Vec::new(); n],
             gone: vec![Vec::new(); n],
             last: vec![None; n],
@@ -195,7 +195,7 @@ impl Engine {
             }
         }
         self.config = next.config;
-        self.refused = next.refused;
+        self.problems = next.problems;
         self.addrs = next.addrs;
         self.gone = next.gone;
         self.links = next.links;
@@ -275,9 +275,9 @@ impl Engine {
         self.last.get(id).and_then(Option::as_ref)
     }
 
-    /// What the kernel refuses for a link now (its route, ...).
-    pub fn refused(&self, id: LinkId) -> Option<&str> {
-        self.refused.get(id).and_then(Option::as_deref)
+    /// What is wrong with a link now that uplinkd cannot repair.
+    pub fn problem(&self, id: LinkId) -> Option<&str> {
+        self.problems.get(id).and_then(Option::as_deref)
     }
 
     pub fn counters(&self, name: &str) -> Counters {

@@ -65,7 +65,7 @@ pub fn build(engine: &Engine, now: Instant) -> Status {
                     mark: l.mark,
                     table: l.table,
                     drained: engine.drained(i),
-                    problem: engine.refused(i).map(str::to_owned),
+                    problem: engine.problem(i).map(str::to_owned),
                     probes_sent: h.probes,
                     probes_lost: h.probes_lost,
                     transitions: c.transitions,

@@ -9,7 +9,7 @@ use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule, Table};
 
 use super::encode::{add_exprs, cstring, lower, Sets};
-use super::plan::{Ruleset, StickySet};
+use super::plan::{AddrSet, Ruleset};
 use super::{StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::{set_buffers, set_dynamic, set_timeout};
 
@@ -73,7 +73,7 @@ pub(super) fn build(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<F
     }
     let refs = Refs {
         stale: &sets,
-        sticky: &sticky,
+        addr_sets: &sticky,
     };
     for (c, chain) in rules.chains.iter().zip(&chains) {
         for ops in &c.rules {
@@ -106,8 +106,8 @@ fn clear_previous(
         }
     }
     let sets = sticky_sets(previous, table, OLD_STICKY_FIRST_ID)?;
-    for (s, obj) in previous.sticky.iter().zip(&sets) {
-        if !rules.sticky.contains(s) {
+    for (s, obj) in previous.addr_sets.iter().zip(&sets) {
+        if !rules.addr_sets.contains(s) {
             obj.del(batch);
         }
     }
@@ -122,18 +122,18 @@ fn sticky_sets<'a>(
     r: &Ruleset,
     table: &'a Table,
     first_id: u32,
-) -> io::Result<Vec<StickySetObj<'a>>> {
-    r.sticky
+) -> io::Result<Vec<AddrSetObj<'a>>> {
+    r.addr_sets
         .iter()
         .zip(first_id..)
-        .map(|(s, id)| StickySetObj::new(s, id, table))
+        .map(|(s, id)| AddrSetObj::new(s, id, table))
         .collect()
 }
 
 /// The sets rules refer to, for lookups and dynamic updates by name and batch id.
 struct Refs<'r, 'a> {
     stale: &'r StaleSets<'a>,
-    sticky: &'r [StickySetObj<'a>],
+    addr_sets: &'r [AddrSetObj<'a>],
 }
 
 impl Sets for Refs<'_, '_> {
@@ -143,77 +143,77 @@ impl Sets for Refs<'_, '_> {
         } else if set.as_bytes() == STALE6.to_bytes() {
             Lookup::new(&self.stale.v6)
         } else {
-            self.sticky(set)?.lookup()
+            self.addr_set(set)?.lookup()
         })
     }
 
     fn id(&self, set: &str) -> io::Result<(&CStr, u32)> {
-        let s = self.sticky(set)?;
+        let s = self.addr_set(set)?;
         Ok((s.name(), s.id()))
     }
 }
 
 impl Refs<'_, '_> {
-    fn sticky(&self, name: &str) -> io::Result<&StickySetObj<'_>> {
-        self.sticky
+    fn addr_set(&self, name: &str) -> io::Result<&AddrSetObj<'_>> {
+        self.addr_sets
             .iter()
             .find(|s| s.name().to_bytes() == name.as_bytes())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no set {name}")))
     }
 }
 
-/// A sticky set as nftnl objects: flags dynamic and timeout, the timeout given per element by
+/// An address set as nftnl objects: flags dynamic and timeout, the timeout given per element by
 /// the rules that add them.
-enum StickySetObj<'a> {
+enum AddrSetObj<'a> {
     V4(Set<'a, std::net::Ipv4Addr>, CString),
     V6(Set<'a, std::net::Ipv6Addr>, CString),
 }
 
-impl<'a> StickySetObj<'a> {
-    fn new(s: &StickySet, id: u32, table: &'a Table) -> io::Result<Self> {
+impl<'a> AddrSetObj<'a> {
+    fn new(s: &AddrSet, id: u32, table: &'a Table) -> io::Result<Self> {
         let name = cstring(&s.name)?;
         Ok(if s.v6 {
             let set = Set::new_named(&name, id, table, ProtoFamily::Inet);
             set_dynamic(&set);
-            StickySetObj::V6(set, name)
+            AddrSetObj::V6(set, name)
         } else {
             let set = Set::new_named(&name, id, table, ProtoFamily::Inet);
             set_dynamic(&set);
-            StickySetObj::V4(set, name)
+            AddrSetObj::V4(set, name)
         })
     }
 
     fn name(&self) -> &CStr {
         match self {
-            StickySetObj::V4(_, n) | StickySetObj::V6(_, n) => n,
+            AddrSetObj::V4(_, n) | AddrSetObj::V6(_, n) => n,
         }
     }
 
     fn add(&self, batch: &mut Batch) {
         match self {
-            StickySetObj::V4(s, _) => batch.add(s, MsgType::Add),
-            StickySetObj::V6(s, _) => batch.add(s, MsgType::Add),
+            AddrSetObj::V4(s, _) => batch.add(s, MsgType::Add),
+            AddrSetObj::V6(s, _) => batch.add(s, MsgType::Add),
         }
     }
 
     fn del(&self, batch: &mut Batch) {
         match self {
-            StickySetObj::V4(s, _) => batch.add(s, MsgType::Del),
-            StickySetObj::V6(s, _) => batch.add(s, MsgType::Del),
+            AddrSetObj::V4(s, _) => batch.add(s, MsgType::Del),
+            AddrSetObj::V6(s, _) => batch.add(s, MsgType::Del),
         }
     }
 
     fn lookup(&self) -> Lookup {
         match self {
-            StickySetObj::V4(s, _) => Lookup::new(s),
-            StickySetObj::V6(s, _) => Lookup::new(s),
+            AddrSetObj::V4(s, _) => Lookup::new(s),
+            AddrSetObj::V6(s, _) => Lookup::new(s),
         }
     }
 
     fn id(&self) -> u32 {
         match self {
-            StickySetObj::V4(s, _) => s.get_id(),
-            StickySetObj::V6(s, _) => s.get_id(),
+            AddrSetObj::V4(s, _) => s.get_id(),
+            AddrSetObj::V6(s, _) => s.get_id(),
         }
     }
 }

@@ -25,7 +25,7 @@ use super::{NFPROTO_IPV4, NFPROTO_IPV6, TCP_FLAG_SYN};
 use super::{STALE4, STALE6};
 use crate::config::Prefix;
 use crate::dataplane::nft_ext::{
-    Base, Dynset, Hton32, Notrack, NumgenRandom, RawLoad, SnatPrefix6,
+    Base, CtReplyDaddr4, Dynset, Hton32, Notrack, NumgenRandom, RawLoad, SnatPrefix6,
 };
 
 /// One nftables expression. Loads write register 1 (a payload longer than 16 bytes continues
@@ -94,6 +94,9 @@ pub enum Expr {
     SnatPrefix6,
     /// 4 bytes (an IPv4 address) into register 1.
     Immediate4([u8; 4]),
+    /// The IPv4 destination of the flow's reply direction (where it was translated to) into
+    /// register 1.
+    CtReplyDaddr4,
     /// IPv4 source NAT to the address in register 1.
     Snat4,
     Notrack,
@@ -179,6 +182,15 @@ pub fn lower(op: &Op) -> io::Result<Vec<Expr>> {
         Op::Goto(c) => vec![E::Goto(c.clone())],
         Op::SnatPrefix(p) => snat_prefix(p)?,
         Op::Snat4(a) => vec![Expr::Immediate4(a.octets()), Expr::Snat4],
+        Op::NatNot(a) => vec![E::CtReplyDaddr4, cmp(CmpKind::Neq, a.octets().to_vec())],
+        Op::RecordNat { set, timeout_ms } => vec![
+            E::CtReplyDaddr4,
+            E::Dynset {
+                op: DynOp::Add,
+                set: set.clone(),
+                timeout_ms: Some(*timeout_ms),
+            },
+        ],
         Op::TcpNotSyn => vec![
             payload(Base::Transport, TCP_FLAGS_OFFSET, 1),
             E::Bitwise {
@@ -443,6 +455,7 @@ fn add_expr(rule: &mut Rule<'_>, e: &Expr, sets: &impl Sets) -> io::Result<()> {
         Expr::Masquerade => rule.add_expr(&Masquerade),
         Expr::SnatPrefix6 => rule.add_expr(&SnatPrefix6),
         Expr::Immediate4(a) => rule.add_expr(&Immediate::new(*a, Register::Reg1)),
+        Expr::CtReplyDaddr4 => rule.add_expr(&CtReplyDaddr4),
         Expr::Snat4 => rule.add_expr(&Nat {
             nat_type: NatType::SNat,
             family: ProtoFamily::Ipv4,

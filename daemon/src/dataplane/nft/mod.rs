@@ -11,8 +11,10 @@
 //! - `batch`: the netlink transaction that writes the table, in place when it can.
 //!
 //! The stale sets' elements are added by the resets (`reset.rs`); the table defines the sets.
+//! `elements` reads back what the packet path put in a set.
 
 mod batch;
+mod elements;
 mod encode;
 mod plan;
 #[cfg(test)]
@@ -24,7 +26,8 @@ use std::ffi::CStr;
 pub use super::reset::{add_stale, StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS};
 pub(super) use batch::send;
 pub use batch::{delete, exists, replace};
-pub use plan::{render, ChainPlan, DynOp, Op, Ruleset, StickySet};
+pub use elements::ipv4_elements;
+pub use plan::{foreign_nat_set, render, AddrSet, ChainPlan, DynOp, Op, Ruleset};
 
 /// The one table uplinkd owns (DESIGN.md §3).
 pub const TABLE: &CStr = c"uplinkd";

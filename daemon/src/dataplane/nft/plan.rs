@@ -13,6 +13,9 @@ use crate::engine::{DesiredState, Steer};
 const PRIO_MANGLE: i32 = libc::NF_IP_PRI_MANGLE;
 /// Source NAT priority, where masquerade belongs.
 const PRIO_SRCNAT: i32 = libc::NF_IP_PRI_NAT_SRC;
+/// After source NAT, wherever a firewall puts it (nft's `srcnat`, iptables' POSTROUTING: 100):
+/// conntrack helpers' priority, before the entry is confirmed.
+const PRIO_AFTER_NAT: i32 = libc::NF_IP_PRI_CONNTRACK_HELPER;
 /// Filter priority for the forward chain.
 const PRIO_FILTER: i32 = libc::NF_IP_PRI_FILTER;
 /// Before conntrack (-200): where `notrack` works.
@@ -72,6 +75,13 @@ pub enum Op {
     SnatPrefix(Prefix),
     /// `snat ip to ADDR`; the rule checks the family before.
     Snat4(Ipv4Addr),
+    /// `ct reply ip daddr != ADDR`: the flow was not translated to ADDR (IPv4 only).
+    NatNot(Ipv4Addr),
+    /// `add @SET { ct reply ip daddr timeout T }`: remember the address it was translated to.
+    RecordNat {
+        set: String,
+        timeout_ms: u64,
+    },
     /// `tcp flags & syn == 0`: not a connection attempt.
     TcpNotSyn,
     /// The packet's flow key is in a stale set (`@nh,OFFSET,LEN @set`).
@@ -102,9 +112,11 @@ pub struct ChainPlan {
     pub rules: Vec<Vec<Op>>,
 }
 
-/// A sticky set: source addresses (4 or 16 bytes) remembered for one link of one policy.
+/// A dynamic set of addresses (4 or 16 bytes) that rules add to, each element with its own
+/// timeout: the sources a sticky policy remembers for one of its links, the foreign NAT
+/// addresses seen on a link.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StickySet {
+pub struct AddrSet {
     pub name: String,
     pub v6: bool,
 }
@@ -112,7 +124,7 @@ pub struct StickySet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: Vec<ChainPlan>,
-    pub sticky: Vec<StickySet>,
+    pub addr_sets: Vec<AddrSet>,
 }
 
 /// Dynamic set operations (`NFT_DYNSET_OP_*`).
@@ -167,10 +179,18 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             PRIO_SRCNAT,
             postrouting(d, addrs),
         ),
+        base(
+            "check_nat",
+            Hook::PostRouting,
+            ChainType::Filter,
+            PRIO_AFTER_NAT,
+            check_nat(d, addrs),
+        ),
     ];
-    let mut sticky = Vec::new();
-    chains.extend(steering(d, &mut sticky));
-    Ruleset { chains, sticky }
+    let mut addr_sets = Vec::new();
+    chains.extend(steering(d, &mut addr_sets));
+    addr_sets.extend(foreign_nat_sets(d, addrs));
+    Ruleset { chains, addr_sets }
 }
 
 /// `meta mark & mask == 0`: the packet has no link yet.
@@ -302,6 +322,56 @@ fn record_link(d: &DesiredState) -> Vec<Vec<Op>> {
         .collect()
 }
 
+/// The first IPv4 address of link `i` (its primary one), if it has one.
+fn first_v4(addrs: &[Vec<IpAddr>], i: usize) -> Option<Ipv4Addr> {
+    addrs.get(i).into_iter().flatten().find_map(|a| match a {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// `foreign_nat_<link number>`: where another table's NAT translated new flows leaving the link.
+pub fn foreign_nat_set(link: usize) -> String {
+    format!("foreign_nat_{}", link + 1)
+}
+
+/// How long a foreign NAT address seen once is reported.
+pub const FOREIGN_NAT_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+fn foreign_nat_sets(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<AddrSet> {
+    (0..d.links.len())
+        .filter(|&i| first_v4(addrs, i).is_some())
+        .map(|i| AddrSet {
+            name: foreign_nat_set(i),
+            v6: false,
+        })
+        .collect()
+}
+
+/// After every NAT chain: a new IPv4 flow leaving a link translated to anything but the link's
+/// address means another table's NAT ran first (of NAT chains only the first that translates a
+/// flow runs). Its address is remembered in `foreign_nat_<n>`, which uplinkd reads and reports:
+/// replies to another address may come back another way, or not at all.
+fn check_nat(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
+    let mut out = Vec::new();
+    for (i, l) in d.links.iter().enumerate() {
+        let Some(a) = first_v4(addrs, i) else {
+            continue;
+        };
+        out.push(vec![
+            Op::OifName(l.interface.clone()),
+            Op::CtStateNew,
+            Op::NfProto(NFPROTO_IPV4),
+            Op::NatNot(a),
+            Op::RecordNat {
+                set: foreign_nat_set(i),
+                timeout_ms: FOREIGN_NAT_TIMEOUT_MS,
+            },
+        ]);
+    }
+    out
+}
+
 /// Traffic leaving a link takes its address (or, for IPv6 with `nptv6`, its prefix). IPv4 is
 /// translated to the link's first (primary) address by SNAT rather than masquerade: when that
 /// address goes away (a DHCP lease lost, a renumber), the kernel deletes masqueraded flows'
@@ -310,11 +380,7 @@ fn record_link(d: &DesiredState) -> Vec<Vec<Op>> {
 fn postrouting(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
     let mut post = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
-        let v4 = addrs.get(i).into_iter().flatten().find_map(|a| match a {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        });
-        if let Some(a) = v4 {
+        if let Some(a) = first_v4(addrs, i) {
             post.push(vec![
                 Op::OifName(l.interface.clone()),
                 Op::NfProto(NFPROTO_IPV4),
@@ -361,7 +427,7 @@ fn regular(name: String, rules: Vec<Vec<Op>>) -> ChainPlan {
 
 /// Chain `steer` (the rules, in order, then the default policy), the chains of rules that match
 /// on more than one list, and one chain per policy.
-fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
+fn steering(d: &DesiredState, sticky: &mut Vec<AddrSet>) -> Vec<ChainPlan> {
     let mut chains = rule_chains(d);
     for (i, p) in d.policies.iter().enumerate() {
         // A sticky policy's sets exist while it does, whatever its links do, so hosts are
@@ -369,7 +435,7 @@ fn steering(d: &DesiredState, sticky: &mut Vec<StickySet>) -> Vec<ChainPlan> {
         if p.sticky.is_some() {
             for &link in &p.members {
                 for v6 in [false, true] {
-                    sticky.push(StickySet {
+                    sticky.push(AddrSet {
                         name: sticky_set(d, i, link, v6),
                         v6,
                     });

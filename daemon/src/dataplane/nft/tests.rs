@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::mem::discriminant;
 
 use super::encode::{lower, Expr};
-use super::plan::{ChainPlan, DynOp, Op, StickySet};
+use super::plan::{AddrSet, ChainPlan, DynOp, Op};
 use super::text;
 use super::*;
 use crate::config::Prefix;
@@ -45,6 +45,8 @@ fn renders_restore_steer_resets_and_masquerade() {
     let want = r#"table inet uplinkd {
   set stale4 { type ipv4_addr . ipv4_addr . inet_service . inet_service; flags timeout; timeout 1200s; }
   set stale6 { type ipv6_addr . ipv6_addr . inet_service . inet_service; flags timeout; timeout 1200s; }
+  set foreign_nat_1 { type ipv4_addr; flags dynamic,timeout; }
+  set foreign_nat_2 { type ipv4_addr; flags dynamic,timeout; }
   chain prerouting { type filter hook prerouting priority -150; policy accept;
     ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
     ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
@@ -79,6 +81,10 @@ fn renders_restore_steer_resets_and_masquerade() {
     oifname "wan1" masquerade
     oifname "wan2" meta nfproto ipv4 snat ip to 100.64.2.2
     oifname "wan2" masquerade
+  }
+  chain check_nat { type filter hook postrouting priority 300; policy accept;
+    oifname "wan1" ct state new meta nfproto ipv4 ct reply ip daddr != 100.64.1.2 add @foreign_nat_1 { ct reply ip daddr timeout 600s }
+    oifname "wan2" ct state new meta nfproto ipv4 ct reply ip daddr != 100.64.2.2 add @foreign_nat_2 { ct reply ip daddr timeout 600s }
   }
   chain steer {
     meta mark & 0xff00 == 0x0 jump policy_default
@@ -194,7 +200,7 @@ sticky = "10m"
 "#;
     let d = state(r#""lan0""#, extra, &[(0, 1), (1, 1)]);
     let r = render(&d, &[]);
-    let names: Vec<&str> = r.sticky.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = r.addr_sets.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
         vec![
@@ -215,7 +221,7 @@ sticky = "10m"
     let mut down = d.clone();
     down.links.iter_mut().for_each(|l| l.usable = false);
     let r = render(&down, &[]);
-    assert_eq!(r.sticky.len(), 4);
+    assert_eq!(r.addr_sets.len(), 4);
     assert!(chain(&r, "policy_default").iter().all(|r| !r.contains('@')));
 }
 
@@ -364,6 +370,17 @@ fn every_op() -> Vec<(Op, &'static str)> {
             Op::Snat4("100.64.1.2".parse().unwrap()),
             "snat ip to 100.64.1.2",
         ),
+        (
+            Op::NatNot("100.64.1.2".parse().unwrap()),
+            "ct reply ip daddr != 100.64.1.2",
+        ),
+        (
+            Op::RecordNat {
+                set: "s4".into(),
+                timeout_ms: 600_000,
+            },
+            "add @s4 { ct reply ip daddr timeout 600s }",
+        ),
         (Op::TcpNotSyn, "tcp flags & syn == 0"),
         (
             Op::StaleFlow { v6: false },
@@ -402,8 +419,8 @@ fn every_op_and_expression_encodes_into_a_batch() {
         .flat_map(|(op, _)| lower(op).unwrap())
         .map(|e| discriminant(&e))
         .collect();
-    // Every variant of Expr (all 22) is used by some op, so all of add_expr runs.
-    assert_eq!(exprs.len(), 22);
+    // Every variant of Expr (all 23) is used by some op, so all of add_expr runs.
+    assert_eq!(exprs.len(), 23);
     let rules = Ruleset {
         chains: vec![
             ChainPlan {
@@ -422,12 +439,12 @@ fn every_op_and_expression_encodes_into_a_batch() {
                 rules: vec![],
             },
         ],
-        sticky: vec![
-            StickySet {
+        addr_sets: vec![
+            AddrSet {
                 name: "s4".into(),
                 v6: false,
             },
-            StickySet {
+            AddrSet {
                 name: "s6".into(),
                 v6: true,
             },
@@ -437,7 +454,7 @@ fn every_op_and_expression_encodes_into_a_batch() {
     assert!(batch.iter().flatten().count() > 0);
     // A set that does not exist is an error, not a panic.
     let mut bad = rules.clone();
-    bad.sticky.pop();
+    bad.addr_sets.pop();
     assert!(batch::build(&bad, None).is_err());
 }
 

@@ -257,6 +257,24 @@ fn statement(e: &[Expr]) -> Phrase {
             let text = format!("snat ip6 prefix to {}/{len}", Ipv6Addr::from(*first));
             (3, text)
         }
+        [Expr::CtReplyDaddr4, Expr::Cmp {
+            op: CmpKind::Neq,
+            data,
+        }, ..] => {
+            let a: [u8; 4] = data[..].try_into().ok()?;
+            (
+                2,
+                format!("ct reply ip daddr != {}", std::net::Ipv4Addr::from(a)),
+            )
+        }
+        [Expr::CtReplyDaddr4, Expr::Dynset {
+            op: DynOp::Add,
+            set,
+            timeout_ms,
+        }, ..] => {
+            let timeout = timeout_ms.map(duration).unwrap_or_default();
+            (2, format!("add @{set} {{ ct reply ip daddr{timeout} }}"))
+        }
         [Expr::Immediate4(a), Expr::Snat4, ..] => {
             (2, format!("snat ip to {}", std::net::Ipv4Addr::from(*a)))
         }
@@ -447,6 +465,7 @@ fn raw(e: &Expr) -> String {
         Expr::SnatPrefix6 => "snat ip6 prefix r1-r2".into(),
         Expr::Immediate4(a) => format!("immediate r1 {}", hex(a)),
         Expr::Snat4 => "snat ip r1".into(),
+        Expr::CtReplyDaddr4 => "ct load reply ip daddr".into(),
         // Verdicts and the like always form a phrase.
         e => format!("{e:?}"),
     };
@@ -464,7 +483,7 @@ impl fmt::Display for Ruleset {
                 STALE_TIMEOUT_MS / 1000
             )?;
         }
-        for set in &self.sticky {
+        for set in &self.addr_sets {
             writeln!(
                 f,
                 "  set {} {{ type {}; flags dynamic,timeout; }}",
