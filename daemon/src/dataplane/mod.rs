@@ -27,7 +27,7 @@ pub use monitor::LinkEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to replace nft table inet uplinkd")]
+    #[error("failed to change nft table inet uplinkd")]
     Nft(#[source] std::io::Error),
     #[error("failed to converge routing rules and tables")]
     Route(#[source] rtnetlink::Error),

@@ -324,6 +324,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             .filter(|&i| links[i].interface == ev.name)
             .collect();
         for link in ids {
+            let admin = ev.admin_up;
+            self.engine.handle(now, Input::Admin { link, up: admin });
             self.engine.handle(now, Input::Carrier { link, up: ev.up });
         }
     }
