@@ -41,6 +41,11 @@ pub enum Event {
         link: String,
         to: String,
     },
+    /// A link died while no other link could take its flows: they are kept (and reset as soon
+    /// as another link is usable).
+    FlowsKept {
+        link: String,
+    },
     /// A link lost addresses while keeping another: the flows translated to them are reset.
     AddressGone {
         link: String,
@@ -167,6 +172,10 @@ impl fmt::Display for Event {
             } => write!(
                 f,
                 "link {link}: purged {flows} flows, reset {tcp_reset} TCP clients, aborted {sockets_aborted} router sockets in {ms:.1} ms (dump {dump:.1}, stale set {stale:.1}, flush {flush:.1}, tickle {tickle:.1}, sockets {sockets:.1})"
+            ),
+            Event::FlowsKept { link } => write!(
+                f,
+                "link {link}: no other link can take its flows; they are kept until one can"
             ),
             Event::AddressGone { link, addresses } => write!(
                 f,

@@ -225,12 +225,34 @@ impl Engine {
         if self.target.as_ref() == Some(&next) && !self.verify {
             return;
         }
-        if let Some(prev) = &self.target {
-            for t in fresh.iter().filter(|t| stranded(t, &next)) {
-                self.waiting.push((t.link, Why::Down));
+        if let Some(prev) = self.target.take() {
+            for t in fresh
+                .iter()
+                .filter(|t| t.to == LinkState::Down && t.from.usable())
+            {
+                if elsewhere(t.link, &next) {
+                    self.waiting.push((t.link, Why::Down));
+                } else if !self.kept.contains(&t.link) {
+                    // Nowhere better to go now: kept until somewhere is.
+                    self.kept.push(t.link);
+                    let link = self.config.links[t.link].name.clone();
+                    self.emit(Event::FlowsKept { link });
+                }
+            }
+            // Flows kept while nothing was usable: back on their own link, they are fine; with
+            // another link usable now, they go.
+            let kept = std::mem::take(&mut self.kept);
+            for l in kept {
+                match next.links.get(l) {
+                    Some(p) if p.usable => {}
+                    Some(_) if elsewhere(l, &next) => self.waiting.push((l, Why::Down)),
+                    Some(_) => self.kept.push(l),
+                    None => {}
+                }
             }
             if prev.policies != next.policies {
-                for l in (0..next.links.len()).filter(|&l| draining(&self.config, l, prev, &next)) {
+                for l in (0..next.links.len()).filter(|&l| draining(&self.config, l, &prev, &next))
+                {
                     self.waiting.push((l, Why::Failback));
                 }
             }
@@ -413,14 +435,17 @@ impl Engine {
 /// default policy): otherwise there is nowhere better to go, and killing the flows would only
 /// hurt.
 pub fn stranded(t: &Transition, d: &DesiredState) -> bool {
-    let elsewhere = d
-        .policies
+    t.to == LinkState::Down && t.from.usable() && elsewhere(t.link, d)
+}
+
+/// Whether a policy that uses `link` now sends its new flows to another usable link.
+fn elsewhere(link: LinkId, d: &DesiredState) -> bool {
+    d.policies
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.members.contains(&t.link))
+        .filter(|(_, p)| p.members.contains(&link))
         .flat_map(|(i, _)| d.destinations(i))
-        .any(|&(s, _)| s != t.link && d.links[s].usable);
-    t.to == LinkState::Down && t.from.usable() && elsewhere
+        .any(|&(s, _)| s != link && d.links[s].usable)
 }
 
 /// New flows just moved from the usable link `from` to a link its policy prefers: with

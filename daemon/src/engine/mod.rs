@@ -107,6 +107,8 @@ pub struct Engine {
     dirty: bool,
     /// Purges waiting for `target` to be live.
     waiting: Vec<(LinkId, Why)>,
+    /// Dead links whose flows were kept because no other link was usable.
+    kept: Vec<LinkId>,
     /// A failed apply is retried then.
     retry_at: Option<Instant>,
     apply_error: Option<String>,
@@ -146,6 +148,7 @@ impl Engine {
             verify: false,
             dirty: false,
             waiting: Vec::new(),
+            kept: Vec::new(),
             retry_at: None,
             apply_error: None,
             missing: Vec::new(),
@@ -203,6 +206,7 @@ impl Engine {
         self.last = next.last;
         // Link ids may have changed: what waited for the old ones is dropped.
         self.waiting.clear();
+        self.kept.clear();
         self.unsteered.clear();
         self.fresh.clear();
         self.verify = true;

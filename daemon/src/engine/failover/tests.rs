@@ -390,3 +390,35 @@ fn a_renumbered_link_resets_only_the_flows_translated_to_its_lost_address() {
     };
     assert_eq!((p.why, p.nat_to.len()), (Why::Down, 0));
 }
+
+#[test]
+fn flows_kept_while_no_link_was_usable_go_as_soon_as_another_link_is() {
+    let mut sim = up("");
+    sim.event(Input::Carrier { link: 1, up: false });
+    sim.actions.clear();
+    // Fiber dies too: nowhere to go, nothing is killed.
+    sim.event(Input::Carrier { link: 0, up: false });
+    assert!(purges(&sim).is_empty());
+    assert!(words(&sim).contains(
+        &"event link fiber: no other link can take its flows; they are kept until one can"
+            .to_owned()
+    ));
+    // lte returns: fiber's kept flows go, once the steering to lte is live.
+    sim.event(Input::Carrier { link: 1, up: true });
+    let t = sim.now + Duration::from_secs(30);
+    sim.run(t, |l, _, _| (l == 1).then_some(Duration::from_millis(5)));
+    let w = words(&sim);
+    let apply = w.iter().position(|x| x == "apply via lte").unwrap();
+    let purge = w.iter().position(|x| x == "purge fiber (Down)").unwrap();
+    assert!(apply < purge, "{w:#?}");
+    assert_eq!(purges(&sim), ["purge fiber (Down)"], "once");
+    // A dead link that comes back itself keeps its flows.
+    let mut sim = up("");
+    sim.event(Input::Carrier { link: 1, up: false });
+    sim.event(Input::Carrier { link: 0, up: false });
+    sim.actions.clear();
+    sim.event(Input::Carrier { link: 0, up: true });
+    let t = sim.now + Duration::from_secs(30);
+    sim.run(t, |l, _, _| (l == 0).then_some(Duration::from_millis(5)));
+    assert!(purges(&sim).is_empty(), "{:#?}", words(&sim));
+}
