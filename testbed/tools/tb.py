@@ -180,10 +180,24 @@ def cmd_until(args):
 def cmd_hold(args):
     """Open a connection and keep it: --talk sends a line every 100 ms and reads the echo,
     otherwise it waits in recv(). Prints 'seen ADDR', then how the connection ended with the
-    wall-clock time: 'reset T' (ECONNRESET), 'closed T', 'error T ERRNO' or 'alive' at --within."""
+    wall-clock time: 'reset T' (ECONNRESET), 'closed T', 'error T ERRNO' or 'alive' at --within,
+    and last 'port P', its local port (--sport picks it, e.g. to reuse a killed flow's)."""
+    source = (args.bind or "", args.sport) if args.bind or args.sport else None
+    c = socket.socket(socket.AF_INET6 if ":" in args.addr else socket.AF_INET)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if source:
+        c.bind(source)
+    c.settimeout(2)
+    c.connect((args.addr, args.port))
+    port = c.getsockname()[1]
+    try:
+        return hold(c, args)
+    finally:
+        print("port", port, flush=True)
+
+
+def hold(c, args):
     import errno
-    source = (args.bind, 0) if args.bind else None
-    c = socket.create_connection((args.addr, args.port), timeout=2, source_address=source)
     f = c.makefile("rb")
     print("seen", f.readline().split()[1].decode(), flush=True)
     c.settimeout(None)
@@ -234,6 +248,7 @@ def main():
     a = sub.add_parser("hold"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--talk", action="store_true"); a.add_argument("--within", type=float, default=30)
     a.add_argument("--bind", help="local address to connect from")
+    a.add_argument("--sport", type=int, default=0, help="local port to connect from")
     args = p.parse_args()
     if args.cmd == "server":
         server(args)
