@@ -16,6 +16,8 @@
 
 TB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TB_TOOL="$TB_ROOT/testbed/tools/tb.py"
+# The binaries under test: this tree's debug build unless UPLINKD / UPLINKCTL name others (e.g.
+# another version's build, to show a scenario fails there).
 UPLINKD=${UPLINKD:-$TB_ROOT/target/debug/uplinkd}
 UPLINKCTL=${UPLINKCTL:-$TB_ROOT/target/debug/uplinkctl}
 SERVER=198.51.100.10
@@ -34,6 +36,8 @@ tb_deps() {
     command -v ip >/dev/null || missing+=(iproute2)
     command -v nft >/dev/null || missing+=(nftables)
     command -v conntrack >/dev/null || missing+=(conntrack)
+    # (a scenario adds a masquerade the way iptables-nft does)
+    command -v iptables >/dev/null || missing+=(iptables)
     command -v python3 >/dev/null || missing+=(python3)
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     dpkg -s libnftnl-dev >/dev/null 2>&1 || missing+=(libnftnl-dev)
@@ -158,12 +162,14 @@ tb_wait() {
 }
 
 # tb_config [EXTRA]: write the router's uplinkd config; EXTRA is appended verbatim.
-# TB_WAN1_GW= (empty) leaves WAN1's gateway to be learned from the main table; TB_WAN1_TARGETS
-# replaces WAN1's targets (a TOML array).
+# TB_WAN1_GW= (empty) leaves WAN1's gateway to be learned from the main table; TB_WAN2_GW sets
+# WAN2's (learned by default); TB_WAN1_TARGETS replaces WAN1's targets (a TOML array).
 tb_config() {
     local gw=${TB_WAN1_GW-100.64.1.1} gwline=
     local targets=${TB_WAN1_TARGETS:-'["203.0.113.10", "203.0.113.11", "203.0.113.12"]'}
     [ -z "$gw" ] || gwline="gateway = \"$gw\""
+    local gw2line=
+    [ -z "${TB_WAN2_GW:-}" ] || gw2line="gateway = \"$TB_WAN2_GW\""
     cat >"$TB_TMP/uplinkd.toml" <<EOT
 [[link]]
 name = "wan1"
@@ -176,6 +182,7 @@ targets = $targets
 [[link]]
 name = "wan2"
 interface = "wan2"
+$gw2line
 priority = ${TB_WAN2_PRIORITY:-2}
 failback = "${TB_WAN2_FAILBACK:-keep}"
 targets = ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
@@ -190,12 +197,18 @@ ${1:-}
 EOT
 }
 
-# tb_start: run the real uplinkd in the router namespace and wait until both links are up.
-tb_start() {
+# tb_launch: run the real uplinkd in the router namespace (its pid in UPLINKD_PID), without
+# waiting for anything.
+tb_launch() {
     [ -f "$TB_TMP/uplinkd.toml" ] || tb_config
     # shellcheck disable=SC2086 # UPLINKD_ARGS holds extra arguments
     ip netns exec "$(ns rtr)" "$UPLINKD" ${UPLINKD_ARGS:-} --config "$TB_TMP/uplinkd.toml" >>"$TB_TMP/uplinkd.log" 2>&1 &
     UPLINKD_PID=$!
+}
+
+# tb_start: tb_launch, then wait until uplinkd answers and both links are up.
+tb_start() {
+    tb_launch
     tb_wait 10 "uplinkd answers and both links are up" tb_all_up || { cat "$TB_TMP/uplinkd.log" >&2; return 1; }
 }
 
@@ -234,7 +247,7 @@ carrier() { on "isp$1" ip link set cpe "$2"; }
 hold() {
     local name=$1; shift
     ip netns exec "$(ns "${HOLD_HOST:-lan}")" python3 "$TB_TOOL" hold "${HOLD_SERVER:-$SERVER}" $PORT "$@" >"$TB_TMP/hold.$name" 2>&1 &
-    tb_wait 5 "connection $name up" grep -q '^seen' "$TB_TMP/hold.$name"
+    tb_wait 5 "connection $name up" grep -qs '^seen' "$TB_TMP/hold.$name"
 }
 # held NAME WORD: the held connection NAME ended with WORD (reset, closed, alive, ...).
 held() { grep -q "^$2" "$TB_TMP/hold.$1"; }
