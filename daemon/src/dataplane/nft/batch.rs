@@ -148,8 +148,14 @@ impl Sets for Refs<'_, '_> {
     }
 
     fn id(&self, set: &str) -> io::Result<(&CStr, u32)> {
-        let s = self.addr_set(set)?;
-        Ok((s.name(), s.id()))
+        Ok(if set.as_bytes() == STALE4.to_bytes() {
+            (STALE4, self.stale.v4.get_id())
+        } else if set.as_bytes() == STALE6.to_bytes() {
+            (STALE6, self.stale.v6.get_id())
+        } else {
+            let s = self.addr_set(set)?;
+            (s.name(), s.id())
+        })
     }
 }
 
@@ -227,8 +233,12 @@ impl<'a> StaleSets<'a> {
     fn new(table: &'a Table) -> Self {
         let v4 = Set::new_named(STALE4, 1, table, ProtoFamily::Inet);
         let v6 = Set::new_named(STALE6, 2, table, ProtoFamily::Inet);
+        // Dynamic too: a new connection reusing a killed flow's key deletes it from the packet
+        // path.
         set_timeout(&v4, STALE_TIMEOUT_MS);
         set_timeout(&v6, STALE_TIMEOUT_MS);
+        set_dynamic(&v4);
+        set_dynamic(&v6);
         StaleSets { v4, v6 }
     }
 }

@@ -199,7 +199,30 @@ pub fn lower(op: &Op) -> io::Result<Vec<Expr>> {
             },
             eq(vec![0]),
         ],
-        Op::StaleFlow { v6 } => stale_flow(*v6),
+        Op::TcpSyn => vec![
+            payload(Base::Transport, TCP_FLAGS_OFFSET, 1),
+            E::Bitwise {
+                mask: vec![TCP_FLAG_SYN],
+                xor: vec![0],
+            },
+            cmp(CmpKind::Neq, vec![0]),
+        ],
+        Op::StaleFlow { v6 } => {
+            let mut e = stale_key_load(*v6);
+            e.push(Expr::Lookup {
+                set: stale_set(*v6),
+            });
+            e
+        }
+        Op::ForgetStale { v6 } => {
+            let mut e = stale_key_load(*v6);
+            e.push(Expr::Dynset {
+                op: DynOp::Delete,
+                set: stale_set(*v6),
+                timeout_ms: None,
+            });
+            e
+        }
         Op::RejectTcpReset => vec![E::RejectTcpReset],
         Op::Drop => vec![E::Drop],
         Op::Masquerade => vec![E::Masquerade],
@@ -251,10 +274,18 @@ fn snat_prefix(p: &Prefix) -> io::Result<Vec<Expr>> {
 
 /// The packet's flow key, from the source address to the TCP destination port (see
 /// reset::STALE4/6), is in a stale set.
-/// `ip saddr . ip daddr . tcp sport . tcp dport @stale4` (or ip6, `@stale6`): the key is the
-/// concatenation of the four, each part starting at a 32-bit register (a port is padded to
-/// four bytes), as [`stale_key`](crate::dataplane::reset::stale_key) builds it.
-fn stale_flow(v6: bool) -> Vec<Expr> {
+/// The stale set of a family.
+fn stale_set(v6: bool) -> String {
+    if v6 { STALE6 } else { STALE4 }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A packet's key in the stale sets, `ip saddr . ip daddr . tcp sport . tcp dport` (or ip6),
+/// into consecutive 32-bit registers from register 1 on, each part starting at a register of
+/// its own (a port is padded to four bytes), as [`stale_key`](crate::dataplane::reset::stale_key)
+/// builds it.
+fn stale_key_load(v6: bool) -> Vec<Expr> {
     let (src, dst) = (addr_offset(v6, false), addr_offset(v6, true));
     let addr_regs = src.1 / 4;
     let parts = [
@@ -263,8 +294,7 @@ fn stale_flow(v6: bool) -> Vec<Expr> {
         (Base::Transport, (0, 2), 2 * addr_regs),
         (Base::Transport, (2, 2), 2 * addr_regs + 1),
     ];
-    let set = if v6 { STALE6 } else { STALE4 };
-    let mut out: Vec<Expr> = parts
+    parts
         .into_iter()
         .map(|(base, (offset, len), reg32)| Expr::PayloadTo {
             base,
@@ -272,11 +302,7 @@ fn stale_flow(v6: bool) -> Vec<Expr> {
             len,
             reg32,
         })
-        .collect();
-    out.push(Expr::Lookup {
-        set: set.to_string_lossy().into_owned(),
-    });
-    out
+        .collect()
 }
 
 /// The TCP flags byte in the TCP header.

@@ -84,6 +84,13 @@ pub enum Op {
     },
     /// `tcp flags & syn == 0`: not a connection attempt.
     TcpNotSyn,
+    /// `tcp flags & syn != 0`: a connection attempt.
+    TcpSyn,
+    /// `delete @staleN { <the packet's flow key> }`: a new connection reuses a killed flow's
+    /// addresses and ports.
+    ForgetStale {
+        v6: bool,
+    },
     /// The packet's flow key is in a stale set (`@nh,OFFSET,LEN @set`).
     StaleFlow {
         v6: bool,
@@ -233,12 +240,21 @@ fn prerouting(d: &DesiredState) -> Vec<Vec<Op>> {
 
 fn forward(d: &DesiredState) -> Vec<Vec<Op>> {
     // Stranded TCP flows: after a failover their LAN packets are answered with a reset. Only
-    // flows uplinkd killed are in the sets; a SYN is never rejected, so a new connection that
-    // happens to reuse a killed flow's ports goes through. Invalid LAN packets (e.g. the FIN of a
-    // flow whose entry was deleted) are dropped rather than forwarded un-NATed.
+    // flows uplinkd killed are in the sets. A SYN is never rejected: a new connection that
+    // reuses a killed flow's addresses and ports goes through, and takes the flow out of the set
+    // so the rest of its handshake does too. Invalid LAN packets (e.g. the FIN of a flow whose
+    // entry was deleted) are dropped rather than forwarded un-NATed.
     let mut forward = Vec::new();
     for lan in &d.lan_interfaces {
         for (v6, proto) in [(false, NFPROTO_IPV4), (true, NFPROTO_IPV6)] {
+            forward.push(vec![
+                Op::IifName(lan.clone()),
+                Op::NfProto(proto),
+                Op::L4Proto(IPPROTO_TCP),
+                Op::TcpSyn,
+                Op::StaleFlow { v6 },
+                Op::ForgetStale { v6 },
+            ]);
             forward.push(vec![
                 Op::IifName(lan.clone()),
                 Op::NfProto(proto),

@@ -43,8 +43,8 @@ fn renders_restore_steer_resets_and_masquerade() {
     ];
     let text = render(&state(r#""lan0", "lan1""#, "", &[(1, 1)]), &addrs).to_string();
     let want = r#"table inet uplinkd {
-  set stale4 { type ipv4_addr . ipv4_addr . inet_service . inet_service; flags timeout; timeout 1200s; }
-  set stale6 { type ipv6_addr . ipv6_addr . inet_service . inet_service; flags timeout; timeout 1200s; }
+  set stale4 { type ipv4_addr . ipv4_addr . inet_service . inet_service; flags dynamic,timeout; timeout 1200s; }
+  set stale6 { type ipv6_addr . ipv6_addr . inet_service . inet_service; flags dynamic,timeout; timeout 1200s; }
   set foreign_nat_1 { type ipv4_addr; flags dynamic,timeout; }
   set foreign_nat_2 { type ipv4_addr; flags dynamic,timeout; }
   chain prerouting { type filter hook prerouting priority -150; policy accept;
@@ -56,9 +56,13 @@ fn renders_restore_steer_resets_and_masquerade() {
     iifname "lan1" ct state new meta mark & 0xff00 == 0x0 jump steer
   }
   chain forward { type filter hook forward priority 0; policy accept;
+    iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn != 0 ip saddr . ip daddr . tcp sport . tcp dport @stale4 delete @stale4 { ip saddr . ip daddr . tcp sport . tcp dport }
     iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 ip saddr . ip daddr . tcp sport . tcp dport @stale4 reject with tcp reset
+    iifname "lan0" meta nfproto ipv6 meta l4proto tcp tcp flags & syn != 0 ip6 saddr . ip6 daddr . tcp sport . tcp dport @stale6 delete @stale6 { ip6 saddr . ip6 daddr . tcp sport . tcp dport }
     iifname "lan0" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 ip6 saddr . ip6 daddr . tcp sport . tcp dport @stale6 reject with tcp reset
+    iifname "lan1" meta nfproto ipv4 meta l4proto tcp tcp flags & syn != 0 ip saddr . ip daddr . tcp sport . tcp dport @stale4 delete @stale4 { ip saddr . ip daddr . tcp sport . tcp dport }
     iifname "lan1" meta nfproto ipv4 meta l4proto tcp tcp flags & syn == 0 ip saddr . ip daddr . tcp sport . tcp dport @stale4 reject with tcp reset
+    iifname "lan1" meta nfproto ipv6 meta l4proto tcp tcp flags & syn != 0 ip6 saddr . ip6 daddr . tcp sport . tcp dport @stale6 delete @stale6 { ip6 saddr . ip6 daddr . tcp sport . tcp dport }
     iifname "lan1" meta nfproto ipv6 meta l4proto tcp tcp flags & syn == 0 ip6 saddr . ip6 daddr . tcp sport . tcp dport @stale6 reject with tcp reset
     iifname "lan0" ct state invalid drop
     iifname "lan1" ct state invalid drop
@@ -382,6 +386,11 @@ fn every_op() -> Vec<(Op, &'static str)> {
             "add @s4 { ct reply ip daddr timeout 600s }",
         ),
         (Op::TcpNotSyn, "tcp flags & syn == 0"),
+        (Op::TcpSyn, "tcp flags & syn != 0"),
+        (
+            Op::ForgetStale { v6: false },
+            "delete @stale4 { ip saddr . ip daddr . tcp sport . tcp dport }",
+        ),
         (
             Op::StaleFlow { v6: false },
             "ip saddr . ip daddr . tcp sport . tcp dport @stale4",

@@ -149,15 +149,20 @@ fn transport(e: &[Expr]) -> Phrase {
         return None;
     };
     if (*offset, *len) == (TCP_FLAGS_OFFSET, 1) {
-        let [Expr::Bitwise { mask, xor }, Expr::Cmp { op: Eq, data }, ..] = rest else {
+        let [Expr::Bitwise { mask, xor }, Expr::Cmp { op, data }, ..] = rest else {
             return None;
         };
         if xor[..] != [0] || data[..] != [0] {
             return None;
         }
+        let op = match op {
+            Eq => "==",
+            CmpKind::Neq => "!=",
+            _ => return None,
+        };
         return Some((
             3,
-            format!("tcp flags & {} == 0", tcp_flags(*mask.first()?)?),
+            format!("tcp flags & {} {op} 0", tcp_flags(*mask.first()?)?),
         ));
     }
     let dir = match (offset, len) {
@@ -205,8 +210,8 @@ fn network(e: &[Expr]) -> Phrase {
     }
 }
 
-/// `ip saddr . ip daddr . tcp sport . tcp dport @SET` (or ip6): loads into consecutive 32-bit
-/// registers from 0, then a lookup.
+/// `ip saddr . ip daddr . tcp sport . tcp dport @SET` (or ip6), or `delete @SET { … }`: loads
+/// into consecutive 32-bit registers from 0, then a lookup or a delete.
 fn concat(e: &[Expr]) -> Phrase {
     let mut parts = Vec::new();
     let mut reg = 0;
@@ -223,6 +228,14 @@ fn concat(e: &[Expr]) -> Phrase {
             }
             Expr::Lookup { set } if !parts.is_empty() => {
                 return Some((parts.len() + 1, format!("{} @{set}", parts.join(" . "))));
+            }
+            Expr::Dynset {
+                op: DynOp::Delete,
+                set,
+                ..
+            } if !parts.is_empty() => {
+                let text = format!("delete @{set} {{ {} }}", parts.join(" . "));
+                return Some((parts.len() + 1, text));
             }
             _ => return None,
         }
@@ -478,7 +491,7 @@ impl fmt::Display for Ruleset {
         for (name, ip) in [(STALE4, "ipv4_addr"), (STALE6, "ipv6_addr")] {
             writeln!(
                 f,
-                "  set {} {{ type {ip} . {ip} . inet_service . inet_service; flags timeout; timeout {}s; }}",
+                "  set {} {{ type {ip} . {ip} . inet_service . inet_service; flags dynamic,timeout; timeout {}s; }}",
                 name.to_string_lossy(),
                 STALE_TIMEOUT_MS / 1000
             )?;
