@@ -18,8 +18,10 @@ pub struct Kernel {
     handle: rtnetlink::Handle,
     table_base: u32,
     /// Ruleset last written to the kernel; a new one is written only when it differs, or when
-    /// our table has disappeared.
+    /// our table has disappeared or was changed by someone else.
     applied: Option<nft::Ruleset>,
+    /// The ruleset generation and our table's digest right after our last write.
+    seen: Option<(u32, Option<u64>)>,
     /// Stale-set keys of recent purges, until they expire: re-added after a table replacement.
     /// Purges add to it from their own tasks.
     stale: Arc<Mutex<StaleMemory>>,
@@ -35,15 +37,16 @@ impl Kernel {
             handle,
             table_base,
             applied: None,
+            seen: None,
             stale: Arc::default(),
             src_valid_mark: sysctl::SrcValidMark::default(),
         })
     }
 
-    /// Write our table if it differs from the one written last or (with `verify`) has gone
-    /// missing. Returns whether it had to be restored: it was missing, or the update in place
-    /// was refused because someone changed it (a first write, or a new ruleset applied in place,
-    /// is not a repair).
+    /// Write our table if it differs from the one written last, or (with `verify`) if the
+    /// kernel's no longer is what we wrote: missing, or edited by someone else (a flushed
+    /// chain, an inserted rule, a changed policy). Returns whether it had to be restored (a
+    /// first write, or a new ruleset applied in place, is not a repair).
     async fn write_nft(
         &mut self,
         d: &DesiredState,
@@ -51,28 +54,50 @@ impl Kernel {
         verify: bool,
     ) -> Result<bool, Error> {
         let rules = nft::render(d, addrs);
-        let missing = verify && !blocking(nft::exists).await.map_err(Error::Nft)?;
-        if !missing && self.applied.as_ref() == Some(&rules) {
+        let (missing, edited) = if verify {
+            self.check_table().await.map_err(Error::Nft)?
+        } else {
+            (false, false)
+        };
+        if !missing && !edited && self.applied.as_ref() == Some(&rules) {
             return Ok(false);
         }
         let r = rules.clone();
-        // When our table went missing it is written afresh.
+        // When our table went missing it is written afresh; an edited one is rewritten in place.
         let previous = self.applied.clone().filter(|_| !missing);
         let in_place = previous.is_some();
         let (v4, v6) = self.stale_keys();
-        let replaced = blocking(move || {
-            // Sets survive an update in place; a replacement empties them, so the stale flows
-            // are put back.
+        let (replaced, seen) = blocking(move || {
             let replaced = nft::replace(&r, previous.as_ref())?;
-            if replaced {
+            // A replacement empties the sets, and an edit may have flushed them: the stale flows
+            // are put back (adding one already there only renews it).
+            if replaced || edited {
                 nft::add_stale(&v4, &v6)?;
             }
-            Ok(replaced)
+            Ok((replaced, (nft::generation()?, nft::digest()?)))
         })
         .await
         .map_err(Error::Nft)?;
         self.applied = Some(rules);
-        Ok(missing || (in_place && replaced))
+        self.seen = Some(seen);
+        Ok(missing || edited || (in_place && replaced))
+    }
+
+    /// Whether our table is missing, or differs from what we last wrote. Cheap when nothing in
+    /// the ruleset changed since (one generation read); otherwise our table is read back.
+    async fn check_table(&mut self) -> std::io::Result<(bool, bool)> {
+        let Some((gen, digest)) = self.seen else {
+            return Ok((false, false));
+        };
+        if blocking(nft::generation).await? == gen {
+            return Ok((false, false));
+        }
+        let (now_gen, now) = blocking(|| Ok((nft::generation()?, nft::digest()?))).await?;
+        // Someone else changed some table: if not ours, it is the new normal.
+        if now == digest {
+            self.seen = Some((now_gen, now));
+        }
+        Ok((now.is_none(), now.is_some() && now != digest))
     }
 
     /// The stale keys that still matter.
@@ -212,6 +237,7 @@ impl Dataplane for Kernel {
 
     async fn remove_all(&mut self, d: &DesiredState) -> Result<(), Error> {
         self.applied = None;
+        self.seen = None;
         let nft = blocking(nft::delete).await.map_err(Error::Nft);
         let rules = rules::remove_all(&self.handle, d).await;
         let routes = routes::remove_all(&self.handle, self.table_base).await;

@@ -168,6 +168,9 @@ pub fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
     attrs(buf).find(|(k, _)| *k == kind).map(|(_, p)| p)
 }
 
+/// How long a netlink call waits for the kernel's next answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A blocking netlink socket bound to the kernel, with its receive buffer.
 pub struct Netlink {
     socket: Socket,
@@ -183,6 +186,9 @@ impl Netlink {
         let mut socket = Socket::new(protocol)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        // The kernel answers at once; an answer that never comes (a request it does not answer
+        // the way we wait for) must fail the call, not hang the daemon.
+        socket2::SockRef::from(&socket).set_read_timeout(Some(ANSWER_TIMEOUT))?;
         Ok(Netlink {
             socket,
             buf: vec![0; recv_len],
@@ -239,14 +245,29 @@ impl Netlink {
     /// `Ok` on the acknowledgement, the errno of an error. Messages of other requests and
     /// data are skipped.
     pub fn request(&mut self, kind: u16, payload: &[u8]) -> io::Result<()> {
+        self.query(kind, payload, |_| {})
+    }
+
+    /// Like [`request`](Self::request), handing the answer's data messages (a GET that is no
+    /// dump answers with one) to `each` before the acknowledgement.
+    pub fn query(
+        &mut self,
+        kind: u16,
+        payload: &[u8],
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
         let seq = self.next_seq();
         self.send(&message(kind, NLM_F_REQUEST | NLM_F_ACK, seq, payload))?;
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
             for m in messages(self.buf.get(..n).unwrap_or(&self.buf)) {
                 let m = m?;
-                if m.seq == seq && m.kind == NLMSG_ERROR {
-                    return m.reply().map(|_| ());
+                if m.seq != seq {
+                    continue;
+                }
+                match m.reply()? {
+                    Reply::Data(p) => each(p),
+                    Reply::Ack | Reply::Done => return Ok(()),
                 }
             }
         }

@@ -1,6 +1,5 @@
 //! Writing our table to the kernel: one netlink transaction per change, sent in one piece.
 
-use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::io;
 
@@ -250,33 +249,6 @@ pub fn delete() -> io::Result<()> {
     batch.add(&table, MsgType::Add);
     batch.add(&table, MsgType::Del);
     send(&batch.finalize())
-}
-
-/// Whether our table exists (someone may have run `nft flush ruleset`).
-pub fn exists() -> io::Result<bool> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
-    let seq = 0;
-    let portid = socket.portid();
-    socket.send(&nftnl::table::get_tables_nlmsg(seq))?;
-    let mut tables: HashSet<CString> = HashSet::new();
-    let mut buf = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
-    loop {
-        let n = socket.recv_raw(&mut buf[..])?;
-        if n == 0 {
-            break;
-        }
-        match mnl::cb_run2(
-            &buf[..n],
-            seq,
-            portid,
-            nftnl::table::get_tables_cb,
-            &mut tables,
-        )? {
-            mnl::CbResult::Stop => break,
-            mnl::CbResult::Ok => {}
-        }
-    }
-    Ok(tables.contains(TABLE))
 }
 
 /// Send a finalized batch in one `sendto` (the kernel applies a batch only when it arrives in one

@@ -11,12 +11,13 @@
 //! - `batch`: the netlink transaction that writes the table, in place when it can.
 //!
 //! The stale sets' elements are added by the resets (`reset.rs`); the table defines the sets.
-//! `elements` reads back what the packet path put in a set.
+//! `read` reads back what is in the kernel: set elements the packet path added, the ruleset
+//! generation and a digest of our table (to notice edits by someone else).
 
 mod batch;
-mod elements;
 mod encode;
 mod plan;
+mod read;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -25,9 +26,9 @@ use std::ffi::CStr;
 
 pub use super::reset::{add_stale, StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS};
 pub(super) use batch::send;
-pub use batch::{delete, exists, replace};
-pub use elements::ipv4_elements;
+pub use batch::{delete, replace};
 pub use plan::{foreign_nat_set, render, AddrSet, ChainPlan, DynOp, Op, Ruleset};
+pub use read::{digest, generation, ipv4_elements};
 
 /// The one table uplinkd owns (DESIGN.md §3).
 pub const TABLE: &CStr = c"uplinkd";
