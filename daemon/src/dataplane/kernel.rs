@@ -220,7 +220,8 @@ impl Dataplane for Kernel {
                     for _ in 1..reset::TICKLE_ROUNDS {
                         tokio::time::sleep(reset::TICKLE_GAP).await;
                         let f = flows.clone();
-                        if let Err(e) = blocking(move || reset::tickle(&f, tickle_mark)).await {
+                        let round = move || reset::tickle(&f, tickle_mark, reset::TICKLE_BUDGET);
+                        if let Err(e) = blocking(round).await {
                             warn!("tickle round failed: {e}");
                         }
                     }

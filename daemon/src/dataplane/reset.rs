@@ -28,6 +28,9 @@ use super::sockets;
 /// Tickle rounds after the first, this far apart: more than tcp_invalid_ratelimit (500 ms), so
 /// a client that missed one answers the next.
 pub const TICKLE_GAP: Duration = Duration::from_millis(700);
+/// Longest a tickle round waits for room in its socket's buffer (filled by tickles to absent
+/// hosts), well within the gap between rounds.
+pub const TICKLE_BUDGET: Duration = Duration::from_millis(300);
 /// Rounds in all (the first right after the delete).
 pub const TICKLE_ROUNDS: u32 = 3;
 
@@ -213,7 +216,7 @@ pub fn purge(
     }
     r.flush = t.elapsed();
     let t = Instant::now();
-    tickle(&r.tickle_flows, tickle_mark)?;
+    tickle(&r.tickle_flows, tickle_mark, TICKLE_BUDGET)?;
     r.tickle = t.elapsed();
     let t = Instant::now();
     if !own.is_empty() {
@@ -223,11 +226,19 @@ pub fn purge(
     Ok(r)
 }
 
-/// Send one tickle to the client of each flow. Returns how many went out.
-pub fn tickle(flows: &[Flow], mark: u32) -> io::Result<usize> {
+/// Send one tickle to the client of each flow, within `budget`. Returns how many went out.
+///
+/// The socket never blocks: a tickle to a LAN host that does not answer ARP waits in the
+/// kernel's neighbour queue, charged to our socket, until resolution fails (seconds later), so
+/// thousands of them fill its buffer. When it is full the round waits for room until its budget
+/// is spent and leaves the rest to the next round. Clients are served in turn (each one's first
+/// flow, then each one's second, ...), so a present client is never stuck behind the flows of
+/// absent ones.
+pub fn tickle(flows: &[Flow], mark: u32, budget: Duration) -> io::Result<usize> {
+    let deadline = Instant::now() + budget;
     let (mut v4, mut v6) = (None, None);
     let mut sent = 0;
-    for f in flows.iter().filter(|f| f.proto == IPPROTO_TCP) {
+    for f in by_client_in_turn(flows) {
         let slot = if f.src.is_ipv6() { &mut v6 } else { &mut v4 };
         if slot.is_none() {
             *slot = Some(raw_socket(f.src.is_ipv6(), mark)?);
@@ -239,12 +250,36 @@ pub fn tickle(flows: &[Flow], mark: u32) -> io::Result<usize> {
             continue;
         };
         // The port of a raw socket's address must be 0 (for IPv6 it would be the protocol).
-        match socket.send_to(&packet, &SockAddr::from(SocketAddr::new(f.src, 0))) {
-            Ok(_) => sent += 1,
-            Err(e) => tracing::debug!("tickle to {}:{}: {e}", f.src, f.sport),
+        let to = SockAddr::from(SocketAddr::new(f.src, 0));
+        loop {
+            match socket.send_to(&packet, &to) {
+                Ok(_) => sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Ok(sent);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => tracing::debug!("tickle to {}:{}: {e}", f.src, f.sport),
+            }
+            break;
         }
     }
     Ok(sent)
+}
+
+/// The TCP flows in the order their clients take turns: every client's first flow, then every
+/// client's second, and so on.
+fn by_client_in_turn(flows: &[Flow]) -> Vec<&Flow> {
+    let mut per_client: std::collections::BTreeMap<IpAddr, Vec<&Flow>> = Default::default();
+    for f in flows.iter().filter(|f| f.proto == IPPROTO_TCP) {
+        per_client.entry(f.src).or_default().push(f);
+    }
+    let longest = per_client.values().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| per_client.values().filter_map(move |v| v.get(i).copied()))
+        .collect()
 }
 
 /// A raw socket whose packets carry their own IP header (IPPROTO_RAW implies IP_HDRINCL, and
@@ -253,6 +288,7 @@ fn raw_socket(v6: bool, mark: u32) -> io::Result<Socket> {
     let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
     socket.set_mark(mark)?;
+    socket.set_nonblocking(true)?;
     Ok(socket)
 }
 
@@ -340,6 +376,35 @@ mod tests {
         assert_eq!(
             <StaleKey4 as nftnl::set::SetKey>::TYPE,
             ((7 << 6 | 7) << 6 | 13) << 6 | 13
+        );
+    }
+
+    #[test]
+    fn clients_take_turns_so_none_waits_behind_another_ones_flows() {
+        let mut flows: Vec<Flow> = (0..3)
+            .map(|i| Flow {
+                sport: 40000 + i,
+                ..flow("10.99.0.100", "198.51.100.10")
+            })
+            .collect();
+        flows.push(flow("10.99.0.200", "198.51.100.10"));
+        flows.push(Flow {
+            proto: 17,
+            ..flow("10.99.0.3", "198.51.100.10")
+        });
+        let order: Vec<(String, u16)> = by_client_in_turn(&flows)
+            .iter()
+            .map(|f| (f.src.to_string(), f.sport))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("10.99.0.100".into(), 40000),
+                ("10.99.0.200".into(), 40000),
+                ("10.99.0.100".into(), 40001),
+                ("10.99.0.100".into(), 40002),
+            ],
+            "the other client comes second, not fourth; UDP is not tickled"
         );
     }
 
