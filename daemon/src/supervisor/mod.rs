@@ -149,6 +149,10 @@ pub struct Supervisor<D, P> {
     status: watch::Sender<Status>,
     events: broadcast::Sender<Event>,
     watchdog: Option<tokio::time::Interval>,
+    /// A reload under way (its file is being checked) and who waits for its answer.
+    reloading: Option<Vec<oneshot::Sender<CommandReply>>>,
+    reload_tx: mpsc::Sender<Result<Config, String>>,
+    reload_rx: mpsc::Receiver<Result<Config, String>>,
 }
 
 impl<D: Dataplane, P: Probes> Supervisor<D, P> {
@@ -168,6 +172,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         engine.set_wall_clock(now.into_std(), epoch);
         let (probe_tx, probe_rx) = mpsc::channel(1024);
         let (purge_tx, purge_rx) = mpsc::channel(16);
+        let (reload_tx, reload_rx) = mpsc::channel(1);
         let status = watch::Sender::new(status::build(&engine, now.into_std()));
         let mut sup = Supervisor {
             engine,
@@ -182,6 +187,9 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             status,
             events,
             watchdog: None,
+            reloading: None,
+            reload_tx,
+            reload_rx,
         };
         let links = sup
             .dp
@@ -233,18 +241,23 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 Some((link, r)) = self.purge_rx.recv() => self.engine.purged(&link, r),
                 _ = reconcile.tick() => self.engine.reconcile(),
                 () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
-                Some((cmd, reply)) = inputs.commands.recv() => {
-                    let answer = match cmd {
-                        Command::Reload => self.reload().await,
-                        Command::Drain { link, reset } => self.engine.drain(&link, reset),
-                        Command::Undrain { link } => self.engine.undrain(&link),
-                    };
-                    let _ = reply.send(answer);
+                Some((cmd, reply)) = inputs.commands.recv() => match cmd {
+                    Command::Reload => self.start_reload(Some(reply)),
+                    Command::Drain { link, reset } => {
+                        let _ = reply.send(self.engine.drain(&link, reset));
+                    }
+                    Command::Undrain { link } => {
+                        let _ = reply.send(self.engine.undrain(&link));
+                    }
+                },
+                Some(checked) = self.reload_rx.recv() => {
+                    let answer = self.finish_reload(checked).await;
+                    for r in self.reloading.take().unwrap_or_default() {
+                        let _ = r.send(answer.clone());
+                    }
                 }
                 s = inputs.signals.recv() => match s {
-                    Some(Signal::Reload) => {
-                        let _ = self.reload().await;
-                    }
+                    Some(Signal::Reload) => self.start_reload(None),
                     Some(Signal::Stop) | None => break,
                 },
             }
@@ -354,10 +367,30 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         }
     }
 
-    /// Reload the configuration; on any error the running one stays and the error is reported.
-    async fn reload(&mut self) -> CommandReply {
+    /// Start a reload: the file is read and checked on a blocking thread (a large one takes a
+    /// while), and the loop goes on probing meanwhile; the result comes back as an input. A
+    /// reload asked for while one is under way is answered with that one's result.
+    fn start_reload(&mut self, reply: Option<oneshot::Sender<CommandReply>>) {
+        let first = self.reloading.is_none();
+        let replies = self.reloading.get_or_insert_with(Vec::new);
+        replies.extend(reply);
+        if !first {
+            return;
+        }
         notify(&[sd_notify::NotifyState::Reloading]);
-        let result = match reload_config(&self.path, self.engine.config()) {
+        let (path, running) = (self.path.clone(), self.engine.config().clone());
+        let tx = self.reload_tx.clone();
+        tokio::spawn(async move {
+            let checked = tokio::task::spawn_blocking(move || reload_config(&path, &running))
+                .await
+                .unwrap_or_else(|e| Err(format!("reload failed: {e}")));
+            let _ = tx.send(checked).await;
+        });
+    }
+
+    /// Take a checked configuration in, or report why it was refused (the running one stays).
+    async fn finish_reload(&mut self, checked: Result<Config, String>) -> CommandReply {
+        let result = match checked {
             Err(e) => {
                 self.engine.reload_failed(e.clone());
                 Err(e)
