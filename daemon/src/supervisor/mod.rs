@@ -252,6 +252,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 },
                 Some(checked) = self.reload_rx.recv() => {
                     let answer = self.finish_reload(checked).await;
+                    // Answered once the new configuration is live (and in the status).
+                    self.execute().await;
                     for r in self.reloading.take().unwrap_or_default() {
                         let _ = r.send(answer.clone());
                     }
