@@ -18,6 +18,7 @@ mod batch;
 mod encode;
 mod plan;
 mod read;
+mod steer;
 #[cfg(test)]
 mod tests;
 mod text;
