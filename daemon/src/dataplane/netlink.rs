@@ -217,28 +217,8 @@ impl Netlink {
     /// Dump: send `kind` with NLM_F_REQUEST | NLM_F_DUMP and `payload`, and hand each answering
     /// message's payload to `each` until NLMSG_DONE. An NLMSG_ERROR ends the dump with its
     /// errno. Messages of other requests are skipped.
-    pub fn dump(
-        &mut self,
-        kind: u16,
-        payload: &[u8],
-        mut each: impl FnMut(&[u8]),
-    ) -> io::Result<()> {
-        let seq = self.next_seq();
-        self.send(&message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, payload))?;
-        loop {
-            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-            for m in messages(self.buf.get(..n).unwrap_or(&self.buf)) {
-                let m = m?;
-                if m.seq != seq {
-                    continue;
-                }
-                match m.reply()? {
-                    Reply::Data(p) => each(p),
-                    // No acknowledgement was asked for; one would end the dump all the same.
-                    Reply::Done | Reply::Ack => return Ok(()),
-                }
-            }
-        }
+    pub fn dump(&mut self, kind: u16, payload: &[u8], each: impl FnMut(&[u8])) -> io::Result<()> {
+        self.exchange(kind, NLM_F_REQUEST | NLM_F_DUMP, payload, each)
     }
 
     /// Send `kind` with NLM_F_REQUEST | NLM_F_ACK and `payload`, and wait for its answer:
@@ -250,14 +230,21 @@ impl Netlink {
 
     /// Like [`request`](Self::request), handing the answer's data messages (a GET that is no
     /// dump answers with one) to `each` before the acknowledgement.
-    pub fn query(
+    pub fn query(&mut self, kind: u16, payload: &[u8], each: impl FnMut(&[u8])) -> io::Result<()> {
+        self.exchange(kind, NLM_F_REQUEST | NLM_F_ACK, payload, each)
+    }
+
+    /// Send one message and hand the data of its answer to `each` until the answer ends (done,
+    /// or the acknowledgement) or fails (the errno of an error).
+    fn exchange(
         &mut self,
         kind: u16,
+        flags: u16,
         payload: &[u8],
         mut each: impl FnMut(&[u8]),
     ) -> io::Result<()> {
         let seq = self.next_seq();
-        self.send(&message(kind, NLM_F_REQUEST | NLM_F_ACK, seq, payload))?;
+        self.send(&message(kind, flags, seq, payload))?;
         loop {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
             for m in messages(self.buf.get(..n).unwrap_or(&self.buf)) {
@@ -267,7 +254,7 @@ impl Netlink {
                 }
                 match m.reply()? {
                     Reply::Data(p) => each(p),
-                    Reply::Ack | Reply::Done => return Ok(()),
+                    Reply::Done | Reply::Ack => return Ok(()),
                 }
             }
         }

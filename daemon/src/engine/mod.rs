@@ -347,35 +347,26 @@ impl Engine {
                 (p.link, self.links[p.link].on_probe(now, &p, &self.config))
             }
             Input::Admin { link, up } if link < self.links.len() => {
-                let change = LinkLayer {
+                let c = LinkLayer {
                     admin: Some(up),
                     ..LinkLayer::default()
                 };
-                (
-                    link,
-                    self.links[link].on_link_layer(now, change, &self.config),
-                )
+                (link, self.links[link].on_link_layer(now, c, &self.config))
             }
             Input::Carrier { link, up } if link < self.links.len() => {
-                let change = LinkLayer {
+                let c = LinkLayer {
                     carrier: Some(up),
                     ..LinkLayer::default()
                 };
-                (
-                    link,
-                    self.links[link].on_link_layer(now, change, &self.config),
-                )
+                (link, self.links[link].on_link_layer(now, c, &self.config))
             }
             Input::Addresses { link, v4 } if link < self.links.len() => {
-                let change = LinkLayer {
+                let c = LinkLayer {
                     address: Some(!v4.is_empty()),
                     ..LinkLayer::default()
                 };
                 self.addresses_now(link, v4);
-                (
-                    link,
-                    self.links[link].on_link_layer(now, change, &self.config),
-                )
+                (link, self.links[link].on_link_layer(now, c, &self.config))
             }
             _ => return Vec::new(),
         };
