@@ -65,8 +65,9 @@ pub enum Parsed {
 /// each with what waits for it (`W`). No I/O: the socket feeds it what it sends and receives.
 pub struct Outstanding<W> {
     /// Secret keys of the derivations below. std seeds `RandomState`'s SipHash keys from the
-    /// OS random source (getrandom(2)), so an observer cannot compute one target's identifier,
-    /// sequence start or tokens from another's.
+    /// OS random source (getrandom(2), once per thread, then counts one key up per instance),
+    /// so an observer cannot compute one target's identifier, sequence start or tokens from
+    /// another's.
     keys: RandomState,
     flows: HashMap<IpAddr, Flow>,
     probes: HashMap<EchoId, Probe<W>>,
@@ -109,7 +110,10 @@ impl<W> Outstanding<W> {
             ident: flow.ident,
             seq: flow.next_seq,
         };
-        while self.probes.contains_key(&id) {
+        for _ in 0..u16::MAX {
+            if !self.probes.contains_key(&id) {
+                break;
+            }
             id.seq = id.seq.wrapping_add(1);
         }
         flow.next_seq = id.seq.wrapping_add(1);
