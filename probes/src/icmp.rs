@@ -1,17 +1,19 @@
 //! ICMP and ICMPv6 echo over a raw socket bound to one WAN.
 //!
-//! Every request carries the socket's random identifier, a sequence number and a random 64-bit
-//! token in its payload; a reply counts only when all three match an outstanding request to the
-//! address it came from, so stray or spoofed replies cannot keep a dead link up. ICMP errors
-//! quoting one of our requests (destination unreachable, time exceeded, ...) fail that probe at
-//! once.
+//! Each target has its own identifier and sequence space, both derived from secret random keys,
+//! and every request carries a random 64-bit token in its payload: seeing the probes to one
+//! target tells nothing about those to another. An answer counts only for the probe it names:
+//! an echo reply must come from the probe's target and echo its identifier, sequence number and
+//! token; an ICMP error (destination unreachable, time exceeded, ...) must quote an echo request
+//! to that target with its identifier and sequence number (and its token, if the quote reaches
+//! it). Anything else is ignored, so a forger who sees the probes to one target can fail only
+//! that target's probes, never the others' that the quorum relies on.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Type};
@@ -29,8 +31,117 @@ const ECHO_REPLY_V6: u8 = 129;
 const ERRORS_V4: [u8; 4] = [3, 4, 11, 12];
 /// ICMPv6 errors (RFC 4443: types below 128).
 const ERROR_V6_MAX: u8 = 127;
+/// IP protocol / IPv6 next-header numbers of ICMP and ICMPv6.
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+/// Length of an IPv6 header; our requests carry no extension headers.
+const IPV6_HEADER: usize = 40;
 /// Payload: the token, then a marker that makes our probes easy to spot in a capture.
 const MARKER: &[u8] = b"uplinkd";
+
+/// One probe as it appears on the wire: its target and its echo identifier and sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EchoId {
+    pub dest: IpAddr,
+    pub ident: u16,
+    pub seq: u16,
+}
+
+/// What a received packet claims to answer.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    /// An echo reply from `id.dest`, with the token its payload carries.
+    Reply { id: EchoId, token: u64 },
+    /// An ICMP error quoting an echo request to `id.dest`; `token` when the quote reaches it.
+    Error {
+        id: EchoId,
+        token: Option<u64>,
+        icmp_type: u8,
+        code: u8,
+    },
+}
+
+/// The identifier and sequence space of every target, and the probes waiting for an answer,
+/// each with what waits for it (`W`). No I/O: the socket feeds it what it sends and receives.
+pub struct Outstanding<W> {
+    /// Secret keys of the derivations below. std seeds `RandomState`'s SipHash keys from the
+    /// OS random source (getrandom(2), once per thread, then counts one key up per instance),
+    /// so an observer cannot compute one target's identifier, sequence start or tokens from
+    /// another's.
+    keys: RandomState,
+    flows: HashMap<IpAddr, Flow>,
+    probes: HashMap<EchoId, Probe<W>>,
+}
+
+struct Flow {
+    ident: u16,
+    next_seq: u16,
+    /// Probes sent to this target so far: the input of its tokens.
+    sent: u64,
+}
+
+struct Probe<W> {
+    token: u64,
+    waiter: W,
+}
+
+impl<W> Outstanding<W> {
+    pub fn new(keys: RandomState) -> Self {
+        Outstanding {
+            keys,
+            flows: HashMap::new(),
+            probes: HashMap::new(),
+        }
+    }
+
+    /// A new probe to `dest`: what to put on the wire. It is outstanding until it is answered
+    /// or [`Self::cancel`]led.
+    pub fn start(&mut self, dest: IpAddr, waiter: W) -> (EchoId, u64) {
+        let keys = &self.keys;
+        let flow = self.flows.entry(dest).or_insert_with(|| Flow {
+            ident: keys.hash_one(("ident", dest)) as u16,
+            next_seq: keys.hash_one(("seq", dest)) as u16,
+            sent: 0,
+        });
+        // A sequence number still outstanding (after 65,536 probes to one target within one
+        // timeout, which the intervals allow only in theory) is skipped, not overwritten.
+        let mut id = EchoId {
+            dest,
+            ident: flow.ident,
+            seq: flow.next_seq,
+        };
+        for _ in 0..u16::MAX {
+            if !self.probes.contains_key(&id) {
+                break;
+            }
+            id.seq = id.seq.wrapping_add(1);
+        }
+        flow.next_seq = id.seq.wrapping_add(1);
+        let token = keys.hash_one(("token", dest, flow.sent));
+        flow.sent += 1;
+        self.probes.insert(id, Probe { token, waiter });
+        (id, token)
+    }
+
+    /// The probe `id` is no longer waited for (it timed out, or its send failed).
+    pub fn cancel(&mut self, id: &EchoId) {
+        self.probes.remove(id);
+    }
+
+    /// The waiter of the outstanding probe that `p` answers, which is then no longer
+    /// outstanding; `None` when `p` answers none.
+    pub fn answer(&mut self, p: &Parsed) -> Option<W> {
+        let (id, token) = match p {
+            Parsed::Reply { id, token } => (id, Some(*token)),
+            Parsed::Error { id, token, .. } => (id, *token),
+        };
+        let probe = self.probes.get(id)?;
+        if token.is_some_and(|t| t != probe.token) {
+            return None;
+        }
+        self.probes.remove(id).map(|p| p.waiter)
+    }
+}
 
 #[derive(Debug)]
 enum Answer {
@@ -42,22 +153,13 @@ enum Answer {
     },
 }
 
-struct Pending {
-    dest: IpAddr,
-    token: u64,
-    tx: oneshot::Sender<Answer>,
-}
-
-type PendingMap = Arc<Mutex<HashMap<u16, Pending>>>;
+type Shared = Arc<Mutex<Outstanding<oneshot::Sender<Answer>>>>;
 
 /// One raw ICMP (or ICMPv6) socket of a link and its receive task.
 pub struct IcmpSocket {
     socket: Arc<UdpSocket>,
     v6: bool,
-    ident: u16,
-    seq: AtomicU64,
-    keys: std::hash::RandomState,
-    pending: PendingMap,
+    outstanding: Shared,
     receiver: JoinHandle<()>,
 }
 
@@ -78,17 +180,12 @@ impl IcmpSocket {
         let socket = bound_socket(domain, Type::RAW, proto, binding)?;
         // tokio's UdpSocket only needs a datagram-like descriptor: send_to and recv_from.
         let socket = Arc::new(UdpSocket::from_std(std::net::UdpSocket::from(socket))?);
-        let keys = std::hash::RandomState::new();
-        let ident = keys.hash_one(std::process::id()) as u16;
-        let pending: PendingMap = Arc::default();
-        let receiver = tokio::spawn(receive(socket.clone(), v6, ident, pending.clone()));
+        let outstanding: Shared = Arc::new(Mutex::new(Outstanding::new(RandomState::new())));
+        let receiver = tokio::spawn(receive(socket.clone(), v6, outstanding.clone()));
         Ok(IcmpSocket {
             socket,
             v6,
-            ident,
-            seq: AtomicU64::new(0),
-            keys,
-            pending,
+            outstanding,
             receiver,
         })
     }
@@ -99,30 +196,24 @@ impl IcmpSocket {
                 "address family does not match the socket".into(),
             ));
         }
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let seq = n as u16;
-        let mut h = self.keys.build_hasher();
-        h.write_u64(n);
-        let token = h.finish();
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(seq, Pending { dest, token, tx });
-        let result = self.exchange(dest, seq, token, timeout, rx).await;
-        lock(&self.pending).remove(&seq);
+        let (id, token) = lock(&self.outstanding).start(dest, tx);
+        let result = self.exchange(id, token, timeout, rx).await;
+        lock(&self.outstanding).cancel(&id);
         result
     }
 
     async fn exchange(
         &self,
-        dest: IpAddr,
-        seq: u16,
+        id: EchoId,
         token: u64,
         timeout: Duration,
         rx: oneshot::Receiver<Answer>,
     ) -> Result<Duration, ProbeError> {
-        let packet = echo_request(self.v6, self.ident, seq, token);
+        let packet = echo_request(self.v6, id.ident, id.seq, token);
         let sent = Instant::now();
         self.socket
-            .send_to(&packet, SocketAddr::new(dest, 0))
+            .send_to(&packet, SocketAddr::new(id.dest, 0))
             .await
             .map_err(ProbeError::Send)?;
         match tokio::time::timeout(timeout, rx).await {
@@ -142,9 +233,9 @@ impl IcmpSocket {
     }
 }
 
-fn lock(m: &Mutex<HashMap<u16, Pending>>) -> std::sync::MutexGuard<'_, HashMap<u16, Pending>> {
-    // A panic while holding the lock cannot leave the map inconsistent: take it anyway.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the maps inconsistent: take it anyway.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An echo request. For ICMPv6 the kernel fills in the checksum (RFC 3542 §3.1).
@@ -173,32 +264,39 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// What a received packet means for us: (sequence, answer, token if the packet carried one).
-#[derive(Debug, PartialEq)]
-pub enum Parsed {
-    Reply { seq: u16, token: u64 },
-    Error { seq: u16, icmp_type: u8, code: u8 },
-}
-
-/// Parse a packet as read from the raw socket: IPv4 sockets deliver the IP header, ICMPv6
-/// sockets only the ICMPv6 message. `None` for anything that is not ours.
-pub fn parse(buf: &[u8], v6: bool, ident: u16) -> Option<Parsed> {
+/// Parse a packet as read from the raw socket, sent by `from`: IPv4 sockets deliver the IP
+/// header, ICMPv6 sockets only the ICMPv6 message (whose checksum the kernel has verified).
+/// `None` for anything that is no echo reply carrying our marker and no error quoting an echo
+/// request; whether it answers one of *our* probes is for [`Outstanding::answer`] to say.
+pub fn parse(buf: &[u8], v6: bool, from: IpAddr) -> Option<Parsed> {
     let icmp = if v6 {
         buf
     } else {
-        buf.get(usize::from(buf.first()? & 0x0f) * 4..)?
+        let icmp = buf.get(ipv4_header_len(buf)?..)?;
+        // Raw sockets see ICMP before icmp_rcv() checks its checksum.
+        if icmp.len() < 8 || checksum(icmp) != 0 {
+            return None;
+        }
+        icmp
     };
     let (t, code) = (*icmp.first()?, *icmp.get(1)?);
-    let echo_ours = |m: &[u8], request: u8| -> Option<u16> {
-        let id = u16::from_be_bytes([*m.get(4)?, *m.get(5)?]);
-        (m.first() == Some(&request) && id == ident).then(|| u16::from_be_bytes([m[6], m[7]]))
+    let (request, reply) = if v6 {
+        (ECHO_REQUEST_V6, ECHO_REPLY_V6)
+    } else {
+        (ECHO_REQUEST_V4, ECHO_REPLY_V4)
     };
-    if t == if v6 { ECHO_REPLY_V6 } else { ECHO_REPLY_V4 } {
-        let id = u16::from_be_bytes([*icmp.get(4)?, *icmp.get(5)?]);
-        let seq = u16::from_be_bytes([*icmp.get(6)?, *icmp.get(7)?]);
+    if t == reply {
+        let (ident, seq) = echo_header(icmp, reply)?;
         let token = u64::from_be_bytes(icmp.get(8..16)?.try_into().ok()?);
-        return (id == ident && icmp.get(16..16 + MARKER.len()) == Some(MARKER))
-            .then_some(Parsed::Reply { seq, token });
+        if !icmp.get(16..)?.starts_with(MARKER) {
+            return None;
+        }
+        let id = EchoId {
+            dest: from,
+            ident,
+            seq,
+        };
+        return Some(Parsed::Reply { id, token });
     }
     let is_error = if v6 {
         t <= ERROR_V6_MAX
@@ -208,24 +306,68 @@ pub fn parse(buf: &[u8], v6: bool, ident: u16) -> Option<Parsed> {
     if !is_error {
         return None;
     }
-    // The error quotes the offending datagram after its own 8-byte header.
+    // The error quotes the offending datagram after its own 8-byte header: as much of it as
+    // fits (RFC 1812 §4.3.2.3, RFC 4443 §3), at least its IP header and 8 bytes (RFC 792).
     let quoted = icmp.get(8..)?;
-    let inner = if v6 {
-        // IPv6 header (40 bytes) with next header ICMPv6 (58).
-        (quoted.get(6) == Some(&58)).then(|| quoted.get(40..))??
+    let (dest, echo) = if v6 {
+        quoted_ipv6(quoted)?
     } else {
-        (quoted.get(9) == Some(&1))
-            .then(|| quoted.get(usize::from(quoted.first()? & 0x0f) * 4..))??
+        quoted_ipv4(quoted)?
     };
-    let seq = echo_ours(inner, if v6 { ECHO_REQUEST_V6 } else { ECHO_REQUEST_V4 })?;
+    let (ident, seq) = echo_header(echo, request)?;
+    let token = echo
+        .get(8..16)
+        .and_then(|b| Some(u64::from_be_bytes(b.try_into().ok()?)));
     Some(Parsed::Error {
-        seq,
+        id: EchoId { dest, ident, seq },
+        token,
         icmp_type: t,
         code,
     })
 }
 
-async fn receive(socket: Arc<UdpSocket>, v6: bool, ident: u16, pending: PendingMap) {
+/// The length of the IPv4 header `p` starts with.
+fn ipv4_header_len(p: &[u8]) -> Option<usize> {
+    let b = *p.first()?;
+    let len = usize::from(b & 0x0f) * 4;
+    (b >> 4 == 4 && len >= 20 && p.len() >= len).then_some(len)
+}
+
+/// The destination of a quoted IPv4 datagram and its ICMP message, if it carries one from
+/// its start (not a later fragment).
+fn quoted_ipv4(q: &[u8]) -> Option<(IpAddr, &[u8])> {
+    let len = ipv4_header_len(q)?;
+    let fragment_offset = u16::from_be_bytes([q[6], q[7]]) & 0x1fff;
+    if q[9] != PROTO_ICMP || fragment_offset != 0 {
+        return None;
+    }
+    let dest: [u8; 4] = q[16..20].try_into().ok()?;
+    Some((Ipv4Addr::from(dest).into(), &q[len..]))
+}
+
+/// The destination of a quoted IPv6 datagram and its ICMPv6 message, if the header is
+/// followed by one directly (ours never carry extension headers).
+fn quoted_ipv6(q: &[u8]) -> Option<(IpAddr, &[u8])> {
+    let header = q.get(..IPV6_HEADER)?;
+    if header[0] >> 4 != 6 || header[6] != PROTO_ICMPV6 {
+        return None;
+    }
+    let dest: [u8; 16] = header[24..40].try_into().ok()?;
+    Some((Ipv6Addr::from(dest).into(), &q[IPV6_HEADER..]))
+}
+
+/// Identifier and sequence number of an echo message of type `t` (code 0, as ours are).
+fn echo_header(m: &[u8], t: u8) -> Option<(u16, u16)> {
+    let h = m.get(..8)?;
+    (h[0] == t && h[1] == 0).then(|| {
+        (
+            u16::from_be_bytes([h[4], h[5]]),
+            u16::from_be_bytes([h[6], h[7]]),
+        )
+    })
+}
+
+async fn receive(socket: Arc<UdpSocket>, v6: bool, outstanding: Shared) {
     let mut buf = vec![0u8; 2048];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
@@ -233,36 +375,24 @@ async fn receive(socket: Arc<UdpSocket>, v6: bool, ident: u16, pending: PendingM
         };
         let at = Instant::now();
         let from = from.ip();
-        let (seq, answer, token) = match parse(&buf[..n], v6, ident) {
-            Some(Parsed::Reply { seq, token }) => (seq, Answer::Reply(at), Some(token)),
-            Some(Parsed::Error {
-                seq,
+        let Some(parsed) = parse(&buf[..n], v6, from) else {
+            continue;
+        };
+        let Some(waiter) = lock(&outstanding).answer(&parsed) else {
+            continue;
+        };
+        let answer = match parsed {
+            Parsed::Reply { .. } => Answer::Reply(at),
+            // Any router on the path may report the error: `from` is its address.
+            Parsed::Error {
+                icmp_type, code, ..
+            } => Answer::Error {
                 icmp_type,
                 code,
-            }) => (
-                seq,
-                Answer::Error {
-                    icmp_type,
-                    code,
-                    from,
-                },
-                None,
-            ),
-            None => continue,
+                from,
+            },
         };
-        let mut map = lock(&pending);
-        let Some(p) = map.get(&seq) else { continue };
-        // A reply must come from the address we asked and echo our token; an error may come
-        // from any router on the path (and can only make the link look worse).
-        let genuine = match token {
-            Some(t) => t == p.token && from == p.dest,
-            None => true,
-        };
-        if genuine {
-            if let Some(p) = map.remove(&seq) {
-                let _ = p.tx.send(answer);
-            }
-        }
+        let _ = waiter.send(answer);
     }
 }
 
@@ -270,18 +400,109 @@ async fn receive(socket: Arc<UdpSocket>, v6: bool, ident: u16, pending: PendingM
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
 
-    fn ipv4_wrap(icmp: &[u8]) -> Vec<u8> {
-        let mut ip = vec![
-            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 203, 0, 113, 10, 100, 64, 1, 2,
-        ];
-        ip.extend_from_slice(icmp);
+    const WAN: [u8; 4] = [100, 64, 1, 2];
+    const GATEWAY: [u8; 4] = [100, 64, 1, 1];
+    const WAN6: &str = "2001:db8:1::2";
+
+    fn a() -> IpAddr {
+        "203.0.113.10".parse().unwrap()
+    }
+    fn b() -> IpAddr {
+        "203.0.113.11".parse().unwrap()
+    }
+    fn octets4(ip: IpAddr) -> [u8; 4] {
+        match ip {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(_) => panic!("not IPv4"),
+        }
+    }
+    fn octets6(ip: IpAddr) -> [u8; 16] {
+        match ip {
+            IpAddr::V6(v6) => v6.octets(),
+            IpAddr::V4(_) => panic!("not IPv6"),
+        }
+    }
+
+    /// An IPv4 datagram carrying ICMP (DF set, as Linux sends pings).
+    fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let len = (20 + payload.len()) as u16;
+        let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, PROTO_ICMP, 0, 0];
+        ip[2..4].copy_from_slice(&len.to_be_bytes());
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        let sum = checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        ip.extend_from_slice(payload);
         ip
     }
 
-    fn as_reply(mut req: Vec<u8>, v6: bool) -> Vec<u8> {
-        req[0] = if v6 { ECHO_REPLY_V6 } else { ECHO_REPLY_V4 };
-        req
+    /// An IPv6 header for an ICMPv6 payload, followed by it.
+    fn ipv6(dst: IpAddr, payload: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0, 0, payload.len() as u8, PROTO_ICMPV6, 64];
+        ip.extend_from_slice(&octets6(WAN6.parse().unwrap()));
+        ip.extend_from_slice(&octets6(dst));
+        ip.extend_from_slice(payload);
+        ip
+    }
+
+    /// Set the ICMPv4 checksum of `m` (the message, without IP header).
+    fn fix_checksum(m: &mut [u8]) {
+        m[2..4].fill(0);
+        let sum = checksum(m);
+        m[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    /// What the raw IPv4 socket reads for an ICMP error that `GATEWAY` sends about `quoted`.
+    fn error_v4(icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+        let mut m = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(quoted);
+        fix_checksum(&mut m);
+        ipv4(GATEWAY, WAN, &m)
+    }
+
+    /// What the raw ICMPv6 socket reads for an ICMPv6 error about `quoted`.
+    fn error_v6(icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+        let mut m = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(quoted);
+        m
+    }
+
+    /// Our echo request to `id.dest` as the error's sender saw it, cut after `keep` bytes of
+    /// ICMP (8: RFC 792's minimum).
+    fn quote(id: EchoId, token: u64, keep: usize) -> Vec<u8> {
+        let v6 = id.dest.is_ipv6();
+        let mut req = echo_request(v6, id.ident, id.seq, token);
+        req.truncate(keep);
+        if v6 {
+            ipv6(id.dest, &req)
+        } else {
+            ipv4(WAN, octets4(id.dest), &req)
+        }
+    }
+
+    /// The reply `id.dest` sends to our request, as the raw socket reads it.
+    fn reply(id: EchoId, token: u64) -> Vec<u8> {
+        let v6 = id.dest.is_ipv6();
+        let mut m = echo_request(v6, id.ident, id.seq, token);
+        if v6 {
+            m[0] = ECHO_REPLY_V6;
+            m
+        } else {
+            m[0] = ECHO_REPLY_V4;
+            fix_checksum(&mut m);
+            ipv4(octets4(id.dest), WAN, &m)
+        }
+    }
+
+    /// Parse what `from` sent and look it up: the waiter it answers, if any.
+    fn deliver(
+        o: &mut Outstanding<&'static str>,
+        packet: &[u8],
+        from: IpAddr,
+    ) -> Option<&'static str> {
+        o.answer(&parse(packet, from.is_ipv6(), from)?)
     }
 
     #[test]
@@ -292,69 +513,374 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_matched_by_identifier_and_carry_the_token() {
-        let reply = as_reply(echo_request(false, 0x1234, 7, 42), false);
+    fn replies_must_come_from_the_target_and_echo_the_probe() {
+        let mut o = Outstanding::new(RandomState::new());
+        let (ia, ta) = o.start(a(), "a");
+        let (ib, tb) = o.start(b(), "b");
+        let gw = IpAddr::from(GATEWAY);
+        // Another target's address, or the right address with a wrong field: ignored.
+        let from_b = EchoId { dest: b(), ..ia };
+        assert_eq!(deliver(&mut o, &reply(ia, ta), b()), None, "sent by B");
         assert_eq!(
-            parse(&ipv4_wrap(&reply), false, 0x1234),
-            Some(Parsed::Reply { seq: 7, token: 42 })
-        );
-        assert_eq!(
-            parse(&ipv4_wrap(&reply), false, 0x4321),
+            deliver(&mut o, &reply(from_b, ta), b()),
             None,
-            "another pinger's reply"
+            "A's probe, B's address"
         );
-        let v6 = as_reply(echo_request(true, 9, 1, 5), true);
         assert_eq!(
-            parse(&v6, true, 9),
-            Some(Parsed::Reply { seq: 1, token: 5 })
+            deliver(&mut o, &reply(ia, ta ^ 1), a()),
+            None,
+            "wrong token"
         );
-        // Our own request looped back, or a reply without our marker, is not an answer.
+        let wrong_id = EchoId {
+            ident: ia.ident ^ 1,
+            ..ia
+        };
+        assert_eq!(deliver(&mut o, &reply(wrong_id, ta), a()), None, "wrong id");
+        let wrong_seq = EchoId {
+            seq: ia.seq ^ 1,
+            ..ia
+        };
         assert_eq!(
-            parse(
-                &ipv4_wrap(&echo_request(false, 0x1234, 7, 42)),
-                false,
-                0x1234
-            ),
-            None
+            deliver(&mut o, &reply(wrong_seq, ta), a()),
+            None,
+            "wrong seq"
         );
-        let mut foreign = reply.clone();
-        foreign.truncate(16);
-        assert_eq!(parse(&ipv4_wrap(&foreign), false, 0x1234), None);
+        // Our own request looped back, a reply without our marker, a corrupt one: not answers.
+        let req = ipv4(
+            WAN,
+            octets4(a()),
+            &echo_request(false, ia.ident, ia.seq, ta),
+        );
+        assert_eq!(deliver(&mut o, &req, a()), None, "our request");
+        let mut short = reply(ia, ta);
+        short.truncate(20 + 16);
+        fix_checksum(&mut short[20..]);
+        assert_eq!(deliver(&mut o, &short, a()), None, "no marker");
+        let mut corrupt = reply(ia, ta);
+        corrupt[40] ^= 0xff;
+        assert_eq!(deliver(&mut o, &corrupt, a()), None, "bad checksum");
+        assert_eq!(
+            deliver(&mut o, &reply(ia, ta), gw),
+            None,
+            "sent by the gateway"
+        );
+        // The genuine replies, once each.
+        assert_eq!(deliver(&mut o, &reply(ia, ta), a()), Some("a"));
+        assert_eq!(deliver(&mut o, &reply(ia, ta), a()), None, "a duplicate");
+        assert_eq!(deliver(&mut o, &reply(ib, tb), b()), Some("b"));
     }
 
     #[test]
-    fn errors_quoting_our_request_fail_that_probe() {
-        let req = echo_request(false, 0x1234, 7, 42);
-        let mut err = vec![3, 1, 0, 0, 0, 0, 0, 0];
-        err.extend_from_slice(&ipv4_wrap(&req)[..28]);
+    fn an_error_counts_only_when_it_quotes_an_outstanding_probe_to_that_target() {
+        let mut o = Outstanding::new(RandomState::new());
+        let (ia, ta) = o.start(a(), "a");
+        let (ib, tb) = o.start(b(), "b");
+        let gw = IpAddr::from(GATEWAY);
+        let err = |q: &[u8]| error_v4(3, 1, q);
+        let mut udp = ipv4(
+            WAN,
+            octets4(a()),
+            &echo_request(false, ia.ident, ia.seq, ta),
+        );
+        udp[9] = 17;
+        let mut later_fragment = quote(ia, ta, 8);
+        later_fragment[7] = 1;
+        let ignored: [(&str, Vec<u8>); 11] = [
+            (
+                "A's probe quoted as if sent to B",
+                err(&quote(EchoId { dest: b(), ..ia }, ta, 8)),
+            ),
+            (
+                "B's id and seq with A's address",
+                err(&quote(EchoId { dest: a(), ..ib }, tb, 8)),
+            ),
+            (
+                "wrong id",
+                err(&quote(
+                    EchoId {
+                        ident: ia.ident ^ 0x100,
+                        ..ia
+                    },
+                    ta,
+                    8,
+                )),
+            ),
+            (
+                "wrong seq",
+                err(&quote(
+                    EchoId {
+                        seq: ia.seq.wrapping_add(1),
+                        ..ia
+                    },
+                    ta,
+                    8,
+                )),
+            ),
+            ("wrong token", err(&quote(ia, ta ^ 1, 64))),
+            ("truncated quote", err(&quote(ia, ta, 7))),
+            ("no echo header", err(&quote(ia, ta, 0))),
+            ("no quote", err(&[])),
+            ("a UDP datagram", err(&udp)),
+            ("a later fragment", err(&later_fragment)),
+            ("not an error type", error_v4(5, 1, &quote(ia, ta, 8))),
+        ];
+        for (what, packet) in ignored {
+            assert_eq!(deliver(&mut o, &packet, gw), None, "{what}");
+        }
+        // The genuine errors: RFC 792's short quote, or a quote with the token.
+        assert_eq!(deliver(&mut o, &err(&quote(ia, ta, 8)), gw), Some("a"));
+        assert_eq!(deliver(&mut o, &err(&quote(ib, tb, 64)), gw), Some("b"));
         assert_eq!(
-            parse(&ipv4_wrap(&err), false, 0x1234),
+            parse(&err(&quote(ia, ta, 64)), false, gw),
             Some(Parsed::Error {
-                seq: 7,
+                id: ia,
+                token: Some(ta),
                 icmp_type: 3,
                 code: 1
             })
         );
-        let mut v6err = vec![1, 4, 0, 0, 0, 0, 0, 0];
-        let mut ip6 = vec![0x60, 0, 0, 0, 0, 24, 58, 64];
-        ip6.extend_from_slice(&[0; 32]);
-        v6err.extend_from_slice(&ip6);
-        v6err.extend_from_slice(&echo_request(true, 9, 3, 1));
+    }
+
+    #[test]
+    fn an_icmpv6_error_counts_only_when_it_quotes_an_outstanding_probe_to_that_target() {
+        let (a6, b6): (IpAddr, IpAddr) = (
+            "2001:db8:ff::10".parse().unwrap(),
+            "2001:db8:ff::11".parse().unwrap(),
+        );
+        let router: IpAddr = "2001:db8:1::1".parse().unwrap();
+        let mut o = Outstanding::new(RandomState::new());
+        let (ia, ta) = o.start(a6, "a");
+        let (ib, _) = o.start(b6, "b");
+        let mut hop_by_hop = quote(ia, ta, 8);
+        hop_by_hop[6] = 0;
+        let ignored: [(&str, Vec<u8>); 7] = [
+            (
+                "A's probe quoted as if sent to B",
+                error_v6(1, 3, &quote(EchoId { dest: b6, ..ia }, ta, 8)),
+            ),
+            (
+                "B's id and seq with A's address",
+                error_v6(1, 3, &quote(EchoId { dest: a6, ..ib }, ta, 8)),
+            ),
+            (
+                "wrong seq",
+                error_v6(
+                    1,
+                    3,
+                    &quote(
+                        EchoId {
+                            seq: ia.seq ^ 1,
+                            ..ia
+                        },
+                        ta,
+                        8,
+                    ),
+                ),
+            ),
+            ("wrong token", error_v6(1, 3, &quote(ia, !ta, 24))),
+            ("truncated quote", error_v6(1, 3, &quote(ia, ta, 6)[..])),
+            ("an extension header", error_v6(1, 3, &hop_by_hop)),
+            ("an informational type", error_v6(130, 0, &quote(ia, ta, 8))),
+        ];
+        for (what, packet) in ignored {
+            assert_eq!(deliver(&mut o, &packet, router), None, "{what}");
+        }
         assert_eq!(
-            parse(&v6err, true, 9),
-            Some(Parsed::Error {
-                seq: 3,
+            deliver(&mut o, &error_v6(3, 0, &quote(ia, ta, 24)), router),
+            Some("a")
+        );
+        assert_eq!(
+            o.answer(&Parsed::Error {
+                id: ib,
+                token: None,
                 icmp_type: 1,
-                code: 4
-            })
+                code: 0
+            }),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn each_target_has_its_own_unpredictable_identifier_and_sequence_space() {
+        let keys = RandomState::new();
+        // Probes to A do not move B's sequence: B's numbers are the same with or without them.
+        let mut alone = Outstanding::new(keys.clone());
+        let mut mixed = Outstanding::new(keys);
+        let mut first = None;
+        for i in 0..5u16 {
+            let (solo, token) = alone.start(b(), ());
+            mixed.start(a(), ());
+            let (ib, token_mixed) = mixed.start(b(), ());
+            assert_eq!((solo, token), (ib, token_mixed));
+            let first = *first.get_or_insert(ib.seq);
+            assert_eq!(ib.seq, first.wrapping_add(i), "consecutive per target");
+        }
+        // Identifiers and first sequence numbers differ between targets and between sockets.
+        let (mut s1, mut s2) = (
+            Outstanding::new(RandomState::new()),
+            Outstanding::new(RandomState::new()),
+        );
+        let mut starts = std::collections::BTreeSet::new();
+        let mut idents = std::collections::BTreeSet::new();
+        let mut same_across_sockets = 0;
+        for n in 0..64u8 {
+            let dest = IpAddr::from([198, 51, 100, n]);
+            let (x, _) = s1.start(dest, ());
+            let (y, _) = s2.start(dest, ());
+            starts.insert(x.seq);
+            idents.insert(x.ident);
+            same_across_sockets += usize::from(x.ident == y.ident && x.seq == y.seq);
+        }
+        // 64 values drawn from 65,536: a handful of collisions at most.
+        assert!(
+            starts.len() > 56 && idents.len() > 56,
+            "{starts:?} {idents:?}"
+        );
+        assert!(same_across_sockets < 4);
+    }
+
+    #[test]
+    fn a_sequence_number_still_outstanding_is_skipped() {
+        let mut o = Outstanding::new(RandomState::new());
+        let (first, _) = o.start(a(), 0u32);
+        let mut last = first;
+        for n in 1..=u32::from(u16::MAX) {
+            last = o.start(a(), n).0;
+            o.cancel(&last);
+        }
+        assert_eq!(last.seq, first.seq.wrapping_sub(1));
+        let (wrapped, _) = o.start(a(), 0);
+        assert_eq!(
+            wrapped.seq,
+            first.seq.wrapping_add(1),
+            "the first is still outstanding"
         );
     }
 
     #[test]
     fn garbage_is_ignored() {
-        for junk in [&[][..], &[0x45], &[0x4f, 0, 0], &[0xff; 64]] {
-            assert_eq!(parse(junk, false, 1), None);
-            assert_eq!(parse(junk, true, 1), None);
+        for junk in [&[][..], &[0x45], &[0x4f, 0, 0], &[0x40; 20], &[0xff; 64]] {
+            assert_eq!(parse(junk, false, a()), None);
+            assert_eq!(parse(junk, true, a()), None);
+        }
+    }
+
+    /// For a one-byte change at `i` to `v` in `error_v4(3, 1, quote(.., 64))` (with its ICMP
+    /// checksum fixed afterwards): must the error still count?
+    fn v4_still_counts(i: usize, v: u8) -> bool {
+        match i {
+            0 => false,                   // outer version / header length
+            1..=19 => true,               // rest of the outer header
+            20 => ERRORS_V4.contains(&v), // another error type still counts
+            21..=27 => true,              // code, checksum (fixed), unused
+            28 => false,                  // quoted version / header length
+            34 => v & 0x1f == 0,          // flags count nothing, the offset must be 0
+            35 | 37 | 44..=47 => false,   // offset, protocol, destination
+            29..=43 => true,              // tos, length, id, ttl, checksum, source
+            48 | 49 | 52..=63 => false,   // echo type, code, id, seq, token
+            _ => true,                    // echo checksum, marker
+        }
+    }
+
+    /// The same for `error_v6(1, 3, quote(.., 64))`.
+    fn v6_still_counts(i: usize, v: u8) -> bool {
+        match i {
+            0 => v <= ERROR_V6_MAX,
+            1..=7 => true,
+            8 => v >> 4 == 6,
+            14 | 32..=47 => false, // next header, destination
+            9..=31 => true,        // class, flow, length, hop limit, source
+            48 | 49 | 52..=63 => false,
+            _ => true,
+        }
+    }
+
+    fn error_and_probe(
+        v6: bool,
+        ident: u16,
+        seq: u16,
+        token: u64,
+    ) -> (Outstanding<()>, EchoId, IpAddr) {
+        let mut o = Outstanding::new(RandomState::new());
+        let dest = if v6 {
+            "2001:db8:ff::10".parse().unwrap()
+        } else {
+            a()
+        };
+        // A probe with the generated fields, so that they vary too.
+        let id = EchoId { dest, ident, seq };
+        o.probes.insert(id, Probe { token, waiter: () });
+        let from = if v6 {
+            "2001:db8:1::1".parse().unwrap()
+        } else {
+            IpAddr::from(GATEWAY)
+        };
+        (o, id, from)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_answer(bytes in proptest::collection::vec(any::<u8>(), 0..160), v6: bool) {
+            let (mut o, _, from) = error_and_probe(v6, 1, 1, 1);
+            if let Some(p) = parse(&bytes, v6, from) {
+                prop_assert_eq!(o.answer(&p), None);
+            }
+        }
+
+        #[test]
+        fn a_mutated_error_counts_iff_the_quoted_probe_still_matches(
+            v6: bool, ident: u16, seq: u16, token: u64, i in 0usize..72, v: u8,
+        ) {
+            let (mut o, id, from) = error_and_probe(v6, ident, seq, token);
+            let mut packet = if v6 { error_v6(1, 3, &quote(id, token, 64)) } else { error_v4(3, 1, &quote(id, token, 64)) };
+            let i = i % packet.len();
+            prop_assume!(packet[i] != v);
+            packet[i] = v;
+            if !v6 {
+                fix_checksum(&mut packet[20..]);
+            }
+            let expected = if v6 { v6_still_counts(i, v) } else { v4_still_counts(i, v) };
+            let counted = parse(&packet, v6, from).and_then(|p| o.answer(&p)).is_some();
+            prop_assert_eq!(counted, expected, "byte {} set to {:#04x}", i, v);
+        }
+
+        #[test]
+        fn an_error_counts_iff_it_quotes_the_target_id_seq_and_token(
+            v6: bool, ident: u16, seq: u16, token: u64,
+            other_dest: bool, q_ident: Option<u16>, q_seq: Option<u16>, q_token: Option<u64>, keep in 0usize..24,
+        ) {
+            let (mut o, id, from) = error_and_probe(v6, ident, seq, token);
+            let dest = if other_dest {
+                if v6 { "2001:db8:ff::11".parse().unwrap() } else { b() }
+            } else {
+                id.dest
+            };
+            let quoted = EchoId { dest, ident: q_ident.unwrap_or(ident), seq: q_seq.unwrap_or(seq) };
+            let q_token = q_token.unwrap_or(token);
+            let packet = if v6 { error_v6(1, 4, &quote(quoted, q_token, keep)) } else { error_v4(3, 3, &quote(quoted, q_token, keep)) };
+            let expected = quoted == id && keep >= 8 && (keep < 16 || q_token == token);
+            let counted = parse(&packet, v6, from).and_then(|p| o.answer(&p)).is_some();
+            prop_assert_eq!(counted, expected);
+        }
+
+        #[test]
+        fn what_the_prober_builds_round_trips(v6: bool, host: u8, keep in 8usize..24) {
+            let dest: IpAddr = if v6 { format!("2001:db8:ff::{host:x}").parse().unwrap() } else { IpAddr::from([203, 0, 113, host]) };
+            let from = if v6 { "2001:db8:1::1".parse().unwrap() } else { IpAddr::from(GATEWAY) };
+            let mut o = Outstanding::new(RandomState::new());
+            let (id, token) = o.start(dest, "r");
+            let (id2, token2) = o.start(dest, "e");
+            prop_assert_eq!(parse(&reply(id, token), v6, dest), Some(Parsed::Reply { id, token }));
+            prop_assert_eq!(deliver(&mut o, &reply(id, token), dest), Some("r"));
+            let err = if v6 { error_v6(3, 0, &quote(id2, token2, keep)) } else { error_v4(11, 0, &quote(id2, token2, keep)) };
+            let quoted_token = (keep >= 16).then_some(token2);
+            prop_assert_eq!(
+                parse(&err, v6, from),
+                Some(Parsed::Error { id: id2, token: quoted_token, icmp_type: if v6 { 3 } else { 11 }, code: 0 })
+            );
+            prop_assert_eq!(deliver(&mut o, &err, from), Some("e"));
         }
     }
 }

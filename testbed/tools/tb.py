@@ -226,6 +226,94 @@ def hold(c, args):
     return 1
 
 
+def inet_checksum(data):
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total > 0xffff:
+        total = (total & 0xffff) + (total >> 16)
+    return ~total & 0xffff
+
+
+def echo(args):
+    """Answer ICMP echo requests to ADDRS after --delay seconds, like targets far away on the
+    internet (the namespace's kernel must not answer them: net.ipv4.icmp_echo_ignore_all=1;
+    a raw socket still sees the requests). Prints 'ready' once listening; runs until killed."""
+    import heapq, select
+    addrs = {socket.inet_aton(a) for a in args.addrs}
+    rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # IP_HDRINCL
+    print("ready", flush=True)
+    due = []
+    while True:
+        timeout = max(0.0, due[0][0] - time.time()) if due else None
+        if select.select([rx], [], [], timeout)[0]:
+            p = rx.recv(2048)
+            ihl = (p[0] & 0x0f) * 4
+            if len(p) >= ihl + 8 and p[ihl] == 8 and p[16:20] in addrs:
+                icmp = bytearray(p[ihl:])
+                icmp[0], icmp[2:4] = 0, b"\0\0"
+                icmp[2:4] = inet_checksum(bytes(icmp)).to_bytes(2, "big")
+                # The kernel fills in the IP checksum, id and length of a header-included packet.
+                ip = bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0]) + p[16:20] + p[12:16]
+                heapq.heappush(due, (time.time() + args.delay, ip + bytes(icmp)))
+        while due and due[0][0] <= time.time():
+            pkt = heapq.heappop(due)[1]
+            tx.sendto(pkt, (socket.inet_ntoa(pkt[16:20]), 0))
+
+
+def forge_errors(args):
+    """For --within seconds: sniff the echo requests from --victim to --watch on --iface (and no
+    others), and for each one send --victim ICMP host-unreachable errors quoting echo requests
+    to every address in --targets with the sniffed identifier and sequence numbers around the
+    sniffed one, plus --random errors quoting random identifiers and sequence numbers. The
+    request to --watch itself is quoted whole, as a router would. Prints what it saw and sent."""
+    import random, select
+    victim, watch = socket.inet_aton(args.victim), socket.inet_aton(args.watch)
+    targets = [socket.inet_aton(t) for t in args.targets.split(",")]
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    sniff.bind((args.iface, 0x0800))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+
+    def quote(dst, ident, seq, payload=b""):
+        echo = bytes([8, 0, 0, 0]) + ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + payload
+        echo = echo[:2] + inet_checksum(echo).to_bytes(2, "big") + echo[4:]
+        ip = bytearray([0x45, 0, 0, 0, 0, 0, 0x40, 0, 63, 1, 0, 0]) + victim + dst
+        ip[2:4] = (20 + len(echo)).to_bytes(2, "big")
+        ip[4:6] = random.getrandbits(16).to_bytes(2, "big")
+        ip[10:12] = inet_checksum(bytes(ip)).to_bytes(2, "big")
+        return bytes(ip) + echo
+
+    def send(quoted):
+        err = bytes([3, 1, 0, 0, 0, 0, 0, 0]) + quoted
+        err = err[:2] + inet_checksum(err).to_bytes(2, "big") + err[4:]
+        tx.sendto(err, (args.victim, 0))
+
+    seen = sent = 0
+    deadline = time.time() + args.within
+    while time.time() < deadline:
+        if not select.select([sniff], [], [], max(0.0, deadline - time.time()))[0]:
+            continue
+        p = sniff.recv(2048)
+        ihl = (p[0] & 0x0f) * 4
+        if len(p) < ihl + 8 or p[9] != 1 or p[12:16] != victim or p[16:20] != watch or p[ihl] != 8:
+            continue
+        seen += 1
+        ident, seq = int.from_bytes(p[ihl + 4:ihl + 6], "big"), int.from_bytes(p[ihl + 6:ihl + 8], "big")
+        send(quote(watch, ident, seq, p[ihl + 8:]))
+        sent += 1
+        for dst in targets:
+            for d in range(-args.spread, args.spread + 1):
+                send(quote(dst, ident, (seq + d) & 0xffff))
+                sent += 1
+        for _ in range(args.random):
+            send(quote(random.choice(targets), random.getrandbits(16), random.getrandbits(16)))
+            sent += 1
+    print("sniffed", seen, "sent", sent, flush=True)
+    return 0 if seen else 1
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -249,6 +337,11 @@ def main():
     a.add_argument("--talk", action="store_true"); a.add_argument("--within", type=float, default=30)
     a.add_argument("--bind", help="local address to connect from")
     a.add_argument("--sport", type=int, default=0, help="local port to connect from")
+    a = sub.add_parser("echo"); a.add_argument("addrs", nargs="+"); a.add_argument("--delay", type=float, default=0.03)
+    a = sub.add_parser("forge-errors"); a.add_argument("--iface", required=True); a.add_argument("--victim", required=True)
+    a.add_argument("--watch", required=True); a.add_argument("--targets", required=True)
+    a.add_argument("--spread", type=int, default=3); a.add_argument("--random", type=int, default=8)
+    a.add_argument("--within", type=float, default=10)
     args = p.parse_args()
     if args.cmd == "server":
         server(args)
@@ -266,6 +359,10 @@ def main():
         udpserver(args)
     elif args.cmd == "udp":
         sys.exit(cmd_udp(args))
+    elif args.cmd == "echo":
+        echo(args)
+    elif args.cmd == "forge-errors":
+        sys.exit(forge_errors(args))
     elif args.cmd == "hold":
         sys.exit(cmd_hold(args))
     else:
