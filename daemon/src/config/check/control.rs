@@ -7,7 +7,7 @@ use super::super::raw::{RawControl, RawHooks, RawMetrics};
 use super::super::{Control, Hooks, Metrics, DEFAULT_SOCKET};
 use super::{range, Checker};
 
-pub(super) fn control(c: &mut Checker<'_>, raw: &RawControl) -> Control {
+pub(super) fn control(c: &mut Checker, raw: &RawControl) -> Control {
     let gid = raw
         .group
         .as_ref()
@@ -47,7 +47,7 @@ fn group_id(name: &str) -> Option<u32> {
     })
 }
 
-pub(super) fn metrics(c: &mut Checker<'_>, raw: &RawMetrics) -> Metrics {
+pub(super) fn metrics(c: &mut Checker, raw: &RawMetrics) -> Metrics {
     Metrics {
         listen: raw.listen.as_ref().and_then(|l| match l.get_ref().parse() {
             Ok(a) => Some(a),
@@ -66,7 +66,7 @@ pub(super) fn metrics(c: &mut Checker<'_>, raw: &RawMetrics) -> Metrics {
     }
 }
 
-pub(super) fn hooks(c: &mut Checker<'_>, raw: &RawHooks) -> Hooks {
+pub(super) fn hooks(c: &mut Checker, raw: &RawHooks) -> Hooks {
     let (ms, secs) = (Duration::from_millis, Duration::from_secs);
     Hooks {
         on_transition: match &raw.on_transition {

@@ -10,7 +10,7 @@ use super::super::DataplaneOptions;
 use super::Checker;
 
 /// The options, the mark mask checked to be one run of bits.
-pub(super) fn options(c: &mut Checker<'_>, raw: &RawDataplane) -> DataplaneOptions {
+pub(super) fn options(c: &mut Checker, raw: &RawDataplane) -> DataplaneOptions {
     let mark_mask = match &raw.mark_mask {
         Some(v) if *v.get_ref() == 0 => {
             c.err(
@@ -53,7 +53,7 @@ pub(super) fn options(c: &mut Checker<'_>, raw: &RawDataplane) -> DataplaneOptio
 }
 
 /// The routing tables and rule priorities uplinkd owns are clear of the kernel's.
-pub(super) fn owned_ids(c: &mut Checker<'_>, raw: &RawDataplane, dp: &DataplaneOptions) {
+pub(super) fn owned_ids(c: &mut Checker, raw: &RawDataplane, dp: &DataplaneOptions) {
     let owned_tables = fence::owned_tables(dp.table_base);
     if dp.table_base == 0
         || RESERVED_TABLES.clone().any(|t| owned_tables.contains(&t))

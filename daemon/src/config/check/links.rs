@@ -1,6 +1,6 @@
 //! `[[link]]` and `[lan]`: the WAN links and the LAN interfaces.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use toml::Spanned;
@@ -12,7 +12,7 @@ use super::super::{DataplaneOptions, Link, Prefix};
 use super::Checker;
 
 /// There is at least one link, and no more than the mark mask and `MAX_LINKS` leave room for.
-pub(super) fn count(c: &mut Checker<'_>, raw: &[Spanned<RawLink>], dp: &DataplaneOptions) {
+pub(super) fn count(c: &mut Checker, raw: &[Spanned<RawLink>], dp: &DataplaneOptions) {
     if raw.is_empty() {
         c.err(0..0, "link", "at least one [[link]] is required");
     }
@@ -45,7 +45,7 @@ pub(super) fn count(c: &mut Checker<'_>, raw: &[Spanned<RawLink>], dp: &Dataplan
 /// The links in configuration order, their marks and tables not yet allocated (0).
 /// `detection_quorum` is the default of each link's quorum.
 pub(super) fn links(
-    c: &mut Checker<'_>,
+    c: &mut Checker,
     raw: &[Spanned<RawLink>],
     detection_quorum: Option<&Spanned<u32>>,
 ) -> Vec<Link> {
@@ -93,7 +93,7 @@ pub(super) fn links(
     out
 }
 
-fn gateway(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Option<Ipv4Addr> {
+fn gateway(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str) -> Option<Ipv4Addr> {
     raw.and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
         Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
         _ => {
@@ -107,14 +107,15 @@ fn gateway(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Opt
     })
 }
 
-fn targets(c: &mut Checker<'_>, raw: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<Target> {
+fn targets(c: &mut Checker, raw: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<Target> {
     if raw.get_ref().is_empty() {
         c.err(raw.span(), key, "must list at least one address to probe");
     }
     let mut targets: Vec<Target> = Vec::new();
+    let mut seen = HashSet::new();
     for t in raw.get_ref() {
         match t.get_ref().parse::<Target>() {
-            Ok(target) if targets.contains(&target) => {
+            Ok(target) if !seen.insert(target.clone()) => {
                 c.err(t.span(), key, format!("{target} is listed twice"));
             }
             Ok(target) => targets.push(target),
@@ -126,7 +127,7 @@ fn targets(c: &mut Checker<'_>, raw: &Spanned<Vec<Spanned<String>>>, key: &str) 
 
 /// The link's own quorum, or else `detection.quorum`, or else all of its `n` targets.
 fn quorum(
-    c: &mut Checker<'_>,
+    c: &mut Checker,
     l: &RawLink,
     n: u32,
     detection_quorum: Option<&Spanned<u32>>,
@@ -153,7 +154,7 @@ fn quorum(
     }
 }
 
-fn nptv6(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Option<Prefix> {
+fn nptv6(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str) -> Option<Prefix> {
     raw.and_then(|p| match p.get_ref().parse::<Prefix>() {
         Ok(n) if n.is_ipv6() && (1..=64).contains(&n.len) => Some(n),
         Ok(_) => {
@@ -172,11 +173,7 @@ fn nptv6(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Optio
 }
 
 /// The LAN interfaces: at least one, none of them a link's.
-pub(super) fn lan(
-    c: &mut Checker<'_>,
-    raw: Option<&Spanned<RawLan>>,
-    links: &[Link],
-) -> Vec<String> {
+pub(super) fn lan(c: &mut Checker, raw: Option<&Spanned<RawLan>>, links: &[Link]) -> Vec<String> {
     let Some(lan) = raw else {
         c.err(
             0..0,

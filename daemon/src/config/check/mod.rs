@@ -21,10 +21,7 @@ const IFNAMSIZ: usize = 16;
 /// The configuration in `text`, its links' marks and tables not yet allocated (0: see
 /// `fence::allocate`); on failure every problem found, in file order.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let mut c = Checker {
-        text,
-        problems: Vec::new(),
-    };
+    let mut c = Checker::new(text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -68,19 +65,23 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
 }
 
 /// Collects problems with the line of the span they refer to.
-struct Checker<'a> {
-    text: &'a str,
+struct Checker {
+    /// Offset of every newline of the text, ascending: a problem's line is found by binary
+    /// search, so a file with a problem on each of its n lines is still checked in O(n log n).
+    newlines: Vec<usize>,
     problems: Vec<Problem>,
 }
 
-impl Checker<'_> {
+impl Checker {
+    fn new(text: &str) -> Self {
+        Checker {
+            newlines: newlines(text),
+            problems: Vec::new(),
+        }
+    }
+
     fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        line(&self.newlines, offset)
     }
 
     fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -183,6 +184,19 @@ impl Checker<'_> {
             );
         }
     }
+}
+
+/// The offsets of the newlines of `text`, for [`line`].
+fn newlines(text: &str) -> Vec<usize> {
+    text.bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'\n').then_some(i))
+        .collect()
+}
+
+/// The line (from 1) of byte `offset`, given the offsets of the text's newlines.
+fn line(newlines: &[usize], offset: usize) -> usize {
+    newlines.partition_point(|&nl| nl < offset) + 1
 }
 
 /// Parse a duration written as a number and a unit: `"250ms"`, `"2s"`, `"1m"`.
