@@ -93,9 +93,21 @@ pub(super) fn links(
     out
 }
 
+/// A next hop the kernel could take: not 0.0.0.0/8 or 255.255.255.255 (the kernel's
+/// `inet_addr_type()` calls them broadcast), multicast or loopback (local). Whether it is on the
+/// link's subnet is known only at run time. A link-local (169.254/16) next hop is on-link by
+/// definition and some providers use one.
 fn gateway(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str) -> Option<Ipv4Addr> {
     raw.and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
-        Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
+        Ok(a) if a.is_loopback() => {
+            c.err(
+                g.span(),
+                key,
+                format!("{a} is a loopback address: the gateway must be a router on the link"),
+            );
+            None
+        }
+        Ok(a) if a.octets()[0] != 0 && !a.is_multicast() && !a.is_broadcast() => Some(a),
         _ => {
             c.err(
                 g.span(),
@@ -216,6 +228,85 @@ pub(super) fn lan(c: &mut Checker, raw: Option<&Spanned<RawLan>>, links: &[Link]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use crate::config::parse;
+
+    /// The problems of a file with one link, as (line, key, message).
+    fn problems(link: &str, lan: &str) -> Vec<(usize, String, String)> {
+        let lan = quoted(lan);
+        let text = format!("[[link]]\nname = \"l\"\n{link}\n\n[lan]\ninterfaces = [{lan}]\n");
+        match parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|p| (p.line, p.key, p.message)).collect(),
+        }
+    }
+
+    /// `s` as a TOML string.
+    fn quoted(s: &str) -> String {
+        toml::Value::String(s.into()).to_string()
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel() {
+        let link =
+            |ifname: &str| format!("interface = {}\ntargets = [\"192.0.2.1\"]", quoted(ifname));
+        // (15 bytes; 'é' is not whitespace to the kernel.)
+        for ok in ["wan0", "wan0.100", "br-lan", "very-long-ifnam", "wan-é"] {
+            assert_eq!(problems(&link(ok), "lan0"), [], "{ok:?}");
+        }
+        // dev_valid_name() in net/core/dev.c: not empty, shorter than IFNAMSIZ (16), not "." or
+        // "..", no '/', ':' or isspace() byte; a NUL would cut the name short. The kernel's
+        // isspace() also takes 0xa0, which is inside 'à' (c3 a0).
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\u{b}b",
+            "wan\0x",
+            "sixteen-bytes-xx",
+            "wanà",
+        ] {
+            let p = problems(&link(bad), "lan0");
+            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
+            assert_eq!(
+                (p[0].0, p[0].1.as_str()),
+                (3, "link[0].interface"),
+                "{bad:?}"
+            );
+            assert!(p[0].2.contains("is not a valid interface name"), "{p:?}");
+            let p = problems(&link("wan0"), bad);
+            assert_eq!(
+                (p.len(), p[0].0, p[0].1.as_str()),
+                (1, 7, "lan.interfaces"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gateways_that_cannot_be_next_hops_are_refused() {
+        let link =
+            |gw: &str| format!("interface = \"wan0\"\ntargets = [\"192.0.2.1\"]\ngateway = {gw:?}");
+        // A link-local next hop is on-link by definition (some providers use 169.254.1.1).
+        for ok in ["100.64.1.1", "192.168.1.1", "169.254.1.1"] {
+            assert_eq!(problems(&link(ok), "lan0"), [], "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
+            let p = problems(&link(bad), "lan0");
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway"), "{bad}");
+        }
+    }
 
     #[test]
     fn missing_sections_are_reported() {

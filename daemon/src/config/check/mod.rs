@@ -167,20 +167,25 @@ impl Checker {
         }
     }
 
+    /// Whether `name` passes the kernel's `dev_valid_name()` (net/core/dev.c): not empty,
+    /// shorter than IFNAMSIZ, not "." or "..", no '/', ':' or `isspace()` byte. A NUL is refused
+    /// too: the kernel would read the name only up to it, and so find another interface.
     fn ifname(&mut self, name: &Spanned<String>, key: &str) {
         let n = name.get_ref();
-        let valid = !n.is_empty()
-            && n.len() < IFNAMSIZ
-            && n != "."
-            && n != ".."
-            && !n
-                .chars()
-                .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
+        // The kernel's isspace() (lib/ctype.c): space, \t \n \v \f \r and 0xa0 (Latin-1 NBSP,
+        // also the second byte of UTF-8 characters like 'à').
+        let refused = |b: u8| matches!(b, b'\0' | b'/' | b':' | b' ' | b'\t'..=b'\r' | 0xa0);
+        let valid =
+            !n.is_empty() && n.len() < IFNAMSIZ && n != "." && n != ".." && !n.bytes().any(refused);
         if !valid {
             self.err(
                 name.span(),
                 key,
-                format!("{n:?} is not a valid interface name"),
+                format!(
+                    "{n:?} is not a valid interface name: 1-{} bytes, not \".\" or \"..\", \
+                     without '/', ':', whitespace or NUL",
+                    IFNAMSIZ - 1
+                ),
             );
         }
     }
