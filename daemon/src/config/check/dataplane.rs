@@ -104,6 +104,37 @@ mod tests {
     }
 
     #[test]
+    fn too_many_links_are_reported_where_the_limit_is() {
+        // MINIMAL's links start on lines 2 and 9; the mask is on line 19.
+        let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x7\n");
+        let links: String = (0..6)
+            .map(|i| {
+                format!(
+                    "[[link]]\nname = \"x{i}\"\ninterface = \"x{i}\"\ntargets = [\"192.0.2.1\"]\n"
+                )
+            })
+            .collect();
+        let p = parse(&format!("{text}{links}")).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(got, [(19, "dataplane.mark_mask")]);
+        assert!(
+            p[0].message.contains("room for 5 links, 8 configured"),
+            "{p:?}"
+        );
+        // Without a mask, past MAX_LINKS: the first link too many.
+        let links: String = (0..64)
+            .map(|i| {
+                format!(
+                    "[[link]]\nname = \"x{i}\"\ninterface = \"x{i}\"\ntargets = [\"192.0.2.1\"]\n"
+                )
+            })
+            .collect();
+        let p = parse(&format!("{MINIMAL}{links}")).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(got, [(17 + 62 * 4, "link")], "link[64] is link x62");
+    }
+
+    #[test]
     fn reserved_tables_and_rule_priorities_are_refused() {
         let text = format!("{MINIMAL}\n[dataplane]\ntable_base = 200\nrule_priority = 32750\n");
         let p = parse(&text).unwrap_err();

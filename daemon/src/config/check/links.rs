@@ -7,18 +7,28 @@ use toml::Spanned;
 use uplinkd_probes::Target;
 
 use super::super::fence::{mark_capacity, MAX_LINKS};
-use super::super::raw::{RawLan, RawLink};
+use super::super::raw::{RawDataplane, RawLan, RawLink};
 use super::super::{DataplaneOptions, Link, Prefix};
 use super::Checker;
 
 /// There is at least one link, and no more than the mark mask and `MAX_LINKS` leave room for.
-pub(super) fn count(c: &mut Checker, raw: &[Spanned<RawLink>], dp: &DataplaneOptions) {
+/// A problem is reported at the mask if it is written, else at the first link too many.
+pub(super) fn count(
+    c: &mut Checker,
+    raw: &[Spanned<RawLink>],
+    raw_dp: &RawDataplane,
+    dp: &DataplaneOptions,
+) {
     if raw.is_empty() {
         c.err(0..0, "link", "at least one [[link]] is required");
     }
+    let first_beyond = |max: u32| raw.get(max as usize).map_or(0..0, |l| l.span());
     let max_links = mark_capacity(dp.mark_mask);
     if raw.len() as u64 > u64::from(max_links) {
-        let span = raw.last().map_or(0..0, |l| l.span());
+        let span = raw_dp
+            .mark_mask
+            .as_ref()
+            .map_or_else(|| first_beyond(max_links), |m| m.span());
         c.err(
             span,
             "dataplane.mark_mask",
@@ -30,7 +40,7 @@ pub(super) fn count(c: &mut Checker, raw: &[Spanned<RawLink>], dp: &DataplaneOpt
         );
     }
     if raw.len() > MAX_LINKS as usize {
-        let span = raw.last().map_or(0..0, |l| l.span());
+        let span = first_beyond(MAX_LINKS);
         c.err(
             span,
             "link",
@@ -305,6 +315,24 @@ mod tests {
             let p = problems(&link(bad), "lan0");
             assert_eq!(p.len(), 1, "{bad}: {p:?}");
             assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_that_cannot_answer_are_refused_with_their_line() {
+        for bad in [
+            "127.0.0.1",
+            "::1",
+            "icmp://127.0.0.53",
+            "::",
+            "ff02::1",
+            "tcp://203.0.113.10:0",
+            "http://203.0.113.10/a b",
+        ] {
+            let link = format!("interface = \"wan0\"\ntargets = [\"192.0.2.1\",\n  {bad:?}]");
+            let p = problems(&link, "lan0");
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].targets"), "{bad}");
         }
     }
 

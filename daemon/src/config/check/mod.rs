@@ -6,6 +6,7 @@ mod dataplane;
 mod links;
 mod policy;
 mod probe;
+mod syntax;
 
 use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
@@ -25,8 +26,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            c.err(span, "", e.message().trim().to_owned());
+            syntax::report(&mut c, text, &e);
             return Err(c.problems);
         }
     };
@@ -35,7 +35,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     let probe = probe::probe(&mut c, &raw.probe);
     let detection = probe::detection(&mut c, &raw.detection);
     let dataplane = dataplane::options(&mut c, &raw.dataplane);
-    links::count(&mut c, &raw.link, &dataplane);
+    links::count(&mut c, &raw.link, &raw.dataplane, &dataplane);
     dataplane::owned_ids(&mut c, &raw.dataplane, &dataplane);
     let links = links::links(&mut c, &raw.link, raw.detection.quorum.as_ref());
     let lan_interfaces = links::lan(&mut c, raw.lan.as_ref(), &links);
@@ -353,12 +353,45 @@ interval = "5 parsecs"
         let text = MINIMAL.replace("priority = 2", "priority = 2\nprio = 3");
         let p = parse(&text).unwrap_err();
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].line, 13);
+        assert_eq!((p[0].line, p[0].key.as_str()), (13, "link[1].prio"));
         assert!(
             p[0].message.contains("unknown field `prio`"),
             "{}",
             p[0].message
         );
+    }
+
+    #[test]
+    fn type_errors_and_duplicate_keys_name_the_key() {
+        let first = |text: &str| {
+            let p = parse(text).unwrap_err();
+            assert_eq!(p.len(), 1, "{p:?}");
+            (p[0].line, p[0].key.clone(), p[0].message.clone())
+        };
+        let (line, key, msg) = first("[[link]]\nname = 3\n");
+        assert_eq!((line, key.as_str()), (2, "link[0].name"), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+        let (line, key, _) = first(&MINIMAL.replace("\"203.0.113.10\"]", "\"203.0.113.10\", 4]"));
+        assert_eq!((line, key.as_str()), (13, "link[1].targets"));
+        let (line, key, msg) =
+            first(&MINIMAL.replace("priority = 2", "priority = 2\ninterface = \"x\""));
+        assert_eq!((line, key.as_str()), (13, "link[1].interface"), "{msg}");
+        assert!(
+            msg.contains("duplicate key") && msg.contains("line 11"),
+            "{msg}"
+        );
+        let (line, key, _) = first(&format!("{MINIMAL}\n[lan]\ninterfaces = []\n"));
+        assert_eq!((line, key.as_str()), (18, "lan"));
+        let (line, key, _) = first(&format!("{MINIMAL}\n[probe]\ninterval = 5\n"));
+        assert_eq!((line, key.as_str()), (19, "probe.interval"));
+        let (line, key, _) = first(&format!(
+            "{MINIMAL}\n[[policy]]\nname = \"p\"\nlinks = [\"lte\", {{ link = \"fiber\", weight = \"5\" }}]\n"
+        ));
+        assert_eq!((line, key.as_str()), (20, "policy[0].links"));
+        let (line, key, _) = first(&format!(
+            "{MINIMAL}\n[sets]\na = [\"10.0.0.0/8\"]\na = []\n"
+        ));
+        assert_eq!((line, key.as_str()), (20, "sets.a"));
     }
 
     #[test]
