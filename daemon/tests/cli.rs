@@ -72,6 +72,70 @@ fn daemon_refuses_to_start_with_an_invalid_config() {
     std::fs::remove_file(bad).ok();
 }
 
+/// `uplinkd --check-config FILE`: exit code and stderr.
+fn check(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .arg("--check-config")
+        .arg(file)
+        .output()
+        .expect("run uplinkd");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_says_why_a_file_cannot_be_read_without_a_line() {
+    let missing = std::env::temp_dir().join("uplinkd-cli-no-such-file.toml");
+    let dir = std::env::temp_dir();
+    for (file, why) in [
+        (missing, "no such file or directory"),
+        (dir, "is a directory"),
+    ] {
+        let (code, stderr) = check(&file);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr.trim_end(),
+            format!("{}: cannot read the file: {why}", file.display())
+        );
+    }
+}
+
+#[test]
+fn check_config_points_at_the_first_byte_that_is_not_utf8() {
+    let p = std::env::temp_dir().join(format!("uplinkd-cli-{}-latin1.toml", std::process::id()));
+    std::fs::write(&p, b"[[link]]\nname = \"fiber\"\n# caf\xe9 \xff\n").expect("write temp file");
+    let (code, stderr) = check(&p);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "{}:3: byte 0xe9 at column 6 is not UTF-8 (TOML files are UTF-8)",
+            p.display()
+        )
+    );
+    std::fs::remove_file(p).ok();
+}
+
+#[test]
+fn check_config_names_the_key_of_a_type_error_or_duplicate() {
+    let bad = tmp(
+        "dup.toml",
+        "[[link]]\nname = \"fiber\"\ninterface = \"wan1\"\nname = \"lte\"\n",
+    );
+    let (code, stderr) = check(&bad);
+    assert_eq!(code, Some(1));
+    let file = bad.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:4: link[0].name: duplicate key: first defined on line 2"
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_file(bad).ok();
+}
+
 #[test]
 fn uplinkctl_exits_2_when_it_cannot_connect() {
     let out = Command::new(env!("CARGO_BIN_EXE_uplinkctl"))

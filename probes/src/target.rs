@@ -14,7 +14,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     Icmp(IpAddr),
     Tcp(SocketAddr),
@@ -52,11 +52,40 @@ fn socket_addr(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String>
     }
 }
 
-fn usable(ip: IpAddr) -> Result<(), String> {
+/// Whether a probe to `target` could ever say something about a link: a loopback address
+/// answers from the router itself, whatever the link does; port 0 cannot be connected to.
+fn usable(target: &Target) -> Result<(), String> {
+    // (An IPv4-mapped address is the IPv4 address.)
+    let ip = target.addr().to_canonical();
     if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
-        Err(format!("{ip} is not a unicast address"))
-    } else {
+        return Err(format!("{ip} is not a unicast address"));
+    }
+    if ip.is_loopback() {
+        return Err(format!(
+            "{ip} is a loopback address: the router itself would answer, not the link"
+        ));
+    }
+    match target {
+        Target::Icmp(_) => Ok(()),
+        Target::Tcp(s) | Target::Http { addr: s, .. } | Target::Dns { server: s, .. } => {
+            if s.port() == 0 {
+                Err(format!("{target}: port 0 cannot be probed"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The path of an HTTP probe goes into the request line as written: only visible ASCII (RFC
+/// 9112: no spaces or control characters; anything else percent-encoded).
+fn http_path(path: &str) -> Result<(), String> {
+    if path.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(())
+    } else {
+        Err(format!(
+            "HTTP path {path:?} must be visible ASCII without spaces (percent-encode the rest)"
+        ))
     }
 }
 
@@ -74,6 +103,7 @@ impl FromStr for Target {
             "http" => {
                 let (hostport, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
                 let addr = socket_addr(hostport, Some(80))?;
+                http_path(path)?;
                 Target::Http {
                     addr,
                     host: hostport.to_owned(),
@@ -98,7 +128,7 @@ impl FromStr for Target {
             "https" => return Err("https probes are not supported (no TLS in this build); use http:// or tcp://HOST:443".into()),
             other => return Err(format!("unknown probe kind {other:?}: use an address, icmp://, tcp://, http:// or dns://")),
         };
-        usable(t.addr())?;
+        usable(&t)?;
         Ok(t)
     }
 }
@@ -199,6 +229,22 @@ mod tests {
             "0.0.0.0",
             "224.0.0.1",
             "255.255.255.255",
+            // Nothing answers for the link there:
+            "127.0.0.1",
+            "127.0.0.53",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::",
+            "ff02::1",
+            "tcp://203.0.113.10:0",
+            "http://203.0.113.10:0/",
+            "dns://203.0.113.53:0/example.com",
+            // A request line cannot carry these:
+            "http://203.0.113.10/a b",
+            "http://203.0.113.10/a\tb",
+            "http://203.0.113.10/a\r\nX: y",
+            "http://203.0.113.10/\u{7f}",
+            "http://203.0.113.10/é",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad} was accepted");
         }

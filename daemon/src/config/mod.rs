@@ -39,15 +39,37 @@ targets = ["192.0.2.1"]
 
 /// Read and validate a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let error = |problem| ConfigError {
         file: path.to_owned(),
-        problems: vec![Problem {
+        problems: vec![problem],
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        // "Permission denied (os error 13)" -> "permission denied".
+        let e = e.to_string();
+        let reason = e.split(" (os error").next().unwrap_or(&e).to_lowercase();
+        error(Problem {
             line: 0,
             key: String::new(),
-            message: format!("cannot read file: {e}"),
-        }],
+            message: format!("cannot read the file: {reason}"),
+        })
     })?;
-    parse(&text).map_err(|problems| ConfigError {
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let (before, bad) = bytes.split_at(e.valid_up_to());
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        error(Problem {
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            key: String::new(),
+            message: format!(
+                "byte {:#04x} at column {} is not UTF-8 (TOML files are UTF-8)",
+                bad.first().copied().unwrap_or_default(),
+                before.len() - line_start + 1
+            ),
+        })
+    })?;
+    parse(text).map_err(|problems| ConfigError {
         file: path.to_owned(),
         problems,
     })

@@ -10,7 +10,7 @@ use super::super::DataplaneOptions;
 use super::Checker;
 
 /// The options, the mark mask checked to be one run of bits.
-pub(super) fn options(c: &mut Checker<'_>, raw: &RawDataplane) -> DataplaneOptions {
+pub(super) fn options(c: &mut Checker, raw: &RawDataplane) -> DataplaneOptions {
     let mark_mask = match &raw.mark_mask {
         Some(v) if *v.get_ref() == 0 => {
             c.err(
@@ -53,7 +53,7 @@ pub(super) fn options(c: &mut Checker<'_>, raw: &RawDataplane) -> DataplaneOptio
 }
 
 /// The routing tables and rule priorities uplinkd owns are clear of the kernel's.
-pub(super) fn owned_ids(c: &mut Checker<'_>, raw: &RawDataplane, dp: &DataplaneOptions) {
+pub(super) fn owned_ids(c: &mut Checker, raw: &RawDataplane, dp: &DataplaneOptions) {
     let owned_tables = fence::owned_tables(dp.table_base);
     if dp.table_base == 0
         || RESERVED_TABLES.clone().any(|t| owned_tables.contains(&t))
@@ -101,6 +101,37 @@ mod tests {
         let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x70\n");
         let c = parse(&text).unwrap();
         assert_eq!((c.links[0].mark, c.links[1].mark), (0x10, 0x20));
+    }
+
+    #[test]
+    fn too_many_links_are_reported_where_the_limit_is() {
+        // MINIMAL's links start on lines 2 and 9; the mask is on line 19.
+        let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x7\n");
+        let links: String = (0..6)
+            .map(|i| {
+                format!(
+                    "[[link]]\nname = \"x{i}\"\ninterface = \"x{i}\"\ntargets = [\"192.0.2.1\"]\n"
+                )
+            })
+            .collect();
+        let p = parse(&format!("{text}{links}")).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(got, [(19, "dataplane.mark_mask")]);
+        assert!(
+            p[0].message.contains("room for 5 links, 8 configured"),
+            "{p:?}"
+        );
+        // Without a mask, past MAX_LINKS: the first link too many.
+        let links: String = (0..64)
+            .map(|i| {
+                format!(
+                    "[[link]]\nname = \"x{i}\"\ninterface = \"x{i}\"\ntargets = [\"192.0.2.1\"]\n"
+                )
+            })
+            .collect();
+        let p = parse(&format!("{MINIMAL}{links}")).unwrap_err();
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(got, [(17 + 62 * 4, "link")], "link[64] is link x62");
     }
 
     #[test]

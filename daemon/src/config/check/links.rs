@@ -1,24 +1,34 @@
 //! `[[link]]` and `[lan]`: the WAN links and the LAN interfaces.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use toml::Spanned;
 use uplinkd_probes::Target;
 
 use super::super::fence::{mark_capacity, MAX_LINKS};
-use super::super::raw::{RawLan, RawLink};
+use super::super::raw::{RawDataplane, RawLan, RawLink};
 use super::super::{DataplaneOptions, Link, Prefix};
 use super::Checker;
 
 /// There is at least one link, and no more than the mark mask and `MAX_LINKS` leave room for.
-pub(super) fn count(c: &mut Checker<'_>, raw: &[Spanned<RawLink>], dp: &DataplaneOptions) {
+/// A problem is reported at the mask if it is written, else at the first link too many.
+pub(super) fn count(
+    c: &mut Checker,
+    raw: &[Spanned<RawLink>],
+    raw_dp: &RawDataplane,
+    dp: &DataplaneOptions,
+) {
     if raw.is_empty() {
         c.err(0..0, "link", "at least one [[link]] is required");
     }
+    let first_beyond = |max: u32| raw.get(max as usize).map_or(0..0, |l| l.span());
     let max_links = mark_capacity(dp.mark_mask);
     if raw.len() as u64 > u64::from(max_links) {
-        let span = raw.last().map_or(0..0, |l| l.span());
+        let span = raw_dp
+            .mark_mask
+            .as_ref()
+            .map_or_else(|| first_beyond(max_links), |m| m.span());
         c.err(
             span,
             "dataplane.mark_mask",
@@ -30,7 +40,7 @@ pub(super) fn count(c: &mut Checker<'_>, raw: &[Spanned<RawLink>], dp: &Dataplan
         );
     }
     if raw.len() > MAX_LINKS as usize {
-        let span = raw.last().map_or(0..0, |l| l.span());
+        let span = first_beyond(MAX_LINKS);
         c.err(
             span,
             "link",
@@ -45,7 +55,7 @@ pub(super) fn count(c: &mut Checker<'_>, raw: &[Spanned<RawLink>], dp: &Dataplan
 /// The links in configuration order, their marks and tables not yet allocated (0).
 /// `detection_quorum` is the default of each link's quorum.
 pub(super) fn links(
-    c: &mut Checker<'_>,
+    c: &mut Checker,
     raw: &[Spanned<RawLink>],
     detection_quorum: Option<&Spanned<u32>>,
 ) -> Vec<Link> {
@@ -93,9 +103,21 @@ pub(super) fn links(
     out
 }
 
-fn gateway(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Option<Ipv4Addr> {
+/// A next hop the kernel could take: not 0.0.0.0/8 or 255.255.255.255 (the kernel's
+/// `inet_addr_type()` calls them broadcast), multicast or loopback (local). Whether it is on the
+/// link's subnet is known only at run time. A link-local (169.254/16) next hop is on-link by
+/// definition and some providers use one.
+fn gateway(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str) -> Option<Ipv4Addr> {
     raw.and_then(|g| match g.get_ref().parse::<Ipv4Addr>() {
-        Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Some(a),
+        Ok(a) if a.is_loopback() => {
+            c.err(
+                g.span(),
+                key,
+                format!("{a} is a loopback address: the gateway must be a router on the link"),
+            );
+            None
+        }
+        Ok(a) if a.octets()[0] != 0 && !a.is_multicast() && !a.is_broadcast() => Some(a),
         _ => {
             c.err(
                 g.span(),
@@ -107,14 +129,15 @@ fn gateway(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Opt
     })
 }
 
-fn targets(c: &mut Checker<'_>, raw: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<Target> {
+fn targets(c: &mut Checker, raw: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<Target> {
     if raw.get_ref().is_empty() {
         c.err(raw.span(), key, "must list at least one address to probe");
     }
     let mut targets: Vec<Target> = Vec::new();
+    let mut seen = HashSet::new();
     for t in raw.get_ref() {
         match t.get_ref().parse::<Target>() {
-            Ok(target) if targets.contains(&target) => {
+            Ok(target) if !seen.insert(target.clone()) => {
                 c.err(t.span(), key, format!("{target} is listed twice"));
             }
             Ok(target) => targets.push(target),
@@ -126,7 +149,7 @@ fn targets(c: &mut Checker<'_>, raw: &Spanned<Vec<Spanned<String>>>, key: &str) 
 
 /// The link's own quorum, or else `detection.quorum`, or else all of its `n` targets.
 fn quorum(
-    c: &mut Checker<'_>,
+    c: &mut Checker,
     l: &RawLink,
     n: u32,
     detection_quorum: Option<&Spanned<u32>>,
@@ -153,7 +176,7 @@ fn quorum(
     }
 }
 
-fn nptv6(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Option<Prefix> {
+fn nptv6(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str) -> Option<Prefix> {
     raw.and_then(|p| match p.get_ref().parse::<Prefix>() {
         Ok(n) if n.is_ipv6() && (1..=64).contains(&n.len) => Some(n),
         Ok(_) => {
@@ -172,11 +195,7 @@ fn nptv6(c: &mut Checker<'_>, raw: Option<&Spanned<String>>, key: &str) -> Optio
 }
 
 /// The LAN interfaces: at least one, none of them a link's.
-pub(super) fn lan(
-    c: &mut Checker<'_>,
-    raw: Option<&Spanned<RawLan>>,
-    links: &[Link],
-) -> Vec<String> {
+pub(super) fn lan(c: &mut Checker, raw: Option<&Spanned<RawLan>>, links: &[Link]) -> Vec<String> {
     let Some(lan) = raw else {
         c.err(
             0..0,
@@ -219,6 +238,103 @@ pub(super) fn lan(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use crate::config::parse;
+
+    /// The problems of a file with one link, as (line, key, message).
+    fn problems(link: &str, lan: &str) -> Vec<(usize, String, String)> {
+        let lan = quoted(lan);
+        let text = format!("[[link]]\nname = \"l\"\n{link}\n\n[lan]\ninterfaces = [{lan}]\n");
+        match parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|p| (p.line, p.key, p.message)).collect(),
+        }
+    }
+
+    /// `s` as a TOML string.
+    fn quoted(s: &str) -> String {
+        toml::Value::String(s.into()).to_string()
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel() {
+        let link =
+            |ifname: &str| format!("interface = {}\ntargets = [\"192.0.2.1\"]", quoted(ifname));
+        // (15 bytes; 'é' is not whitespace to the kernel.)
+        for ok in ["wan0", "wan0.100", "br-lan", "very-long-ifnam", "wan-é"] {
+            assert_eq!(problems(&link(ok), "lan0"), [], "{ok:?}");
+        }
+        // dev_valid_name() in net/core/dev.c: not empty, shorter than IFNAMSIZ (16), not "." or
+        // "..", no '/', ':' or isspace() byte; a NUL would cut the name short. The kernel's
+        // isspace() also takes 0xa0, which is inside 'à' (c3 a0).
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\u{b}b",
+            "wan\0x",
+            "sixteen-bytes-xx",
+            "wanà",
+        ] {
+            let p = problems(&link(bad), "lan0");
+            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
+            assert_eq!(
+                (p[0].0, p[0].1.as_str()),
+                (3, "link[0].interface"),
+                "{bad:?}"
+            );
+            assert!(p[0].2.contains("is not a valid interface name"), "{p:?}");
+            let p = problems(&link("wan0"), bad);
+            assert_eq!(
+                (p.len(), p[0].0, p[0].1.as_str()),
+                (1, 7, "lan.interfaces"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gateways_that_cannot_be_next_hops_are_refused() {
+        let link =
+            |gw: &str| format!("interface = \"wan0\"\ntargets = [\"192.0.2.1\"]\ngateway = {gw:?}");
+        // A link-local next hop is on-link by definition (some providers use 169.254.1.1).
+        for ok in ["100.64.1.1", "192.168.1.1", "169.254.1.1"] {
+            assert_eq!(problems(&link(ok), "lan0"), [], "{ok}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
+            let p = problems(&link(bad), "lan0");
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_that_cannot_answer_are_refused_with_their_line() {
+        for bad in [
+            "127.0.0.1",
+            "::1",
+            "icmp://127.0.0.53",
+            "::",
+            "ff02::1",
+            "tcp://203.0.113.10:0",
+            "http://203.0.113.10/a b",
+        ] {
+            let link = format!("interface = \"wan0\"\ntargets = [\"192.0.2.1\",\n  {bad:?}]");
+            let p = problems(&link, "lan0");
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].targets"), "{bad}");
+        }
+    }
 
     #[test]
     fn missing_sections_are_reported() {

@@ -6,6 +6,7 @@ mod dataplane;
 mod links;
 mod policy;
 mod probe;
+mod syntax;
 
 use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
@@ -21,15 +22,11 @@ const IFNAMSIZ: usize = 16;
 /// The configuration in `text`, its links' marks and tables not yet allocated (0: see
 /// `fence::allocate`); on failure every problem found, in file order.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let mut c = Checker {
-        text,
-        problems: Vec::new(),
-    };
+    let mut c = Checker::new(text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            c.err(span, "", e.message().trim().to_owned());
+            syntax::report(&mut c, text, &e);
             return Err(c.problems);
         }
     };
@@ -38,7 +35,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     let probe = probe::probe(&mut c, &raw.probe);
     let detection = probe::detection(&mut c, &raw.detection);
     let dataplane = dataplane::options(&mut c, &raw.dataplane);
-    links::count(&mut c, &raw.link, &dataplane);
+    links::count(&mut c, &raw.link, &raw.dataplane, &dataplane);
     dataplane::owned_ids(&mut c, &raw.dataplane, &dataplane);
     let links = links::links(&mut c, &raw.link, raw.detection.quorum.as_ref());
     let lan_interfaces = links::lan(&mut c, raw.lan.as_ref(), &links);
@@ -68,19 +65,23 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
 }
 
 /// Collects problems with the line of the span they refer to.
-struct Checker<'a> {
-    text: &'a str,
+struct Checker {
+    /// Offset of every newline of the text, ascending: a problem's line is found by binary
+    /// search, so a file with a problem on each of its n lines is still checked in O(n log n).
+    newlines: Vec<usize>,
     problems: Vec<Problem>,
 }
 
-impl Checker<'_> {
+impl Checker {
+    fn new(text: &str) -> Self {
+        Checker {
+            newlines: newlines(text),
+            problems: Vec::new(),
+        }
+    }
+
     fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        line(&self.newlines, offset)
     }
 
     fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
@@ -166,23 +167,41 @@ impl Checker<'_> {
         }
     }
 
+    /// Whether `name` passes the kernel's `dev_valid_name()` (net/core/dev.c): not empty,
+    /// shorter than IFNAMSIZ, not "." or "..", no '/', ':' or `isspace()` byte. A NUL is refused
+    /// too: the kernel would read the name only up to it, and so find another interface.
     fn ifname(&mut self, name: &Spanned<String>, key: &str) {
         let n = name.get_ref();
-        let valid = !n.is_empty()
-            && n.len() < IFNAMSIZ
-            && n != "."
-            && n != ".."
-            && !n
-                .chars()
-                .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace());
+        // The kernel's isspace() (lib/ctype.c): space, \t \n \v \f \r and 0xa0 (Latin-1 NBSP,
+        // also the second byte of UTF-8 characters like 'à').
+        let refused = |b: u8| matches!(b, b'\0' | b'/' | b':' | b' ' | b'\t'..=b'\r' | 0xa0);
+        let valid =
+            !n.is_empty() && n.len() < IFNAMSIZ && n != "." && n != ".." && !n.bytes().any(refused);
         if !valid {
             self.err(
                 name.span(),
                 key,
-                format!("{n:?} is not a valid interface name"),
+                format!(
+                    "{n:?} is not a valid interface name: 1-{} bytes, not \".\" or \"..\", \
+                     without '/', ':', whitespace or NUL",
+                    IFNAMSIZ - 1
+                ),
             );
         }
     }
+}
+
+/// The offsets of the newlines of `text`, for [`line`].
+fn newlines(text: &str) -> Vec<usize> {
+    text.bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'\n').then_some(i))
+        .collect()
+}
+
+/// The line (from 1) of byte `offset`, given the offsets of the text's newlines.
+fn line(newlines: &[usize], offset: usize) -> usize {
+    newlines.partition_point(|&nl| nl < offset) + 1
 }
 
 /// Parse a duration written as a number and a unit: `"250ms"`, `"2s"`, `"1m"`.
@@ -334,12 +353,45 @@ interval = "5 parsecs"
         let text = MINIMAL.replace("priority = 2", "priority = 2\nprio = 3");
         let p = parse(&text).unwrap_err();
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].line, 13);
+        assert_eq!((p[0].line, p[0].key.as_str()), (13, "link[1].prio"));
         assert!(
             p[0].message.contains("unknown field `prio`"),
             "{}",
             p[0].message
         );
+    }
+
+    #[test]
+    fn type_errors_and_duplicate_keys_name_the_key() {
+        let first = |text: &str| {
+            let p = parse(text).unwrap_err();
+            assert_eq!(p.len(), 1, "{p:?}");
+            (p[0].line, p[0].key.clone(), p[0].message.clone())
+        };
+        let (line, key, msg) = first("[[link]]\nname = 3\n");
+        assert_eq!((line, key.as_str()), (2, "link[0].name"), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+        let (line, key, _) = first(&MINIMAL.replace("\"203.0.113.10\"]", "\"203.0.113.10\", 4]"));
+        assert_eq!((line, key.as_str()), (13, "link[1].targets"));
+        let (line, key, msg) =
+            first(&MINIMAL.replace("priority = 2", "priority = 2\ninterface = \"x\""));
+        assert_eq!((line, key.as_str()), (13, "link[1].interface"), "{msg}");
+        assert!(
+            msg.contains("duplicate key") && msg.contains("line 11"),
+            "{msg}"
+        );
+        let (line, key, _) = first(&format!("{MINIMAL}\n[lan]\ninterfaces = []\n"));
+        assert_eq!((line, key.as_str()), (18, "lan"));
+        let (line, key, _) = first(&format!("{MINIMAL}\n[probe]\ninterval = 5\n"));
+        assert_eq!((line, key.as_str()), (19, "probe.interval"));
+        let (line, key, _) = first(&format!(
+            "{MINIMAL}\n[[policy]]\nname = \"p\"\nlinks = [\"lte\", {{ link = \"fiber\", weight = \"5\" }}]\n"
+        ));
+        assert_eq!((line, key.as_str()), (20, "policy[0].links"));
+        let (line, key, _) = first(&format!(
+            "{MINIMAL}\n[sets]\na = [\"10.0.0.0/8\"]\na = []\n"
+        ));
+        assert_eq!((line, key.as_str()), (20, "sets.a"));
     }
 
     #[test]

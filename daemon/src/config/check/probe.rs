@@ -6,7 +6,7 @@ use super::super::raw::{RawDetection, RawProbe};
 use super::super::{Detection, Probe};
 use super::{range, Checker};
 
-pub(super) fn probe(c: &mut Checker<'_>, rp: &RawProbe) -> Probe {
+pub(super) fn probe(c: &mut Checker, rp: &RawProbe) -> Probe {
     let (ms, secs) = (Duration::from_millis, Duration::from_secs);
     let probe = Probe {
         interval: c.duration(
@@ -39,7 +39,7 @@ pub(super) fn probe(c: &mut Checker<'_>, rp: &RawProbe) -> Probe {
     probe
 }
 
-pub(super) fn detection(c: &mut Checker<'_>, rd: &RawDetection) -> Detection {
+pub(super) fn detection(c: &mut Checker, rd: &RawDetection) -> Detection {
     let (ms, secs) = (Duration::from_millis, Duration::from_secs);
     let detection = Detection {
         misses: c.int(&rd.misses, "detection.misses", 4, 1..=100),
