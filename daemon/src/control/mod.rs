@@ -475,6 +475,10 @@ async fn client(stream: UnixStream, shared: Shared, root: bool) -> io::Result<()
             }
         };
         send(&mut w, &reply).await?;
+        // One request per turn: a client that sends many at once (its requests then come from
+        // our buffer, and its replies fit in the socket's) takes turns with the other clients
+        // instead of keeping the daemon's one thread to itself until its backlog is answered.
+        tokio::task::yield_now().await;
     }
 }
 
