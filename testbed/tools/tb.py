@@ -314,6 +314,116 @@ def forge_errors(args):
     return 0 if seen else 1
 
 
+def cmd_hostile(args):
+    """A hostile control-socket client, for --within seconds: keeps --idle connections that
+    send nothing, --slowloris ones that send a request a byte of padding at a time and never end
+    it, --floods that send requests and never read a reply, and (first, then every half second)
+    --watches watches that go away once answered, or after 0.2 s. A connection the daemon closes or refuses is
+    opened again in the next half second (at most 100 opens per wanted connection). Prints 'ready' once every kind has
+    been opened, and at the end 'opened N', 'refused N' (told "too many connections") and
+    'dropped N'."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    deadline = time.time() + args.within
+    counts = {"opened": 0, "refused": 0, "dropped": 0}
+    budget = 100 * (args.idle + args.slowloris + args.floods + args.watches)
+    flood = b'{"cmd":"status"}\n' * 256
+
+    def connect(kind):
+        if counts["opened"] >= budget:
+            return
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(1)
+        try:
+            c.connect(args.socket)
+        except OSError:
+            c.close()
+            return
+        counts["opened"] += 1
+        c.setblocking(False)
+        try:
+            if kind == "slowloris":
+                c.send(b'{"cmd":')
+            elif kind == "flood":
+                c.send(flood)
+        except OSError:
+            pass
+        # A flood never reads: it notices the end of its connection by a failed send.
+        sel.register(c, selectors.EVENT_WRITE if kind == "flood" else selectors.EVENT_READ, kind)
+
+    def watch_and_leave():
+        if time.time() >= deadline:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.settimeout(0.2)
+                c.connect(args.socket)
+                counts["opened"] += 1
+                c.sendall(b'{"cmd":"watch"}\n')
+                # Goes away once watching (or refused, or not answered in time).
+                if b"too many connections" in c.recv(512):
+                    counts["refused"] += 1
+        except OSError:
+            pass
+
+    for _ in range(args.watches):
+        watch_and_leave()
+    for kind, n in (("idle", args.idle), ("slowloris", args.slowloris), ("flood", args.floods)):
+        for _ in range(n):
+            connect(kind)
+    print("ready", flush=True)
+    next_round, again = time.time(), []
+    while time.time() < deadline:
+        for key, _ in sel.select(timeout=0.1):
+            c, kind = key.fileobj, key.data
+            try:
+                if kind == "flood":
+                    c.send(flood)
+                    continue
+                data = c.recv(512)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            counts["refused" if b"too many connections" in data else "dropped"] += 1
+            sel.unregister(c)
+            c.close()
+            again.append(kind)
+        if time.time() >= next_round:
+            for kind in again:
+                connect(kind)
+            again.clear()
+            # Slowloris: one more byte of padding each; the request line never ends.
+            for key in list(sel.get_map().values()):
+                if key.data == "slowloris":
+                    try:
+                        key.fileobj.send(b" ")
+                    except OSError:
+                        pass
+            for _ in range(args.watches):
+                watch_and_leave()
+            next_round = time.time() + 0.5
+    for name in ("opened", "refused", "dropped"):
+        print(name, counts[name], flush=True)
+    return 0
+
+
+def cmd_silent(args):
+    """A Unix socket server that accepts connections and never answers, for --within seconds."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(args.socket)
+    s.listen(16)
+    s.settimeout(0.1)
+    held = []
+    deadline = time.time() + args.within
+    while time.time() < deadline:
+        try:
+            held.append(s.accept()[0])
+        except socket.timeout:
+            pass
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -342,6 +452,10 @@ def main():
     a.add_argument("--watch", required=True); a.add_argument("--targets", required=True)
     a.add_argument("--spread", type=int, default=3); a.add_argument("--random", type=int, default=8)
     a.add_argument("--within", type=float, default=10)
+    a = sub.add_parser("hostile"); a.add_argument("socket"); a.add_argument("--within", type=float, default=10)
+    for kind in ("idle", "slowloris", "floods", "watches"):
+        a.add_argument(f"--{kind}", type=int, default=0)
+    a = sub.add_parser("silent"); a.add_argument("socket"); a.add_argument("--within", type=float, default=10)
     args = p.parse_args()
     if args.cmd == "server":
         server(args)
@@ -365,6 +479,10 @@ def main():
         sys.exit(forge_errors(args))
     elif args.cmd == "hold":
         sys.exit(cmd_hold(args))
+    elif args.cmd == "hostile":
+        sys.exit(cmd_hostile(args))
+    elif args.cmd == "silent":
+        sys.exit(cmd_silent(args))
     else:
         sys.exit(cmd_until(args))
 

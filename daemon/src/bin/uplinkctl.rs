@@ -2,20 +2,25 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use uplinkd::control::{Connection, Event, Status};
 
 /// Query and steer a running uplinkd over its control socket.
 ///
-/// Exit codes: 0 ok, 1 the daemon answered with an error, 2 cannot connect.
+/// Exit codes: 0 ok, 1 the daemon answered with an error, 2 cannot connect or no answer within
+/// the timeout.
 #[derive(Parser)]
 #[command(version, long_about)]
 struct Args {
     /// Control socket of the daemon.
     #[arg(long, value_name = "PATH", default_value = uplinkd::config::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Give up (exit 2) when the daemon has not answered within this many seconds; for watch,
+    /// this bounds the first reply, not the stream of events after it.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
+    timeout: Duration,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -85,22 +90,28 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let mut conn = match Connection::open(&args.socket).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "uplinkctl: cannot talk to uplinkd at {}: {e}",
-                    args.socket.display()
-                );
+        // Connecting can wait too: in the listen backlog of a daemon that does not accept.
+        let exchange = async {
+            let mut conn = Connection::open(&args.socket)
+                .await
+                .map_err(|e| format!("cannot talk to uplinkd at {}: {e}", args.socket.display()))?;
+            let reply = conn
+                .request(&req)
+                .await
+                .map_err(|e| format!("no answer from uplinkd at {}: {e}", args.socket.display()))?;
+            Ok::<_, String>((conn, reply))
+        };
+        let (mut conn, reply) = match tokio::time::timeout(args.timeout, exchange).await {
+            Ok(Ok(answered)) => answered,
+            Ok(Err(e)) => {
+                eprintln!("uplinkctl: {e}");
                 return ExitCode::from(2);
             }
-        };
-        let reply = match conn.request(&req).await {
-            Ok(r) => r,
-            Err(e) => {
+            Err(_) => {
                 eprintln!(
-                    "uplinkctl: no answer from uplinkd at {}: {e}",
-                    args.socket.display()
+                    "uplinkctl: daemon not answering (no reply from {} within {:?})",
+                    args.socket.display(),
+                    args.timeout
                 );
                 return ExitCode::from(2);
             }
@@ -138,6 +149,14 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// A positive number of seconds.
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 => Duration::try_from_secs_f64(x).map_err(|e| e.to_string()),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
 }
 
 /// One readable line for a watched event: the daemon's own log line for it.

@@ -5,33 +5,48 @@
 //! Reply, one line: `{"ok":true,...}` with `status`, `metrics` or `message`, or
 //! `{"ok":false,"error":"..."}`. `watch` answers once and then streams one `{"event":{...}}`
 //! line per transition or action until the client goes away. A connection may send any number
-//! of requests. Anyone who can open the socket (owner root, mode 0660, optionally a group) may
-//! read; `reload`, `drain` and `undrain` need a root peer (SO_PEERCRED).
+//! of requests, each within [`REQUEST_TIMEOUT`] of connecting or of the previous reply, and
+//! must take each line within [`WRITE_TIMEOUT`]. Anyone who can open the socket (owner root,
+//! mode 0660, optionally a group) may read; `reload`, `drain` and `undrain` need a root peer
+//! (SO_PEERCRED). Root's connections and everyone else's are counted apart, so no other user can
+//! keep root out; a connection over its limit gets `too many connections` and is closed.
 
 pub mod event;
 pub mod metrics;
 
 pub use event::Event;
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Protocol version; bumped on incompatible changes.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
-/// A client that does not finish a request in this time is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 64;
+/// A client that does not send a whole request line in this time (from connecting, or from our
+/// previous reply) is dropped: an idle or half-sent request holds a slot no longer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client that does not take a reply or a watched event in this time is dropped rather than
+/// waited for.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections root may hold at once. Root has a pool of its own that no other user's
+/// connections count against, so nobody else can lock root out of the socket.
+const ROOT_CLIENTS: usize = 64;
+/// Connections all other users together may hold at once...
+const OTHER_CLIENTS: usize = 64;
+/// ...and one of them: a quarter, so that one user cannot take the pool from the others.
+const PER_USER_CLIENTS: usize = 16;
+/// Stands for the uid of a peer whose credentials cannot be read: `(uid_t)-1` is no user's.
+const UNKNOWN_UID: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -267,13 +282,21 @@ pub fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serve clients until the task is dropped.
+/// Serve clients until the task is dropped. A connection beyond its owner's limit is told
+/// `too many connections` and closed at once; the accept loop never waits for a client.
 pub async fn serve(listener: UnixListener, shared: Shared) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    serve_with(listener, shared, peer_uid).await
+}
+
+/// The peer's uid (SO_PEERCRED); a peer whose credentials cannot be read counts as unprivileged.
+fn peer_uid(stream: &UnixStream) -> u32 {
+    stream.peer_cred().map_or(UNKNOWN_UID, |c| c.uid())
+}
+
+/// [`serve`], with the peer's uid from `uid_of` (tests pose as unprivileged peers with it).
+async fn serve_with(listener: UnixListener, shared: Shared, uid_of: impl Fn(&UnixStream) -> u32) {
+    let slots = Arc::new(Mutex::new(Slots::default()));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -282,24 +305,123 @@ pub async fn serve(listener: UnixListener, shared: Shared) {
                 continue;
             }
         };
+        let uid = uid_of(&stream);
+        let slot = match Slot::take(&slots, uid) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!("control client (uid {uid}) refused: {why}");
+                refuse(&stream, why);
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = client(stream, shared).await {
-                tracing::debug!("control client: {e}");
+            if let Err(e) = client(stream, shared, uid == 0).await {
+                tracing::debug!("control client (uid {uid}): {e}");
             }
-            drop(permit);
+            drop(slot);
         });
     }
 }
 
+/// Connections held, by uid, within [`ROOT_CLIENTS`], [`OTHER_CLIENTS`] and
+/// [`PER_USER_CLIENTS`].
+#[derive(Debug, Default)]
+struct Slots {
+    held: HashMap<u32, usize>,
+    /// Held by users other than root, together.
+    others: usize,
+}
+
+impl Slots {
+    /// Count a new connection of `uid`, or say which limit it is over.
+    fn take(&mut self, uid: u32) -> Result<(), String> {
+        let held = self.held.get(&uid).copied().unwrap_or(0);
+        if uid == 0 && held >= ROOT_CLIENTS {
+            return Err(format!(
+                "too many connections: root has {ROOT_CLIENTS} open"
+            ));
+        }
+        if uid != 0 && held >= PER_USER_CLIENTS {
+            return Err(format!(
+                "too many connections: uid {uid} has {PER_USER_CLIENTS} open"
+            ));
+        }
+        if uid != 0 && self.others >= OTHER_CLIENTS {
+            return Err(format!(
+                "too many connections: users other than root have {OTHER_CLIENTS} open"
+            ));
+        }
+        self.held.insert(uid, held + 1);
+        self.others += usize::from(uid != 0);
+        Ok(())
+    }
+
+    /// A connection of `uid` ended.
+    fn give_back(&mut self, uid: u32) {
+        if let Some(n) = self.held.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&uid);
+            }
+            self.others -= usize::from(uid != 0);
+        }
+    }
+}
+
+/// A connection's place in the [`Slots`], given back when the connection ends.
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    uid: u32,
+}
+
+impl Slot {
+    fn take(slots: &Arc<Mutex<Slots>>, uid: u32) -> Result<Self, String> {
+        lock(slots).take(uid)?;
+        Ok(Slot {
+            slots: slots.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.slots).give_back(self.uid);
+    }
+}
+
+/// The counts stay consistent even if a holder panicked: each update is one step.
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    slots
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tell a refused client why, without waiting: its socket is new, so the send buffer is empty
+/// and the short line fits (a failed write only loses the explanation). Dropping the stream
+/// closes it.
+fn refuse(stream: &UnixStream, why: String) {
+    if let Ok(mut line) = serde_json::to_vec(&error(why)) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
+    }
+}
+
+/// Send one line, or give up on a client that does not take it within [`WRITE_TIMEOUT`].
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, v: &impl Serialize) -> io::Result<()> {
     let mut out = serde_json::to_vec(v).map_err(io::Error::other)?;
     out.push(b'\n');
-    w.write_all(&out).await
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&out)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("did not read a reply within {WRITE_TIMEOUT:?}"),
+        )),
+    }
 }
 
-async fn client(stream: UnixStream, shared: Shared) -> io::Result<()> {
-    let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
+async fn client(stream: UnixStream, shared: Shared, root: bool) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut line = Vec::new();
@@ -336,7 +458,7 @@ async fn client(stream: UnixStream, shared: Shared) -> io::Result<()> {
                 metrics: Some(metrics::render(&shared.status.borrow())),
                 ..ok()
             },
-            Ok(Parsed::Watch) => return watch_events(w, shared.events.subscribe()).await,
+            Ok(Parsed::Watch) => return watch_events(r, w, shared.events.subscribe()).await,
             Ok(Parsed::Command(c)) => {
                 let (tx, rx) = oneshot::channel();
                 match shared.commands.send((c, tx)).await {
@@ -353,12 +475,18 @@ async fn client(stream: UnixStream, shared: Shared) -> io::Result<()> {
             }
         };
         send(&mut w, &reply).await?;
+        // One request per turn: a client that sends many at once (its requests then come from
+        // our buffer, and its replies fit in the socket's) takes turns with the other clients
+        // instead of keeping the daemon's one thread to itself until its backlog is answered.
+        tokio::task::yield_now().await;
     }
 }
 
-/// Stream events until the client goes away. A client too slow to keep up loses events (and is
-/// told how many) rather than holding the daemon back.
+/// Stream events until the client goes away: it closes (or shuts down its sending side), or does
+/// not take an event within [`WRITE_TIMEOUT`]. A client slower than the events loses some (and
+/// is told how many) rather than holding the daemon back. Anything it sends is ignored.
 async fn watch_events(
+    mut r: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut w: tokio::net::unix::OwnedWriteHalf,
     mut events: broadcast::Receiver<Event>,
 ) -> io::Result<()> {
@@ -370,14 +498,21 @@ async fn watch_events(
         },
     )
     .await?;
+    let mut ignored = [0u8; 512];
     loop {
-        match events.recv().await {
-            Ok(e) => send(&mut w, &serde_json::json!({ "event": e })).await?,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                send(&mut w, &serde_json::json!({ "lost_events": n })).await?
-            }
-            Err(broadcast::error::RecvError::Closed) => return Ok(()),
-        }
+        // Both are cancel-safe: an event or bytes not taken in one round stay for the next.
+        let line = tokio::select! {
+            read = r.read(&mut ignored) => match read {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+            event = events.recv() => match event {
+                Ok(e) => serde_json::json!({ "event": e }),
+                Err(broadcast::error::RecvError::Lagged(n)) => serde_json::json!({ "lost_events": n }),
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+        };
+        send(&mut w, &line).await?;
     }
 }
 
@@ -398,11 +533,14 @@ impl Connection {
 
     /// Send one request and read its reply.
     pub async fn request(&mut self, req: &serde_json::Value) -> io::Result<Reply> {
-        self.writer.write_all(format!("{req}\n").as_bytes()).await?;
-        let line = self
-            .line()
-            .await?
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let sent = self.writer.write_all(format!("{req}\n").as_bytes()).await;
+        // A refused connection is closed right after its error line, and the request may not
+        // get through any more; the line says why.
+        let line = match (self.line().await, sent) {
+            (Ok(Some(line)), _) => line,
+            (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
+            (Ok(None), Ok(())) => return Err(io::ErrorKind::UnexpectedEof.into()),
+        };
         serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
