@@ -170,28 +170,47 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Scrapes served at once. Each holds a file descriptor, which the daemon needs for its
+/// probes, netlink and the control socket too; a connection beyond this is closed at once.
+const MAX_SCRAPES: usize = 16;
+/// A scraper must send its request head, and take the answer, within this time.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serve the metrics over HTTP on `addr` (any path) until the task is dropped.
 pub async fn listen(
     listener: tokio::net::TcpListener,
     status: tokio::sync::watch::Receiver<Status>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of file descriptors, typically: accepting again at once would fail again.
+                tracing::debug!("metrics listener: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
         let body = render(&status.borrow());
         tokio::spawn(async move {
             // Read (and ignore) the request head; answer whatever was asked.
             let mut buf = [0u8; 2048];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await;
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, conn.read(&mut buf)).await;
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
+            let answer = async {
+                conn.write_all(head.as_bytes()).await?;
+                conn.write_all(body.as_bytes()).await
+            };
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answer).await;
+            drop(slot);
         });
     }
 }
@@ -206,8 +225,10 @@ fn ratio(share: &[super::Share], link: &str) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::control::LinkStatus;
+    use std::time::Duration;
 
     #[test]
     fn renders_every_family_with_labels() {
@@ -241,5 +262,48 @@ mod tests {
         );
         assert!(text.contains("# TYPE uplinkd_transitions_total counter\n"));
         assert_eq!(escape("a\"b\\"), "a\\\"b\\\\");
+    }
+
+    /// Idle connections hold at most `MAX_SCRAPES` of the daemon's file descriptors (which the
+    /// control socket needs too): one more is closed at once, and a scrape after the idle ones
+    /// have timed out is answered.
+    #[tokio::test]
+    async fn idle_connections_cannot_take_every_file_descriptor() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, status) = tokio::sync::watch::channel(Status::default());
+        let server = tokio::spawn(listen(listener, status));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_SCRAPES {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), extra.read_to_end(&mut got)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "over the limit and not closed at once: {read:?}"
+        );
+        drop(idle);
+        // The idle ones' slots come back as the server notices they closed.
+        let scrape = async {
+            loop {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                let mut got = String::new();
+                if c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.is_ok()
+                    && c.read_to_string(&mut got).await.is_ok()
+                    && got.starts_with("HTTP/1.1 200 OK")
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), scrape)
+            .await
+            .expect("no scrape answered after the idle connections left");
+        server.abort();
     }
 }
