@@ -26,6 +26,8 @@ pub struct Kernel {
     /// Purges add to it from their own tasks.
     stale: Arc<Mutex<StaleMemory>>,
     src_valid_mark: sysctl::SrcValidMark,
+    /// Links whose flows another table's NAT translated, as last read back.
+    foreign_nat: Vec<(String, String)>,
 }
 
 impl Kernel {
@@ -40,6 +42,7 @@ impl Kernel {
             seen: None,
             stale: Arc::default(),
             src_valid_mark: sysctl::SrcValidMark::default(),
+            foreign_nat: Vec::new(),
         })
     }
 
@@ -179,7 +182,12 @@ impl Dataplane for Kernel {
                 }
             }
         }
-        report.problems.extend(foreign_nat(d, &addrs).await);
+        // Read back only when re-checking the kernel (reconcile): not on a failover's apply,
+        // before its purge; the last reading stands meanwhile.
+        if verify {
+            self.foreign_nat = foreign_nat(d, &addrs).await;
+        }
+        report.problems.extend(self.foreign_nat.iter().cloned());
         report.routes = t.elapsed();
         nft?;
         Ok(report)
