@@ -430,15 +430,10 @@ impl Engine {
 }
 
 /// After the steering moved away from a dead link, its flows are purged and their clients
-/// reset, so applications reconnect through a live link at once. Only when a policy that uses
+/// reset, so applications reconnect through a live link at once: only when a policy that uses
 /// the link now sends its new flows to another usable link (itself, or by falling back to the
-/// default policy): otherwise there is nowhere better to go, and killing the flows would only
-/// hurt.
-pub fn stranded(t: &Transition, d: &DesiredState) -> bool {
-    t.to == LinkState::Down && t.from.usable() && elsewhere(t.link, d)
-}
-
-/// Whether a policy that uses `link` now sends its new flows to another usable link.
+/// default policy). Otherwise there is nowhere better to go, and killing the flows would only
+/// hurt: they are kept until there is.
 fn elsewhere(link: LinkId, d: &DesiredState) -> bool {
     d.policies
         .iter()
@@ -452,7 +447,7 @@ fn elsewhere(link: LinkId, d: &DesiredState) -> bool {
 /// `failback = "drain"` its flows are reset too, so their clients reconnect through the
 /// preferred link (which the steering, already live, sends them to). Not when it merely left a
 /// share for another reason (degraded, drained).
-pub fn draining(config: &Config, from: LinkId, prev: &DesiredState, next: &DesiredState) -> bool {
+fn draining(config: &Config, from: LinkId, prev: &DesiredState, next: &DesiredState) -> bool {
     let preferred_now = config.policies.iter().enumerate().any(|(i, p)| {
         let prio = |l: LinkId| p.members.iter().find(|m| m.link == l).map(|m| m.priority);
         let (Some(was), Some(now)) = (prev.policies.get(i), next.policies.get(i)) else {

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::control::{Event, TransitionStatus};
 pub use failover::{
-    draining, ms, share_name, stranded, Action, Applied, Counters, HookCall, PurgeOrder, Purged,
-    Why, APPLY_RETRY,
+    ms, share_name, Action, Applied, Counters, HookCall, PurgeOrder, Purged, Why, APPLY_RETRY,
 };
 use health::LinkLayer;
 pub use health::{LinkHealth, LinkState, TargetHealth};
