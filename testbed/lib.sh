@@ -125,7 +125,20 @@ tb_up() {
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" dns $SERVER 53 >"$TB_TMP/dns.log" 2>&1 &
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" udpserver $SERVER $PORT >"$TB_TMP/udp.log" 2>&1 &
     tb_wait 5 "server listening" on inet python3 "$TB_TOOL" whoami $SERVER $PORT >/dev/null
-    tb_log "testbed $TB_ID up"
+    tb_link_ids
+    tb_log "testbed $TB_ID up (wan1: mark $MARK1, table $TABLE1; wan2: mark $MARK2, table $TABLE2)"
+}
+
+# tb_link_ids: MARK1/TABLE1 and MARK2/TABLE2, the mark and routing table the binary under test
+# gives links named wan1 and wan2 (they follow the name), as `uplinkd --check-config` prints them.
+tb_link_ids() {
+    local out f=$TB_TMP/ids.toml
+    printf '[[link]]\nname = "%s"\ninterface = "%s"\ntargets = ["203.0.113.10"]\n' wan1 wan1 wan2 wan2 >"$f"
+    printf '[lan]\ninterfaces = ["lan0"]\n' >>"$f"
+    out=$("$UPLINKD" --check-config "$f") || tb_die "uplinkd --check-config $f: $out"
+    read -r MARK1 TABLE1 < <(sed -n 's/^  link wan1: .*, mark \(0x[0-9a-f]*\), table \([0-9]*\)$/\1 \2/p' <<<"$out")
+    read -r MARK2 TABLE2 < <(sed -n 's/^  link wan2: .*, mark \(0x[0-9a-f]*\), table \([0-9]*\)$/\1 \2/p' <<<"$out")
+    [ -n "${TABLE1:-}" ] && [ -n "${TABLE2:-}" ] || tb_die "no link ids in: $out"
 }
 
 tb_down() {

@@ -179,9 +179,10 @@ def cmd_until(args):
 
 def cmd_hold(args):
     """Open a connection and keep it: --talk sends a line every 100 ms and reads the echo,
-    otherwise it waits in recv(). Prints 'seen ADDR', then how the connection ended with the
-    wall-clock time: 'reset T' (ECONNRESET), 'closed T', 'error T ERRNO' or 'alive' at --within,
-    and last 'port P', its local port (--sport picks it, e.g. to reuse a killed flow's)."""
+    otherwise it waits in recv(). Prints 'seen ADDR port P' (the server saw ADDR; P is the local
+    port, which --sport picks, e.g. to reuse a killed flow's), then how the connection ended with
+    the wall-clock time: 'reset T' (ECONNRESET), 'closed T', 'error T ERRNO' or 'alive' at
+    --within."""
     source = (args.bind or "", args.sport) if args.bind or args.sport else None
     c = socket.socket(socket.AF_INET6 if ":" in args.addr else socket.AF_INET)
     c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -189,17 +190,13 @@ def cmd_hold(args):
         c.bind(source)
     c.settimeout(2)
     c.connect((args.addr, args.port))
-    port = c.getsockname()[1]
-    try:
-        return hold(c, args)
-    finally:
-        print("port", port, flush=True)
+    return hold(c, args)
 
 
 def hold(c, args):
     import errno
     f = c.makefile("rb")
-    print("seen", f.readline().split()[1].decode(), flush=True)
+    print("seen", f.readline().split()[1].decode(), "port", c.getsockname()[1], flush=True)
     c.settimeout(None)
     deadline = time.time() + args.within
     try:

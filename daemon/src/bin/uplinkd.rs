@@ -19,7 +19,8 @@ struct Args {
     /// Run with this configuration file (foreground, logs to stderr).
     #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
     config: Option<PathBuf>,
-    /// Validate FILE, print every problem with its line, exit 0 (valid) or 1.
+    /// Validate FILE, print every problem with its line, exit 0 (valid: also prints each link's
+    /// mark and routing table) or 1.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check_config: Option<PathBuf>,
     /// Log line format: `text`, or `json` (one object per line, for log shippers).
@@ -45,6 +46,12 @@ fn main() -> ExitCode {
                     count(c.rules.len(), "rule", "rules"),
                     c.worst_case_detection().as_millis()
                 );
+                for l in &c.links {
+                    println!(
+                        "  link {}: interface {}, mark {:#x}, table {}",
+                        l.name, l.interface, l.mark, l.table
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

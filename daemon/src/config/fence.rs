@@ -2,7 +2,8 @@
 //! mark mask and the two reserved marks, the routing tables, and the `ip rule` priority band.
 //!
 //! Validation (`check`) only asks whether a configuration fits ([`mark_capacity`],
-//! [`owned_tables`], [`owned_rule_priorities`]); [`allocate`] hands out the ids once it is valid.
+//! [`owned_tables`], [`owned_rule_priorities`]); [`allocate`] hands out the ids once it is valid,
+//! by link name.
 
 use std::ops::{Range, RangeInclusive};
 
@@ -77,17 +78,48 @@ pub struct LinkIds {
     pub table: u32,
 }
 
+/// How many slots links are hashed into: every mark value under the mask that a link may get,
+/// and no more than the [`MAX_LINKS`] tables uplinkd owns.
+fn slots(options: &DataplaneOptions) -> u32 {
+    mark_capacity(options.mark_mask).min(MAX_LINKS)
+}
+
+/// FNV-1a (32 bit) of a link name: a fixed function, so every build and every router maps the
+/// same name to the same slot.
+fn name_hash(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// The ids of each link of a valid configuration (at most [`mark_capacity`] and [`MAX_LINKS`]
 /// links), in the order of `links`.
 ///
-/// Both follow the link's position: link `i` gets mark value `i + 1` at the lowest bit of the
-/// mask and table `table_base + i`.
+/// They follow the link's *name*, never its position: the name's hash picks a slot `s`, giving
+/// mark value `s + 1` at the lowest bit of the mask and table `table_base + s`. Reordering,
+/// adding or removing other links leaves a link's ids alone (unless two names share a slot:
+/// then the name that sorts first keeps it and the other takes the next free one), so its
+/// flows survive a reload, and two routers with the same links agree on every mark.
 pub fn allocate(options: &DataplaneOptions, links: &[Link]) -> Vec<LinkIds> {
     let shift = options.mark_mask.trailing_zeros();
-    (0..links.len() as u32)
-        .map(|i| LinkIds {
-            mark: (i.wrapping_add(1) << shift) & options.mark_mask,
-            table: options.table_base.wrapping_add(i),
+    let n = slots(options);
+    let mut by_name: Vec<usize> = (0..links.len()).collect();
+    by_name.sort_by(|&a, &b| links[a].name.cmp(&links[b].name));
+    let mut taken = vec![false; n as usize];
+    let mut slot_of = vec![0u32; links.len()];
+    for i in by_name {
+        let mut s = name_hash(&links[i].name) % n;
+        while taken[s as usize] {
+            s = (s + 1) % n;
+        }
+        taken[s as usize] = true;
+        slot_of[i] = s;
+    }
+    slot_of
+        .into_iter()
+        .map(|s| LinkIds {
+            mark: (s.wrapping_add(1) << shift) & options.mark_mask,
+            table: options.table_base.wrapping_add(s),
         })
         .collect()
 }
@@ -111,28 +143,72 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn ids(names: &[&str], mask: u32) -> Vec<LinkIds> {
+        let mut text = String::new();
+        for n in names {
+            text += &format!(
+                "[[link]]\nname = \"{n}\"\ninterface = \"{n}\"\ngateway = \"192.0.2.1\"\ntargets = [\"203.0.113.1\"]\n"
+            );
+        }
+        text += &format!("[lan]\ninterfaces = [\"lan0\"]\n[dataplane]\nmark_mask = {mask:#x}\n");
+        let c = crate::config::parse(&text).unwrap();
+        allocate(&c.dataplane, &c.links)
+    }
+
     #[test]
-    fn links_get_marks_and_tables_by_position_clear_of_the_reserved_marks() {
+    fn ids_follow_the_name_not_the_position() {
+        let ab = ids(&["wan1", "wan2", "lte"], DEFAULT_MARK_MASK);
+        let ba = ids(&["lte", "wan2", "wan1"], DEFAULT_MARK_MASK);
+        assert_eq!((ab[0], ab[1], ab[2]), (ba[2], ba[1], ba[0]));
+        // Removing a link leaves the others' ids alone.
+        assert_eq!(ids(&["wan2", "lte"], DEFAULT_MARK_MASK), [ab[1], ab[2]]);
+        // Fixed values: the same name gets the same mark on every router and every build.
+        assert_eq!(
+            ab[0],
+            LinkIds {
+                mark: (name_hash("wan1") % MAX_LINKS + 1) << 8,
+                table: DEFAULT_TABLE_BASE + name_hash("wan1") % MAX_LINKS
+            }
+        );
+        // The published FNV-1a test vector, and the testbed's links (mark 0x1100, table 116; 0xa00, 109).
+        assert_eq!(name_hash("a"), 0xe40c_292c);
+        assert_eq!(
+            ids(&["wan1", "wan2"], DEFAULT_MARK_MASK),
+            [
+                LinkIds {
+                    mark: 0x1100,
+                    table: 116
+                },
+                LinkIds {
+                    mark: 0xa00,
+                    table: 109
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn colliding_names_get_distinct_ids_clear_of_the_reserved_marks() {
+        // Under a 3-bit mask there are 5 slots: six names cannot all hash apart, five must fit.
+        let names = ["a", "b", "c", "d", "e"];
+        let got = ids(&names, 0x70);
+        let mut marks: Vec<u32> = got.iter().map(|i| i.mark).collect();
+        marks.sort_unstable();
+        assert_eq!(marks, [0x10, 0x20, 0x30, 0x40, 0x50]);
+        let mut tables: Vec<u32> = got.iter().map(|i| i.table).collect();
+        tables.sort_unstable();
+        assert_eq!(tables, [100, 101, 102, 103, 104]);
+        // The name that sorts first keeps its hashed slot, whatever the file order.
+        let rev: Vec<&str> = names.iter().rev().copied().collect();
+        let got_rev = ids(&rev, 0x70);
+        assert_eq!(got_rev.iter().rev().copied().collect::<Vec<_>>(), got);
+        assert_eq!(got[0].mark, (name_hash("a") % 5 + 1) << 4);
+        assert_eq!(mark_capacity(0x70), 5);
         let c = crate::config::parse(&format!(
             "{}\n[lan]\ninterfaces = [\"lan0\"]\n[dataplane]\nmark_mask = 0x70\n",
             crate::config::TEST_LINKS
         ))
         .unwrap();
-        let ids = allocate(&c.dataplane, &c.links);
-        assert_eq!(
-            ids,
-            [
-                LinkIds {
-                    mark: 0x10,
-                    table: 100
-                },
-                LinkIds {
-                    mark: 0x20,
-                    table: 101
-                }
-            ]
-        );
-        assert_eq!(mark_capacity(0x70), 5);
         assert_eq!(
             (c.dataplane.unreachable_mark(), c.dataplane.tickle_mark()),
             (0x60, 0x70)

@@ -269,7 +269,7 @@ pub struct Detection {
 pub struct DataplaneOptions {
     /// Bits of the packet and conntrack mark that belong to uplinkd; other bits are preserved.
     pub mark_mask: u32,
-    /// Routing table id of the first link (see [`super::fence::allocate`]).
+    /// First of the routing tables uplinkd owns (see [`super::fence::allocate`]).
     pub table_base: u32,
     /// Priority of the first `ip rule` of uplinkd's band (the whole band is listed in the README).
     pub rule_priority: u32,

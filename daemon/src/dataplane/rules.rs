@@ -313,10 +313,10 @@ mod tests {
             text,
             vec![
                 "ip rule add pref 1000 lookup 254 suppress_prefixlength 0",
-                "ip rule add pref 1002 fwmark 0x100/0xff00 lookup 100",
-                "ip rule add pref 1002 fwmark 0x200/0xff00 lookup 101",
+                "ip rule add pref 1002 fwmark 0xf00/0xff00 lookup 114",
+                "ip rule add pref 1002 fwmark 0x3c00/0xff00 lookup 159",
                 "ip rule add pref 1003 fwmark 0xfe00/0xff00 unreachable",
-                "ip rule add pref 1004 iif lo lookup 100",
+                "ip rule add pref 1004 iif lo lookup 114",
             ]
         );
         // The same for IPv6.

@@ -310,7 +310,7 @@ fn new_flows_follow_the_best_usable_link() {
     let mut e = Engine::new(config(), t0);
     let d = e.desired();
     assert_eq!(d.steer_to(), Some(0));
-    assert_eq!((d.links[0].mark, d.links[1].mark), (0x100, 0x200));
+    assert_eq!((d.links[0].mark, d.links[1].mark), (0x200, 0x1900));
     e.handle(t0, Input::Carrier { link: 0, up: false });
     let d = e.desired();
     assert_eq!(d.steer_to(), Some(1));

@@ -398,10 +398,11 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 Err(e)
             }
             Ok(new) => {
+                let n = new.links.len();
                 let message = format!(
-                    "reloaded {} ({} links)",
+                    "reloaded {} ({n} link{})",
                     self.path.display(),
-                    new.links.len()
+                    if n == 1 { "" } else { "s" }
                 );
                 self.probes.reconfigure(&new);
                 let now = Instant::now().into_std();

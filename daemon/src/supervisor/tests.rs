@@ -163,7 +163,7 @@ async fn a_blackhole_is_steered_around_before_the_dead_links_flows_are_purged() 
             let policy = |mark: &str| {
                 format!("chain policy_default {{\n    meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | {mark}\n")
             };
-            assert!(fake.state().kernel.contains(&policy("0x100")), "new flows marked for fiber");
+            assert!(fake.state().kernel.contains(&policy("0x200")), "new flows marked for fiber");
             probes.kill(0);
             until(&mut status, "fiber purged", |s| {
                 s.links[0].flows_purged_total > 0 || {
@@ -183,8 +183,8 @@ async fn a_blackhole_is_steered_around_before_the_dead_links_flows_are_purged() 
                 .steer_ms
                 .is_some());
             let kernel = fake.state().kernel.clone();
-            assert!(kernel.contains(&policy("0x200")), "{kernel}");
-            assert!(kernel.contains("ip rule add pref 1004 iif lo lookup 101"), "{kernel}");
+            assert!(kernel.contains(&policy("0x1900")), "{kernel}");
+            assert!(kernel.contains("ip rule add pref 1004 iif lo lookup 124"), "{kernel}");
         })
         .await;
     let calls = fake.calls();

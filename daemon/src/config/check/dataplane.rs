@@ -100,7 +100,7 @@ mod tests {
         assert!(p[0].message.contains("consecutive"), "{p:?}");
         let text = format!("{MINIMAL}\n[dataplane]\nmark_mask = 0x70\n");
         let c = parse(&text).unwrap();
-        assert_eq!((c.links[0].mark, c.links[1].mark), (0x10, 0x20));
+        assert_eq!((c.links[0].mark, c.links[1].mark), (0x20, 0x10));
     }
 
     #[test]

@@ -265,10 +265,10 @@ interfaces = ["lan0"]
     fn minimal_file_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.links.len(), 2);
-        assert_eq!(c.links[0].mark, 0x100);
-        assert_eq!(c.links[1].mark, 0x200);
-        assert_eq!(c.links[0].table, 100);
-        assert_eq!(c.links[1].table, 101);
+        assert_eq!(c.links[0].mark, 0x200);
+        assert_eq!(c.links[1].mark, 0x1900);
+        assert_eq!(c.links[0].table, 101);
+        assert_eq!(c.links[1].table, 124);
         assert_eq!(c.links[1].gateway, None);
         assert_eq!(c.control.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.probe.interval, Duration::from_millis(400));

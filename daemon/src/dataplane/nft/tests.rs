@@ -48,10 +48,10 @@ fn renders_restore_steer_resets_and_masquerade() {
   set foreign_nat_1 { type ipv4_addr; flags dynamic,timeout; }
   set foreign_nat_2 { type ipv4_addr; flags dynamic,timeout; }
   chain prerouting { type filter hook prerouting priority -150; policy accept;
-    ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
-    ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
-    iifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0x100
-    iifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x200
+    ct mark & 0xff00 == 0xf00 meta mark set meta mark & 0xffff00ff | 0xf00
+    ct mark & 0xff00 == 0x3c00 meta mark set meta mark & 0xffff00ff | 0x3c00
+    iifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0xf00
+    iifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x3c00
     iifname "lan0" ct state new meta mark & 0xff00 == 0x0 jump steer
     iifname "lan1" ct state new meta mark & 0xff00 == 0x0 jump steer
   }
@@ -71,14 +71,14 @@ fn renders_restore_steer_resets_and_masquerade() {
     meta mark & 0xff00 == 0xff00 notrack
   }
   chain output_route { type route hook output priority -150; policy accept;
-    ct mark & 0xff00 == 0x100 meta mark set meta mark & 0xffff00ff | 0x100
-    ct mark & 0xff00 == 0x200 meta mark set meta mark & 0xffff00ff | 0x200
-    ct state new meta mark & 0xff00 == 0x0 ip saddr 100.64.1.2/32 meta mark set meta mark & 0xffff00ff | 0x100
+    ct mark & 0xff00 == 0xf00 meta mark set meta mark & 0xffff00ff | 0xf00
+    ct mark & 0xff00 == 0x3c00 meta mark set meta mark & 0xffff00ff | 0x3c00
+    ct state new meta mark & 0xff00 == 0x0 ip saddr 100.64.1.2/32 meta mark set meta mark & 0xffff00ff | 0xf00
     ct state new meta mark & 0xff00 == 0x0 jump steer
   }
   chain record_link { type filter hook postrouting priority -150; policy accept;
-    oifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0x100
-    oifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x200
+    oifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0xf00
+    oifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x3c00
   }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
     oifname "wan1" meta nfproto ipv4 snat ip to 100.64.1.2
@@ -94,7 +94,7 @@ fn renders_restore_steer_resets_and_masquerade() {
     meta mark & 0xff00 == 0x0 jump policy_default
   }
   chain policy_default {
-    meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200
+    meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x3c00
   }
 }"#;
     assert_eq!(text, want);
@@ -106,8 +106,8 @@ fn links_of_a_tier_share_new_flows_by_weight() {
     assert_eq!(
         chain(&render(&d, &[]), "policy_default"),
         vec![
-            "meta mark & 0xff00 == 0x0 numgen random mod 4 < 3 meta mark set meta mark & 0xffff00ff | 0x100",
-            "meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200",
+            "meta mark & 0xff00 == 0x0 numgen random mod 4 < 3 meta mark set meta mark & 0xffff00ff | 0xf00",
+            "meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x3c00",
         ]
     );
 }
@@ -161,7 +161,7 @@ policy = "lte-first"
     );
     assert_eq!(
         chain(&r, "policy_lte-first"),
-        vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x200"]
+        vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x3c00"]
     );
 }
 
@@ -216,10 +216,10 @@ sticky = "10m"
     );
     let rules = chain(&r, "policy_default");
     assert_eq!(rules.len(), 8, "{rules:#?}");
-    assert_eq!(rules[0], "meta mark & 0xff00 == 0x0 ip saddr @sticky_default_1_4 meta mark set meta mark & 0xffff00ff | 0x100 update @sticky_default_1_4 { ip saddr timeout 600s }");
-    assert_eq!(rules[3], "meta mark & 0xff00 == 0x0 ip6 saddr @sticky_default_2_6 meta mark set meta mark & 0xffff00ff | 0x200 update @sticky_default_2_6 { ip6 saddr timeout 600s }");
-    assert_eq!(rules[4], "meta mark & 0xff00 == 0x0 meta nfproto ipv4 numgen random mod 2 < 1 meta mark set meta mark & 0xffff00ff | 0x100 add @sticky_default_1_4 { ip saddr timeout 600s } delete @sticky_default_2_4 { ip saddr }");
-    assert_eq!(rules[7], "meta mark & 0xff00 == 0x0 meta nfproto ipv6 meta mark set meta mark & 0xffff00ff | 0x200 add @sticky_default_2_6 { ip6 saddr timeout 600s } delete @sticky_default_1_6 { ip6 saddr }");
+    assert_eq!(rules[0], "meta mark & 0xff00 == 0x0 ip saddr @sticky_default_1_4 meta mark set meta mark & 0xffff00ff | 0xf00 update @sticky_default_1_4 { ip saddr timeout 600s }");
+    assert_eq!(rules[3], "meta mark & 0xff00 == 0x0 ip6 saddr @sticky_default_2_6 meta mark set meta mark & 0xffff00ff | 0x3c00 update @sticky_default_2_6 { ip6 saddr timeout 600s }");
+    assert_eq!(rules[4], "meta mark & 0xff00 == 0x0 meta nfproto ipv4 numgen random mod 2 < 1 meta mark set meta mark & 0xffff00ff | 0xf00 add @sticky_default_1_4 { ip saddr timeout 600s } delete @sticky_default_2_4 { ip saddr }");
+    assert_eq!(rules[7], "meta mark & 0xff00 == 0x0 meta nfproto ipv6 meta mark set meta mark & 0xffff00ff | 0x3c00 add @sticky_default_2_6 { ip6 saddr timeout 600s } delete @sticky_default_1_6 { ip6 saddr }");
     // With no usable link the sets stay (hosts are remembered through the outage), and
     // nobody is re-placed.
     let mut down = d.clone();

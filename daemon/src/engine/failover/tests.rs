@@ -79,7 +79,7 @@ fn a_dead_links_flows_are_purged_only_after_the_steering_away_from_it_is_live() 
     };
     assert_eq!(
         (p.mark, p.mark_mask, p.tickle_mark),
-        (0x100, 0xff00, 0xff00)
+        (0x200, 0xff00, 0xff00)
     );
     assert_eq!(p.lan_interfaces, ["lan0"]);
 }
