@@ -252,6 +252,11 @@ fn table(s: &Status) -> String {
             ));
         }
     }
+    for l in &s.links {
+        if let Some(p) = &l.problem {
+            out.push_str(&format!("problem on {}: {p}\n", l.name));
+        }
+    }
     if let Some(e) = &s.apply_error {
         out.push_str(&format!(
             "dataplane: the kernel refused the last apply, retrying: {e}\n"

@@ -364,14 +364,31 @@ impl Engine {
         }
     }
 
-    /// Say what is wrong with a link once, when it starts or changes, and when it stops.
     fn tell_problems(&mut self, problems: &[(String, String)]) {
+        if self.dp_problems != problems {
+            self.dp_problems = problems.to_vec();
+        }
+        self.report_problems();
+    }
+
+    /// Say what is wrong with a link once, when it starts or changes, and when it stops: what
+    /// the last apply found, and targets that are the router's own addresses.
+    pub(super) fn report_problems(&mut self) {
         let names: Vec<String> = self.config.links.iter().map(|l| l.name.clone()).collect();
         for (i, link) in names.into_iter().enumerate() {
-            let now = problems
+            let own = self.config.links[i]
+                .targets
+                .iter()
+                .filter(|t| self.local.contains(&t.addr().to_canonical()))
+                .map(|t| {
+                    format!("target {t} is this router's own address: its probes never leave it")
+                });
+            let now = self
+                .dp_problems
                 .iter()
                 .filter(|(l, _)| *l == link)
-                .map(|(_, e)| e.as_str())
+                .map(|(_, e)| e.clone())
+                .chain(own)
                 .collect::<Vec<_>>()
                 .join("; ");
             let now = (!now.is_empty()).then_some(now);

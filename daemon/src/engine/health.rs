@@ -146,6 +146,25 @@ impl LinkHealth {
         }
     }
 
+    /// What to remember of this link across a restart: whether it is down, and its flap
+    /// penalty now.
+    pub(super) fn memory(&self, now: Instant, d: &Detection) -> (LinkState, f64) {
+        (self.state, self.penalty(now, d))
+    }
+
+    /// Resume from before a restart `age` ago: a link that was down starts down (it must earn
+    /// its way up again like after any outage, not be trusted for the first round), and the
+    /// flap penalty carries on decaying from what it was.
+    pub(super) fn resume(&mut self, now: Instant, down: bool, penalty: f64, age: Duration) {
+        self.penalty = penalty.max(0.0);
+        self.penalty_at = now.checked_sub(age).unwrap_or(now);
+        if down && self.state == LinkState::Unknown {
+            self.state = LinkState::Down;
+            self.since = now;
+            self.reason = format!("down before the restart {:.1} s ago", age.as_secs_f64());
+        }
+    }
+
     /// RTT of the newest answered probe of any target.
     pub fn last_rtt(&self) -> Option<Duration> {
         self.targets
@@ -373,6 +392,7 @@ impl LinkHealth {
             ProbeFailure::Timeout => "timed out",
             ProbeFailure::IcmpError => "got an ICMP error",
             ProbeFailure::SendError => "could not be sent",
+            ProbeFailure::OwnAddress => "went to this router's own address",
             ProbeFailure::Rejected => "was rejected",
         };
         let reason = format!(

@@ -4,6 +4,7 @@
 
 mod failover;
 mod health;
+mod memory;
 pub mod sim;
 mod state;
 
@@ -18,6 +19,7 @@ pub use failover::{
 };
 use health::LinkLayer;
 pub use health::{LinkHealth, LinkState, TargetHealth};
+pub use memory::LinkMemory;
 pub use state::{DesiredState, LinkPlan, PolicyPlan, Steer};
 
 /// Index of a link in [`Config::links`].
@@ -32,6 +34,9 @@ pub enum ProbeFailure {
     IcmpError,
     /// The send itself failed (e.g. ENETUNREACH when the interface is down).
     SendError,
+    /// The target is one of the router's own addresses: the probe never left the router, so
+    /// its answer says nothing about the link.
+    OwnAddress,
     /// The target answered, but not as the probe expects (TCP refused, HTTP status, DNS error):
     /// the path may work, the check does not.
     Rejected,
@@ -75,6 +80,8 @@ pub enum Input {
         link: LinkId,
         v4: Vec<Ipv4Addr>,
     },
+    /// Every address of the router now, on any interface.
+    Local(Vec<std::net::IpAddr>),
 }
 
 /// A change of a link's state, with the reason in words.
@@ -114,6 +121,10 @@ pub struct Engine {
     missing: Vec<String>,
     /// Per link: what is wrong with it that uplinkd cannot repair (see [`Applied::problems`]).
     problems: Vec<Option<String>>,
+    /// The problems the last apply found, by link name, and the router's own addresses (a
+    /// target among them is a problem too).
+    dp_problems: Vec<(String, String)>,
+    local: Vec<std::net::IpAddr>,
     /// Per link: its IPv4 addresses, and those it lost while it kept another (a renumber):
     /// the flows translated to them are reset.
     addrs: Vec<Vec<Ipv4Addr>>,
@@ -152,6 +163,8 @@ impl Engine {
             apply_error: None,
             missing: Vec::new(),
             problems: vec![None; n],
+            dp_problems: Vec::new(),
+            local: Vec::new(),
             addrs: vec![Vec::new(); n],
             gone: vec![Vec::new(); n],
             last: vec![None; n],
@@ -342,8 +355,20 @@ impl Engine {
     /// Feed one event; returns the state changes it caused.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Transition> {
         let (link, change) = match input {
-            Input::Probe(p) if p.link < self.links.len() => {
+            Input::Probe(mut p) if p.link < self.links.len() => {
+                let own = self.config.links[p.link]
+                    .targets
+                    .get(p.target)
+                    .is_some_and(|t| self.local.contains(&t.addr().to_canonical()));
+                if own {
+                    p.result = Err(ProbeFailure::OwnAddress);
+                }
                 (p.link, self.links[p.link].on_probe(now, &p, &self.config))
+            }
+            Input::Local(addrs) => {
+                self.local = addrs.iter().map(std::net::IpAddr::to_canonical).collect();
+                self.report_problems();
+                return Vec::new();
             }
             Input::Admin { link, up } if link < self.links.len() => {
                 let c = LinkLayer {

@@ -472,3 +472,38 @@ fn an_interface_taken_down_by_an_admin_says_so() {
         .is_empty());
     assert_eq!(e.link(0).next_round(), Some(t0));
 }
+
+#[test]
+fn a_target_that_is_the_routers_own_address_counts_for_nothing_and_is_reported() {
+    let text = CONFIG.replacen(
+        "targets = [\"203.0.113.10\", \"203.0.113.11\", \"203.0.113.12\"]",
+        "targets = [\"100.64.1.2\", \"10.99.0.1\"]\nquorum = 1",
+        1,
+    );
+    let t0 = Instant::now();
+    let mut sim = Sim::new(config::parse(&text).unwrap(), t0);
+    // The router's WAN1 and LAN addresses: a probe to either is answered by the router itself.
+    sim.engine.handle(
+        t0,
+        Input::Local(vec![
+            Ipv4Addr::new(100, 64, 1, 2).into(),
+            Ipv4Addr::new(10, 99, 0, 1).into(),
+        ]),
+    );
+    let tr = of_link0(sim.run(t0 + secs(5), |_, _, _| Some(ms(1))));
+    assert_eq!(tr.len(), 1, "{tr:?}");
+    assert_eq!(tr[0].to, LinkState::Down);
+    assert!(
+        tr[0].reason.contains("went to this router's own address"),
+        "{}",
+        tr[0].reason
+    );
+    assert_eq!(
+        sim.engine.problem(0),
+        Some("target 100.64.1.2 is this router's own address: its probes never leave it; target 10.99.0.1 is this router's own address: its probes never leave it")
+    );
+    assert_eq!(sim.engine.problem(1), None);
+    // The address goes away (a renumbered WAN): the target counts again.
+    sim.engine.handle(t0 + secs(5), Input::Local(vec![]));
+    assert_eq!(sim.engine.problem(0), None);
+}

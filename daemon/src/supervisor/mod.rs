@@ -3,6 +3,7 @@
 //! decides nothing itself.
 
 mod hooks;
+mod memory;
 mod probing;
 mod status;
 #[cfg(test)]
@@ -74,7 +75,8 @@ async fn serve(
     let dp = Kernel::new(config.dataplane.table_base)?;
     let probes = LinkProbes::new(&config);
     let (events, _) = broadcast::channel::<Event>(256);
-    let mut sup = Supervisor::start(config, path, dp, probes, events.clone()).await?;
+    let memory = memory::path(&config.control.socket);
+    let mut sup = Supervisor::start(config, path, Some(memory), dp, probes, events.clone()).await?;
     let (cmd_tx, commands) = mpsc::channel(8);
     let shared = control::Shared {
         status: sup.status.subscribe(),
@@ -153,13 +155,20 @@ pub struct Supervisor<D, P> {
     reloading: Option<Vec<oneshot::Sender<CommandReply>>>,
     reload_tx: mpsc::Sender<Result<Config, String>>,
     reload_rx: mpsc::Receiver<Result<Config, String>>,
+    /// Where link states are remembered across restarts, when they last were, and whether a
+    /// transition happened since.
+    memory: Option<PathBuf>,
+    memory_saved: Option<Instant>,
+    memory_dirty: bool,
 }
 
 impl<D: Dataplane, P: Probes> Supervisor<D, P> {
-    /// Learn the interfaces, apply the first desired state. Fails when that apply fails.
+    /// Resume link states from `memory` (see [`memory`]), learn the interfaces, apply the first
+    /// desired state. Fails when that apply fails.
     pub async fn start(
         config: Config,
         path: PathBuf,
+        memory: Option<PathBuf>,
         dp: D,
         probes: P,
         events: broadcast::Sender<Event>,
@@ -190,7 +199,11 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             reloading: None,
             reload_tx,
             reload_rx,
+            memory,
+            memory_saved: None,
+            memory_dirty: true,
         };
+        sup.resume(now.into_std());
         let links = sup
             .dp
             .interfaces()
@@ -239,7 +252,10 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 }
                 Some(ev) = inputs.kernel.recv() => self.kernel_event(ev).await,
                 Some((link, r)) = self.purge_rx.recv() => self.engine.purged(&link, r),
-                _ = reconcile.tick() => self.engine.reconcile(),
+                _ = reconcile.tick() => {
+                    self.engine.reconcile();
+                    self.memory_dirty |= self.memory_saved.is_none_or(|t| t.elapsed() >= memory::REFRESH);
+                }
                 () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
                 Some((cmd, reply)) = inputs.commands.recv() => match cmd {
                     Command::Reload => self.start_reload(Some(reply)),
@@ -288,11 +304,51 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     });
                 }
                 Action::RunHook(call) => hooks::run(&self.engine.config().hooks, call),
-                Action::Emit(e) => self.emit(e),
+                Action::Emit(e) => {
+                    self.memory_dirty |= matches!(e, Event::Transition { .. });
+                    self.emit(e);
+                }
             }
         }
         let now = Instant::now().into_std();
         self.status.send_replace(status::build(&self.engine, now));
+        self.remember();
+    }
+
+    /// Start links as they were before a restart, if the memory of them is recent.
+    fn resume(&mut self, now: std::time::Instant) {
+        let Some(path) = &self.memory else { return };
+        match memory::load(path) {
+            Ok(None) => {}
+            Ok(Some((links, age))) => {
+                let resumed = self.engine.resume(&links, age, now);
+                if !resumed.is_empty() {
+                    info!(
+                        "resuming from {:.1} s ago: {}",
+                        age.as_secs_f64(),
+                        resumed.join(", ")
+                    );
+                }
+            }
+            Err(e) => warn!("link states from before the restart not used: {e}"),
+        }
+    }
+
+    /// Save the link states if a transition happened or the file is due for a refresh.
+    fn remember(&mut self) {
+        let Some(path) = &self.memory else { return };
+        if !std::mem::take(&mut self.memory_dirty) {
+            return;
+        }
+        let now = Instant::now();
+        if let Err(e) = memory::save(path, self.engine.memory(now.into_std())) {
+            warn!(
+                "cannot save link states to {}: {e}; a restart will not know them",
+                path.display()
+            );
+            self.memory = None;
+        }
+        self.memory_saved = Some(now);
     }
 
     /// Log an event, stream it to `watch`, and keep systemd's status line current.
@@ -367,6 +423,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         for (link, v4) in per_link.into_iter().enumerate() {
             self.engine.handle(now, Input::Addresses { link, v4 });
         }
+        let local = all.iter().map(|(_, a)| std::net::IpAddr::V4(*a)).collect();
+        self.engine.handle(now, Input::Local(local));
     }
 
     /// Start a reload: the file is read and checked on a blocking thread (a large one takes a
@@ -423,6 +481,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
 
     async fn stop(&mut self) -> anyhow::Result<()> {
         notify(&[sd_notify::NotifyState::Stopping]);
+        self.memory_dirty = true;
+        self.remember();
         if !self.engine.config().dataplane.cleanup_on_exit {
             info!("stopping: leaving the dataplane in place (cleanup_on_exit = false)");
             return Ok(());

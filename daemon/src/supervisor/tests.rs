@@ -91,9 +91,17 @@ async fn harness(config: &str, name: &str) -> Harness {
     let fake = Fake::with_interfaces(&["wan1", "wan2", "lan0"]);
     let probes = Scripted::default();
     let (events, _) = broadcast::channel(64);
-    let sup = Supervisor::start(cfg, path, fake.clone(), probes.clone(), events)
-        .await
-        .unwrap();
+    let memory = dir.join("links.state");
+    let sup = Supervisor::start(
+        cfg,
+        path,
+        Some(memory),
+        fake.clone(),
+        probes.clone(),
+        events,
+    )
+    .await
+    .unwrap();
     let (kernel_tx, kernel) = mpsc::channel(4);
     let (commands, cmd_rx) = mpsc::channel(4);
     let (stop, signals) = mpsc::channel(4);
@@ -193,6 +201,42 @@ async fn a_blackhole_is_steered_around_before_the_dead_links_flows_are_purged() 
         "{calls:#?}"
     );
     assert_eq!(calls.last().map(String::as_str), Some("remove_all"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_resumes_a_link_it_knew_was_down_and_steers_around_it_from_the_first_apply() {
+    let h = harness(CONFIG, "restart-before").await;
+    let (probes, mut status) = (h.probes.clone(), h.status.clone());
+    let saved = h.dir.join("links.state");
+    let kept = std::env::temp_dir().join(format!("uplinkd-sup-memory-{}", std::process::id()));
+    let copy = kept.clone();
+    h.run(async move {
+        until(&mut status, "both up", |s| {
+            state(s, 0) == "up" && state(s, 1) == "up"
+        })
+        .await;
+        probes.kill(0);
+        until(&mut status, "fiber down", |s| state(s, 0) == "down").await;
+        // What a SIGKILL now leaves behind.
+        std::fs::copy(&saved, &copy).unwrap();
+    })
+    .await;
+    let dir =
+        std::env::temp_dir().join(format!("uplinkd-sup-restart-after-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::rename(&kept, dir.join("links.state")).unwrap();
+    let h = harness(CONFIG, "restart-after").await;
+    let calls = h.fake.calls();
+    let first = calls.iter().find(|c| c.starts_with("apply")).unwrap();
+    assert_eq!(first, "apply via lte", "{calls:#?}");
+    let s = h.status.borrow().clone();
+    assert_eq!(state(&s, 0), "down");
+    assert!(
+        s.links[0].reason.contains("before the restart"),
+        "{}",
+        s.links[0].reason
+    );
+    h.run(async {}).await;
 }
 
 #[tokio::test(start_paused = true)]
