@@ -209,10 +209,5 @@ async fn read_status(s: &mut TcpStream) -> Result<u16, ProbeError> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let line = String::from_utf8_lossy(&buf);
-    let mut parts = line.split_whitespace();
-    match (parts.next(), parts.next().and_then(|c| c.parse().ok())) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/") => Ok(code),
-        _ => Err(ProbeError::Rejected("not an HTTP response".into())),
-    }
+    target::http_status(&buf).ok_or_else(|| ProbeError::Rejected("not an HTTP response".into()))
 }

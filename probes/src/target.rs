@@ -171,6 +171,20 @@ pub fn dns_answer(msg: &[u8], id: u16) -> Option<Result<(), String>> {
     })
 }
 
+/// The status code of an HTTP response that starts with `buf`: its first line must be
+/// `HTTP/x.y NNN[ reason]` (RFC 9112: three digits); anything else is not an HTTP response.
+pub fn http_status(buf: &[u8]) -> Option<u16> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let rest = line.strip_prefix(b"HTTP/")?;
+    let sp = rest.iter().position(|&b| b == b' ')?;
+    let code = rest.get(sp + 1..sp + 4)?;
+    if !code.iter().all(u8::is_ascii_digit) || rest.get(sp + 4).is_some_and(|&b| b != b' ') {
+        return None;
+    }
+    Some(code.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -267,5 +281,82 @@ mod tests {
         assert_eq!(dns_answer(&r, 0xabcd), Some(Err("DNS rcode 3".into())));
         assert_eq!(dns_answer(&r, 0x1111), None);
         assert_eq!(dns_answer(&q, 0xabcd), None, "a query is not a response");
+    }
+
+    #[test]
+    fn http_status_lines() {
+        assert_eq!(http_status(b"HTTP/1.1 200 OK\r\nServer: x\r\n"), Some(200));
+        assert_eq!(http_status(b"HTTP/1.0 404\n"), Some(404));
+        assert_eq!(http_status(b"HTTP/1.1 200 OK"), None, "no end of line yet");
+        assert_eq!(
+            http_status(b"HTTP/1.1\r\n200 OK\r\n"),
+            None,
+            "the code is on the first line"
+        );
+        assert_eq!(http_status(b"HTTP/1.1 2000 OK\r\n"), None);
+        assert_eq!(http_status(b"HTTP/1.1 +20 OK\r\n"), None);
+        assert_eq!(http_status(b"SSH-2.0-OpenSSH 200\r\n"), None);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A status line round-trips, whatever the version, reason and what follows it.
+        #[test]
+        fn an_http_status_line_reads_back(minor in 0u8..10, code in 100u16..1000, reason in "[ -~]{0,20}", tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut buf = format!("HTTP/1.{minor} {code} {reason}\r\n").into_bytes();
+            buf.extend(tail);
+            prop_assert_eq!(http_status(&buf), Some(code));
+        }
+
+        /// Any answer at all: a status only if its first line is an HTTP status line.
+        #[test]
+        fn any_bytes_give_a_status_only_from_a_status_line(buf in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Some(code) = http_status(&buf) {
+                prop_assert!(buf.starts_with(b"HTTP/"));
+                prop_assert!((0..1000).contains(&code));
+                let line = &buf[..buf.iter().position(|&b| b == b'\n').unwrap()];
+                prop_assert!(line.windows(4).any(|w| w[0] == b' ' && w[1..].iter().all(u8::is_ascii_digit)));
+            }
+        }
+
+        /// The query names what was asked, label by label, and only a response to it with
+        /// our id and at least one answer counts; any bytes are read safely.
+        #[test]
+        fn dns_queries_encode_the_name_and_answers_match_the_id(
+            labels in proptest::collection::vec("[a-z0-9-]{1,63}", 1..5), id: u16, other: u16,
+            rcode in 0u8..16, answers: u16, junk in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let name = labels.join(".");
+            let q = dns_query(id, &name);
+            prop_assert_eq!(&q[..2], &id.to_be_bytes());
+            let mut at = 12;
+            for l in &labels {
+                prop_assert_eq!(usize::from(q[at]), l.len());
+                prop_assert_eq!(&q[at + 1..at + 1 + l.len()], l.as_bytes());
+                at += 1 + l.len();
+            }
+            prop_assert_eq!(&q[at..], &[0, 0, 1, 0, 1]);
+            // The response: the query with QR set, an rcode and an answer count.
+            let mut r = q.clone();
+            r[2] |= 0x80;
+            r[3] = rcode;
+            r[6..8].copy_from_slice(&answers.to_be_bytes());
+            let want = match (rcode, answers) {
+                (0, n) if n > 0 => Ok(()),
+                (0, _) => Err("DNS answer is empty".to_owned()),
+                (r, _) => Err(format!("DNS rcode {r}")),
+            };
+            prop_assert_eq!(dns_answer(&r, id), Some(want));
+            prop_assert_eq!(dns_answer(&q, id), None, "a query is not an answer");
+            if other != id {
+                prop_assert_eq!(dns_answer(&r, other), None);
+            }
+            if dns_answer(&junk, id).is_some() {
+                prop_assert!(junk.len() >= 12 && junk[..2] == id.to_be_bytes() && junk[2] & 0x80 != 0);
+            }
+        }
     }
 }

@@ -225,6 +225,10 @@ pub enum Parsed {
 
 /// Parse and check one request line. `root`: the peer is root (may change state).
 pub fn parse(line: &str, root: bool) -> Result<Parsed, String> {
+    // A struct also deserializes from an array of its fields; a request is an object only.
+    if line.trim_start().starts_with('[') {
+        return Err("malformed request: a request is a JSON object, not an array".into());
+    }
     let req: Request = serde_json::from_str(line).map_err(|e| format!("malformed request: {e}"))?;
     if let Some(v) = req.v.filter(|&v| v != PROTOCOL_VERSION) {
         return Err(format!(

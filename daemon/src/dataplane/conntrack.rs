@@ -335,4 +335,63 @@ mod tests {
         assert_eq!(parse_flow(&payload[..10]), None);
         assert_eq!(parse_flow(&[]), None);
     }
+
+    fn any_ip(v6: bool, bits: u128) -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(bits))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(bits as u32))
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// A dumped entry as the kernel lays it out reads back as the flow it describes.
+        #[test]
+        fn a_dumped_entry_reads_back(
+            v6: bool, s: u128, d: u128, r: u128, proto in proptest::sample::select(vec![6u8, 17, 132]),
+            sport: u16, dport: u16, tcp_state in proptest::option::of(0u8..10),
+        ) {
+            let (src, dst, reply_dst) = (any_ip(v6, s), any_ip(v6, d), any_ip(v6, r));
+            let mut body = vec![if v6 { 10 } else { 2 }, 0, 0, 0];
+            netlink::put_attr(&mut body, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple(src, dst, proto, sport, dport));
+            netlink::put_attr(&mut body, CTA_TUPLE_REPLY | NLA_F_NESTED, &tuple(dst, reply_dst, proto, dport, sport));
+            if let Some(st) = tcp_state {
+                let info = nla(CTA_PROTOINFO_TCP | NLA_F_NESTED, &nla(CTA_PROTOINFO_TCP_STATE, &[st]));
+                netlink::put_attr(&mut body, CTA_PROTOINFO | NLA_F_NESTED, &info);
+            }
+            let want = Flow { proto, src, dst, sport, dport, tcp_state, reply_dst: Some(reply_dst) };
+            proptest::prop_assert_eq!(parse_flow(&body), Some(want));
+        }
+
+        /// Cut short anywhere, an entry never yields a value that was not in it: the addresses
+        /// and protocol are the real ones or there is no flow; a port cut off reads as 0.
+        #[test]
+        fn a_cut_entry_never_invents_values(cut in 0usize..120, s: u128, d: u128, sport in 1u16.., dport in 1u16..) {
+            let (src, dst) = (any_ip(false, s), any_ip(false, d));
+            let mut body = vec![2, 0, 0, 0];
+            netlink::put_attr(&mut body, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple(src, dst, 6, sport, dport));
+            let whole = body.len();
+            body.truncate(cut);
+            match parse_flow(&body) {
+                Some(f) => {
+                    proptest::prop_assert_eq!((f.src, f.dst, f.proto), (src, dst, 6));
+                    proptest::prop_assert!(f.sport == sport || f.sport == 0);
+                    proptest::prop_assert!(f.dport == dport || f.dport == 0);
+                    proptest::prop_assert_eq!((f.sport, f.dport) == (sport, dport), cut >= whole);
+                }
+                None => proptest::prop_assert!(cut < whole),
+            }
+        }
+
+        /// Any bytes at all: read without a panic, and a flow only from a buffer long enough
+        /// to hold the attributes it needs.
+        #[test]
+        fn any_bytes_are_read_safely(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)) {
+            if parse_flow(&body).is_some() {
+                proptest::prop_assert!(body.len() >= 4 + 4 + 4 + 2 * 8 + 4 + 5);
+            }
+        }
+    }
 }

@@ -409,4 +409,64 @@ mod tests {
         assert_eq!(find(&c[..4], 3), None);
         assert_eq!(attrs(&[]).count(), 0);
     }
+
+    /// Whether `part` lies inside `whole` (a view into it, not a copy).
+    fn within(part: &[u8], whole: &[u8]) -> bool {
+        let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+        p >= w && p + part.len() <= w + whole.len()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever the kernel (or anyone able to write to our socket) sends: every message and
+        /// attribute is a view inside the buffer, the walk ends, and an error ends it.
+        #[test]
+        fn any_bytes_walk_within_the_buffer(buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let mut seen = 0;
+            let mut errors = 0;
+            for m in messages(&buf) {
+                proptest::prop_assert_eq!(errors, 0, "nothing after an error");
+                match m {
+                    Ok(m) => {
+                        proptest::prop_assert!(within(m.payload, &buf));
+                        for (_, a) in attrs(m.payload) {
+                            proptest::prop_assert!(within(a, m.payload));
+                        }
+                        seen += 1;
+                    }
+                    Err(e) => {
+                        proptest::prop_assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                        errors += 1;
+                    }
+                }
+            }
+            proptest::prop_assert!(seen <= buf.len() / NLMSG_HDRLEN);
+        }
+
+        /// Messages and attributes built here read back as they were, in a batch of any size.
+        #[test]
+        fn built_messages_read_back(
+            parts in proptest::collection::vec(
+                (2u16..0x400, proptest::prelude::any::<u32>(), proptest::collection::vec(
+                    (0u16..0x4000, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20)), 0..4)),
+                1..6),
+        ) {
+            let mut batch = Vec::new();
+            for (kind, seq, list) in &parts {
+                let mut payload = Vec::new();
+                for (k, v) in list {
+                    put_attr(&mut payload, *k, v);
+                }
+                batch.extend(message(*kind, 0, *seq, &payload));
+            }
+            let got: Vec<Message<'_>> = messages(&batch).collect::<io::Result<_>>().unwrap();
+            proptest::prop_assert_eq!(got.len(), parts.len());
+            for (m, (kind, seq, list)) in got.iter().zip(&parts) {
+                proptest::prop_assert_eq!((m.kind, m.seq), (*kind, *seq));
+                let read: Vec<(u16, Vec<u8>)> = attrs(m.payload).map(|(k, v)| (k, v.to_vec())).collect();
+                proptest::prop_assert_eq!(&read, list);
+            }
+        }
+    }
 }

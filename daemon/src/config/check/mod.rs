@@ -235,6 +235,8 @@ fn range(min: Duration, max: Duration) -> impl Fn(Duration) -> Result<(), String
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::path::PathBuf;

@@ -47,10 +47,11 @@ fn bad_requests_get_errors() {
             true,
             malformed(r#"invalid type: string "status", expected struct Request at line 1 column 8"#),
         ),
+        ("[]", true, malformed("a request is a JSON object, not an array")),
         (
-            "[]",
+            r#" [1, "reload", null, false]"#,
             true,
-            malformed("invalid length 1, expected struct Request with 4 elements at line 1 column 2"),
+            malformed("a request is a JSON object, not an array"),
         ),
         (
             r#"{"cmd":"status"} {"cmd":"status"}"#,
