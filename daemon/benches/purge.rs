@@ -58,7 +58,7 @@ fn main() -> std::io::Result<()> {
     let cfg = config::parse(CONFIG).expect("bench config");
     let engine = Engine::new(cfg.clone(), Instant::now());
     let d = engine.desired();
-    nft::replace(&nft::render(&d, &[]), None)?;
+    nft::replace(&nft::render(&d, &[]), None, false)?;
 
     let half = total / 2;
     let t = Instant::now();

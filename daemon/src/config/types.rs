@@ -20,7 +20,7 @@ pub struct Config {
     /// "default"`, or implicitly every link with its own priority and weight).
     pub policies: Vec<Policy>,
     /// Traffic rules in file order: the first that matches a new flow picks its policy.
-    pub rules: Vec<Rule>,
+    pub rules: std::sync::Arc<Vec<Rule>>,
     pub control: Control,
     pub metrics: Metrics,
     pub hooks: Hooks,

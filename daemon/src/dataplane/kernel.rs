@@ -71,7 +71,7 @@ impl Kernel {
         let in_place = previous.is_some();
         let (v4, v6) = self.stale_keys();
         let (replaced, seen) = blocking(move || {
-            let replaced = nft::replace(&r, previous.as_ref())?;
+            let replaced = nft::replace(&r, previous.as_ref(), edited)?;
             // A replacement empties the sets, and an edit may have flushed them: the stale flows
             // are put back (adding one already there only renews it).
             if replaced || edited {

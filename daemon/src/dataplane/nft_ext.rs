@@ -206,6 +206,90 @@ pub fn set_dynamic<K>(set: &Set<'_, K>) {
     }
 }
 
+/// Make `set` an interval set (`flags interval`): its elements are ranges, each a start
+/// element and an end element flagged NFT_SET_ELEM_INTERVAL_END.
+pub fn set_interval<K>(set: &Set<'_, K>) {
+    let s = set.as_ptr().as_ptr();
+    // SAFETY: as in set_timeout.
+    unsafe {
+        sys::nftnl_set_set_u32(
+            s,
+            sys::NFTNL_SET_FLAGS as u16,
+            libc::NFT_SET_INTERVAL as u32,
+        );
+    }
+}
+
+/// Elements of the set named `set` (created by the same batch as `set_id`, or before), each a
+/// key in network byte order and whether it ends an interval, added (NEWSETELEM, without
+/// NLM_F_EXCL) or deleted (DELSETELEM; no elements at all flushes the set) in one message.
+pub struct Elems<'a> {
+    pub table: &'a CStr,
+    pub set: &'a CStr,
+    pub set_id: u32,
+    pub elems: &'a [(Vec<u8>, bool)],
+    pub delete: bool,
+}
+
+/// Elements per [`Elems`] message: each message must fit one of libnftnl's 64 KiB batch pages
+/// (an interval element of an IPv6 key takes about 44 bytes).
+pub const ELEMS_PER_MSG: usize = 1000;
+
+// SAFETY: `write` builds one message into `buf`, which the batch guarantees has room for
+// nft_nlmsg_maxsize() bytes; callers keep the elements below ELEMS_PER_MSG.
+unsafe impl NlMsg for Elems<'_> {
+    unsafe fn write(&self, buf: *mut std::ffi::c_void, seq: u32, _msg_type: MsgType) {
+        let (kind, flags) = if self.delete {
+            (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK)
+        } else {
+            (
+                libc::NFT_MSG_NEWSETELEM,
+                libc::NLM_F_CREATE | libc::NLM_F_ACK,
+            )
+        };
+        // SAFETY: every object is allocated and freed here; the setters copy strings and keys.
+        unsafe {
+            let s = sys::nftnl_set_alloc();
+            if s.is_null() {
+                return;
+            }
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, self.table.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, self.set.as_ptr());
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, self.set_id);
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, libc::NFPROTO_INET as u32);
+            for (key, end) in self.elems {
+                let e = sys::nftnl_set_elem_alloc();
+                if e.is_null() {
+                    break;
+                }
+                sys::nftnl_set_elem_set(
+                    e,
+                    sys::NFTNL_SET_ELEM_KEY as u16,
+                    key.as_ptr().cast(),
+                    key.len() as u32,
+                );
+                if *end {
+                    sys::nftnl_set_elem_set_u32(
+                        e,
+                        sys::NFTNL_SET_ELEM_FLAGS as u16,
+                        libc::NFT_SET_ELEM_INTERVAL_END as u32,
+                    );
+                }
+                sys::nftnl_set_elem_add(s, e);
+            }
+            let header = sys::nftnl_nlmsg_build_hdr(
+                buf.cast(),
+                kind as u16,
+                nftnl::ProtoFamily::Inet as u16,
+                flags as u16,
+                seq,
+            );
+            sys::nftnl_set_elems_nlmsg_build_payload(header, s);
+            sys::nftnl_set_free(s);
+        }
+    }
+}
+
 /// `add|update|delete @SET { <register 1> [timeout T] }`: a set changed from the packet path,
 /// keyed by what the rule loaded into register 1.
 pub struct Dynset<'a> {

@@ -27,7 +27,7 @@ pub struct DesiredState {
     pub router_link: Option<LinkId>,
     /// Every policy, the default one first, with where its new flows go now.
     pub policies: Vec<PolicyPlan>,
-    pub rules: Vec<Rule>,
+    pub rules: std::sync::Arc<Vec<Rule>>,
 }
 
 impl DesiredState {

@@ -54,7 +54,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         links,
         lan_interfaces,
         policies,
-        rules,
+        rules: rules.into(),
         control,
         metrics,
         hooks,

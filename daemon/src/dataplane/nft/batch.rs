@@ -8,55 +8,84 @@ use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule, Table};
 
 use super::encode::{add_exprs, cstring, lower, Sets};
-use super::plan::{AddrSet, Ruleset};
+use super::plan::{AddrSet, Intervals, MatchKind, MatchSet, Ruleset};
 use super::{StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
-use crate::dataplane::nft_ext::{set_buffers, set_dynamic, set_timeout};
+use crate::dataplane::nft_ext::{
+    set_buffers, set_dynamic, set_interval, set_timeout, ConcatKey, Elems, ELEMS_PER_MSG,
+    TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+};
 
 /// Write our table as `rules` in one transaction; the kernel applies all of it or nothing.
 ///
-/// With the ruleset written last (`previous`), the table is updated in place: every chain is
-/// flushed and refilled, chains and sets no longer wanted are deleted, and the sets that stay
-/// (stale flows, sticky sources) keep their elements. Without it, or when the kernel refuses the
-/// update (someone changed our table), the table is replaced as a whole: add (so the delete
-/// cannot fail), delete, re-create. Returns whether it was replaced, emptying its sets.
-pub fn replace(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<bool> {
+/// With the ruleset written last (`previous`), the table is updated in place, touching only
+/// what changed: chains whose rules changed are flushed and refilled, others are left alone;
+/// a rule list's set gets only the intervals added and removed; chains and sets no longer
+/// wanted are deleted; the dynamic sets (stale flows, sticky sources) keep their elements.
+/// `repair` (someone edited our table) rewrites every chain and every list's set instead.
+/// Without `previous`, or when the kernel refuses the update, the table is replaced as a whole:
+/// add (so the delete cannot fail), delete, re-create. Returns whether it was replaced,
+/// emptying its sets.
+pub fn replace(rules: &Ruleset, previous: Option<&Ruleset>, repair: bool) -> io::Result<bool> {
     if let Some(previous) = previous {
-        if write(rules, Some(previous)).is_ok() {
+        if send(&build(rules, Some((previous, repair)))?).is_ok() {
             return Ok(false);
         }
     }
-    write(rules, None)?;
+    send(&build(rules, None)?)?;
     Ok(true)
 }
 
-fn write(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<()> {
-    send(&build(rules, previous)?)
-}
-
 /// Set ids in a batch: the stale sets are 1 and 2, the new sticky sets follow, and the previous
-/// ruleset's sticky sets (only ever deleted) get ids no new set can have.
+/// ruleset's sticky sets (only ever deleted) get ids no new set can have; the rule lists' sets
+/// come after.
 const STICKY_FIRST_ID: u32 = 3;
 const OLD_STICKY_FIRST_ID: u32 = 1000;
+const MATCH_FIRST_ID: u32 = 2000;
 
 /// The batch that writes `rules` over `previous` (see [`replace`]). Each message is serialized
 /// as it is added, so the nftnl objects need not outlive the batch.
-pub(super) fn build(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<FinalizedBatch> {
+pub(super) fn build(
+    rules: &Ruleset,
+    previous: Option<(&Ruleset, bool)>,
+) -> io::Result<FinalizedBatch> {
     let table = Table::new(TABLE, ProtoFamily::Inet);
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
-    match previous {
-        Some(p) => clear_previous(&mut batch, &table, p, rules)?,
+    // Per chain of `rules`: whether its rules are written (it is new or changed).
+    let fill: Vec<bool> = match previous {
+        Some((p, repair)) => {
+            clear_previous(&mut batch, &table, p, rules, repair)?;
+            rules
+                .chains
+                .iter()
+                .map(|c| repair || !p.chains.contains(c))
+                .collect()
+        }
         None => {
             batch.add(&table, MsgType::Del);
             batch.add(&table, MsgType::Add);
+            vec![true; rules.chains.len()]
         }
-    }
+    };
     let sets = StaleSets::new(&table);
     batch.add(&sets.v4, MsgType::Add);
     batch.add(&sets.v6, MsgType::Add);
     let sticky = sticky_sets(rules, &table, STICKY_FIRST_ID)?;
     for s in &sticky {
         s.add(&mut batch);
+    }
+    let lists = match_sets(rules, &table)?;
+    for (m, obj) in rules.match_sets.iter().zip(&lists) {
+        obj.add(&mut batch);
+        let old = previous.and_then(|(p, repair)| {
+            let old = p.match_sets.iter().find(|o| o.name == m.name)?;
+            (!repair).then_some(&old.intervals)
+        });
+        let added = match old {
+            Some(old) => only_in(&m.intervals, old),
+            None => m.intervals.to_vec(),
+        };
+        add_elems(&mut batch, m, obj.id(), &added, false)?;
     }
     let names = chain_names(rules)?;
     let mut chains = Vec::new();
@@ -73,8 +102,12 @@ pub(super) fn build(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<F
     let refs = Refs {
         stale: &sets,
         addr_sets: &sticky,
+        match_sets: &lists,
     };
-    for (c, chain) in rules.chains.iter().zip(&chains) {
+    for ((c, chain), fill) in rules.chains.iter().zip(&chains).zip(fill) {
+        if !fill {
+            continue;
+        }
         for ops in &c.rules {
             let mut rule = Rule::new(chain);
             for op in ops {
@@ -86,18 +119,22 @@ pub(super) fn build(rules: &Ruleset, previous: Option<&Ruleset>) -> io::Result<F
     Ok(batch.finalize())
 }
 
-/// Update in place: flush every chain of the previous ruleset, and delete its chains and sticky
-/// sets that `rules` no longer has.
+/// Update in place: flush the chains of the previous ruleset that change (all of them for a
+/// repair), delete its chains and sets that `rules` no longer has, and take out of the rule
+/// lists' sets the intervals they lose (everything, for a repair, which refills them).
 fn clear_previous(
     batch: &mut Batch,
     table: &Table,
     previous: &Ruleset,
     rules: &Ruleset,
+    repair: bool,
 ) -> io::Result<()> {
     let names = chain_names(previous)?;
     let chains: Vec<Chain<'_>> = names.iter().map(|n| Chain::new(n, table)).collect();
-    for chain in &chains {
-        batch.add(&Rule::new(chain), MsgType::Del);
+    for (c, chain) in previous.chains.iter().zip(&chains) {
+        if repair || !rules.chains.contains(c) {
+            batch.add(&Rule::new(chain), MsgType::Del);
+        }
     }
     for (c, chain) in previous.chains.iter().zip(&chains) {
         if !rules.chains.iter().any(|n| n.name == c.name) {
@@ -110,6 +147,69 @@ fn clear_previous(
             obj.del(batch);
         }
     }
+    let lists = match_sets(previous, table)?;
+    for (old, obj) in previous.match_sets.iter().zip(&lists) {
+        match rules.match_sets.iter().find(|m| m.name == old.name) {
+            None => obj.del(batch),
+            Some(_) if repair => flush_elems(batch, old)?,
+            Some(m) => add_elems(batch, old, 0, &only_in(&old.intervals, &m.intervals), true)?,
+        }
+    }
+    Ok(())
+}
+
+/// The intervals of `a` that `b` does not have (both sorted).
+fn only_in(a: &Intervals, b: &Intervals) -> Intervals {
+    let mut b = b.iter().peekable();
+    a.iter()
+        .filter(|x| {
+            while b.next_if(|y| y < x).is_some() {}
+            b.peek() != Some(x)
+        })
+        .copied()
+        .collect()
+}
+
+/// Add (or delete) `intervals` of set `m` in messages of at most ELEMS_PER_MSG elements: each
+/// interval is its first key and, unless it runs to the highest key, the key after it flagged
+/// as an interval end (as nft(8) writes them).
+fn add_elems(
+    batch: &mut Batch,
+    m: &MatchSet,
+    set_id: u32,
+    intervals: &[(u128, Option<u128>)],
+    delete: bool,
+) -> io::Result<()> {
+    let name = cstring(&m.name)?;
+    let key = |k: u128| k.to_be_bytes()[16 - m.kind.len()..].to_vec();
+    let elems: Vec<(Vec<u8>, bool)> = intervals
+        .iter()
+        .flat_map(|&(lo, end)| std::iter::once((key(lo), false)).chain(end.map(|e| (key(e), true))))
+        .collect();
+    for elems in elems.chunks(ELEMS_PER_MSG) {
+        let message = Elems {
+            table: TABLE,
+            set: &name,
+            set_id,
+            elems,
+            delete,
+        };
+        batch.add(&message, MsgType::Add);
+    }
+    Ok(())
+}
+
+/// Empty set `m` (a DELSETELEM without elements).
+fn flush_elems(batch: &mut Batch, m: &MatchSet) -> io::Result<()> {
+    let name = cstring(&m.name)?;
+    let message = Elems {
+        table: TABLE,
+        set: &name,
+        set_id: 0,
+        elems: &[],
+        delete: true,
+    };
+    batch.add(&message, MsgType::Del);
     Ok(())
 }
 
@@ -129,10 +229,20 @@ fn sticky_sets<'a>(
         .collect()
 }
 
+/// The rule lists' sets of `r` as nftnl objects, with batch ids from MATCH_FIRST_ID.
+fn match_sets<'a>(r: &Ruleset, table: &'a Table) -> io::Result<Vec<MatchSetObj<'a>>> {
+    r.match_sets
+        .iter()
+        .zip(MATCH_FIRST_ID..)
+        .map(|(m, id)| MatchSetObj::new(m, id, table))
+        .collect()
+}
+
 /// The sets rules refer to, for lookups and dynamic updates by name and batch id.
 struct Refs<'r, 'a> {
     stale: &'r StaleSets<'a>,
     addr_sets: &'r [AddrSetObj<'a>],
+    match_sets: &'r [MatchSetObj<'a>],
 }
 
 impl Sets for Refs<'_, '_> {
@@ -141,6 +251,8 @@ impl Sets for Refs<'_, '_> {
             Lookup::new(&self.stale.v4)
         } else if set.as_bytes() == STALE6.to_bytes() {
             Lookup::new(&self.stale.v6)
+        } else if let Some(m) = self.match_sets.iter().find(|m| m.name() == set) {
+            m.lookup()
         } else {
             self.addr_set(set)?.lookup()
         })
@@ -164,6 +276,76 @@ impl Refs<'_, '_> {
             .iter()
             .find(|s| s.name().to_bytes() == name.as_bytes())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no set {name}")))
+    }
+}
+
+/// A rule list's set as an nftnl object: flags interval, keyed by address or port.
+enum MatchSetObj<'a> {
+    V4(Set<'a, ConcatKey<4, TYPE_IPADDR>>, String),
+    V6(Set<'a, ConcatKey<16, TYPE_IP6ADDR>>, String),
+    Port(Set<'a, ConcatKey<2, TYPE_INET_SERVICE>>, String),
+}
+
+impl<'a> MatchSetObj<'a> {
+    fn new(m: &MatchSet, id: u32, table: &'a Table) -> io::Result<Self> {
+        let name = cstring(&m.name)?;
+        let family = ProtoFamily::Inet;
+        let n = m.name.clone();
+        Ok(match m.kind {
+            MatchKind::V4 => {
+                let s = Set::new_named(&name, id, table, family);
+                set_interval(&s);
+                MatchSetObj::V4(s, n)
+            }
+            MatchKind::V6 => {
+                let s = Set::new_named(&name, id, table, family);
+                set_interval(&s);
+                MatchSetObj::V6(s, n)
+            }
+            MatchKind::Port => {
+                let s = Set::new_named(&name, id, table, family);
+                set_interval(&s);
+                MatchSetObj::Port(s, n)
+            }
+        })
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            MatchSetObj::V4(_, n) | MatchSetObj::V6(_, n) | MatchSetObj::Port(_, n) => n,
+        }
+    }
+
+    fn add(&self, batch: &mut Batch) {
+        match self {
+            MatchSetObj::V4(s, _) => batch.add(s, MsgType::Add),
+            MatchSetObj::V6(s, _) => batch.add(s, MsgType::Add),
+            MatchSetObj::Port(s, _) => batch.add(s, MsgType::Add),
+        }
+    }
+
+    fn del(&self, batch: &mut Batch) {
+        match self {
+            MatchSetObj::V4(s, _) => batch.add(s, MsgType::Del),
+            MatchSetObj::V6(s, _) => batch.add(s, MsgType::Del),
+            MatchSetObj::Port(s, _) => batch.add(s, MsgType::Del),
+        }
+    }
+
+    fn lookup(&self) -> Lookup {
+        match self {
+            MatchSetObj::V4(s, _) => Lookup::new(s),
+            MatchSetObj::V6(s, _) => Lookup::new(s),
+            MatchSetObj::Port(s, _) => Lookup::new(s),
+        }
+    }
+
+    fn id(&self) -> u32 {
+        match self {
+            MatchSetObj::V4(s, _) => s.get_id(),
+            MatchSetObj::V6(s, _) => s.get_id(),
+            MatchSetObj::Port(s, _) => s.get_id(),
+        }
     }
 }
 

@@ -122,8 +122,6 @@ pub enum CmpKind {
     Eq,
     Neq,
     Lt,
-    Lte,
-    Gte,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,16 +147,16 @@ pub fn lower(op: &Op) -> io::Result<Vec<Expr>> {
         Op::NfProto(p) => vec![E::Meta(MetaKey::NfProto), eq(vec![*p])],
         Op::L4Proto(p) => vec![E::Meta(MetaKey::L4Proto), eq(vec![*p])],
         Op::Addr { dst, prefix } => addr_is(*dst, prefix),
-        Op::Port { dst, lo, hi } => {
-            let mut e = vec![payload(Base::Transport, if *dst { 2 } else { 0 }, 2)];
-            if lo == hi {
-                e.push(eq(lo.to_be_bytes().to_vec()));
-            } else {
-                e.push(cmp(CmpKind::Gte, lo.to_be_bytes().to_vec()));
-                e.push(cmp(CmpKind::Lte, hi.to_be_bytes().to_vec()));
-            }
+        Op::AddrIn { dst, v6, set } => {
+            let mut e = family(*v6);
+            e.push(addr_load(*v6, *dst));
+            e.push(E::Lookup { set: set.clone() });
             e
         }
+        Op::PortIn { dst, set } => vec![
+            payload(Base::Transport, if *dst { 2 } else { 0 }, 2),
+            E::Lookup { set: set.clone() },
+        ],
         Op::SourceIn { set, v6 } => {
             let mut e = family(*v6);
             e.push(addr_load(*v6, false));
@@ -498,8 +496,6 @@ fn cmp_op(op: CmpKind) -> CmpOp {
         CmpKind::Eq => CmpOp::Eq,
         CmpKind::Neq => CmpOp::Neq,
         CmpKind::Lt => CmpOp::Lt,
-        CmpKind::Lte => CmpOp::Lte,
-        CmpKind::Gte => CmpOp::Gte,
     }
 }
 

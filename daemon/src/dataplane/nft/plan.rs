@@ -52,11 +52,17 @@ pub enum Op {
         dst: bool,
         prefix: Prefix,
     },
-    /// `th dport LO-HI` (or sport); the rule checks the protocol before.
-    Port {
+    /// `ip saddr @SET` (or daddr, or ip6), the family check included: the address is in one of
+    /// a rule's [`MatchSet`]s.
+    AddrIn {
         dst: bool,
-        lo: u16,
-        hi: u16,
+        v6: bool,
+        set: String,
+    },
+    /// `th dport @SET` (or sport); the rule checks the protocol before.
+    PortIn {
+        dst: bool,
+        set: String,
     },
     /// `ip saddr @SET` (or ip6): the source address is in a sticky set.
     SourceIn {
@@ -129,10 +135,65 @@ pub struct AddrSet {
     pub v6: bool,
 }
 
+/// What a [`MatchSet`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    V4,
+    V6,
+    Port,
+}
+
+impl MatchKind {
+    /// Key length in bytes (network byte order).
+    pub fn len(self) -> usize {
+        match self {
+            MatchKind::V4 => 4,
+            MatchKind::V6 => 16,
+            MatchKind::Port => 2,
+        }
+    }
+
+    /// The highest key.
+    pub fn max(self) -> u128 {
+        u128::MAX >> (128 - 8 * self.len())
+    }
+}
+
+/// Disjoint, non-adjacent key ranges in ascending order, each from its first key to the key
+/// after its last (`None`: it runs to the highest key): a rule's list as an interval set, so a
+/// packet is matched by one lookup however long the list.
+pub type Intervals = Vec<(u128, Option<u128>)>;
+
+/// A constant interval set (`flags interval`) of one of a rule's lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchSet {
+    pub name: String,
+    pub kind: MatchKind,
+    pub intervals: std::sync::Arc<Intervals>,
+}
+
+/// The intervals covering inclusive ranges `ranges` of keys of `kind`: sorted, and overlapping
+/// or adjacent ones merged (the kernel refuses overlapping intervals).
+pub fn intervals(kind: MatchKind, mut ranges: Vec<(u128, u128)>) -> Intervals {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(lo, hi)| (lo, (hi < kind.max()).then(|| hi + 1)))
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: Vec<ChainPlan>,
     pub addr_sets: Vec<AddrSet>,
+    pub match_sets: Vec<MatchSet>,
 }
 
 /// Dynamic set operations (`NFT_DYNSET_OP_*`).
@@ -196,9 +257,14 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
         ),
     ];
     let mut addr_sets = Vec::new();
-    chains.extend(steering(d, &mut addr_sets));
+    let mut match_sets = Vec::new();
+    chains.extend(steering(d, &mut addr_sets, &mut match_sets));
     addr_sets.extend(foreign_nat_sets(d, addrs));
-    Ruleset { chains, addr_sets }
+    Ruleset {
+        chains,
+        addr_sets,
+        match_sets,
+    }
 }
 
 /// `meta mark & mask == 0`: the packet has no link yet.

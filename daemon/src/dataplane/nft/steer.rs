@@ -2,9 +2,11 @@
 //! chains of rules that match on several lists, and one chain per policy giving new flows the
 //! mark of a link of its share (weighted, sticky), falling back or refusing.
 
-use super::plan::{unmarked, AddrSet, ChainPlan, DynOp, Op};
+use std::sync::Arc;
+
+use super::plan::{intervals, unmarked, AddrSet, ChainPlan, DynOp, MatchKind, MatchSet, Op};
 use super::{NFPROTO_IPV4, NFPROTO_IPV6};
-use crate::config::{Prefix, Rule};
+use crate::config::Prefix;
 use crate::engine::{DesiredState, Steer};
 
 /// The regular chain new flows (LAN and the router's own) jump to, unmarked.
@@ -33,10 +35,14 @@ fn regular(name: String, rules: Vec<Vec<Op>>) -> ChainPlan {
     }
 }
 
-/// Chain `steer` (the rules, in order, then the default policy), the chains of rules that match
-/// on more than one list, and one chain per policy.
-pub(super) fn steering(d: &DesiredState, sticky: &mut Vec<AddrSet>) -> Vec<ChainPlan> {
-    let mut chains = rule_chains(d);
+/// Chain `steer` (the rules, in order, then the default policy) with the sets its rules look
+/// up, and one chain per policy.
+pub(super) fn steering(
+    d: &DesiredState,
+    sticky: &mut Vec<AddrSet>,
+    match_sets: &mut Vec<MatchSet>,
+) -> Vec<ChainPlan> {
+    let mut chains = vec![regular(STEER.into(), steer_rules(d, match_sets))];
     for (i, p) in d.policies.iter().enumerate() {
         // A sticky policy's sets exist while it does, whatever its links do, so hosts are
         // remembered through an outage.
@@ -55,68 +61,90 @@ pub(super) fn steering(d: &DesiredState, sticky: &mut Vec<AddrSet>) -> Vec<Chain
     chains
 }
 
-/// Chain `steer` first, then the step chains of the rules.
+/// The rules of chain `steer`: each configured rule, then the default policy.
 ///
-/// A rule's lists are alternatives each, all of which must match: the first list is tested in
-/// `steer`, which jumps to a chain for the next list, and so on; the last goes to the policy.
-/// The size is the sum of the lists' lengths, not their product.
-fn rule_chains(d: &DesiredState) -> Vec<ChainPlan> {
-    let mut chains = Vec::new();
+/// Each of a rule's address and port lists is an interval set, looked up once whatever its
+/// length (`ip daddr @rule0_dst4`). Address lists are per family: a rule becomes one nft rule
+/// per family its lists allow (per LAN interface when it names some).
+fn steer_rules(d: &DesiredState, match_sets: &mut Vec<MatchSet>) -> Vec<Vec<Op>> {
     let mut steer = Vec::new();
     for (k, r) in d.rules.iter().enumerate() {
-        let levels = rule_levels(r);
-        let target = policy_chain(d, r.policy);
-        let step = |j: usize| {
-            if j + 1 == levels.len() {
-                target.clone()
-            } else {
-                format!("rule{k}_{}", j + 1)
-            }
+        let mut set = |list: &str, kind: MatchKind, ranges: Vec<(u128, u128)>| {
+            let name = format!("rule{k}_{list}");
+            match_sets.push(MatchSet {
+                name: name.clone(),
+                kind,
+                intervals: Arc::new(intervals(kind, ranges)),
+            });
+            name
         };
-        let mut head = vec![unmarked(d)];
-        head.extend(r.proto.map(Op::L4Proto));
-        if levels.is_empty() {
-            steer.push([head, vec![Op::Jump(target.clone())]].concat());
-            continue;
+        let mut ports = Vec::new();
+        for (dst, list, tag) in [(false, &r.sport, "sport"), (true, &r.dport, "dport")] {
+            if !list.is_empty() {
+                let ranges = list
+                    .iter()
+                    .map(|&(lo, hi)| (lo.into(), hi.into()))
+                    .collect();
+                let set = set(tag, MatchKind::Port, ranges);
+                ports.push(Op::PortIn { dst, set });
+            }
         }
-        for alt in &levels[0] {
-            steer.push([head.clone(), alt.clone(), vec![Op::Jump(step(0))]].concat());
+        let addressed = !r.src.is_empty() || !r.dst.is_empty();
+        let mut families: Vec<Vec<Op>> = Vec::new();
+        for v6 in [false, true] {
+            let mut ops = Vec::new();
+            for (dst, list, tag) in [(false, &r.src, "src"), (true, &r.dst, "dst")] {
+                if list.is_empty() {
+                    continue;
+                }
+                let ranges: Vec<(u128, u128)> = list
+                    .iter()
+                    .filter(|p| p.is_ipv6() == v6)
+                    .map(prefix_range)
+                    .collect();
+                if ranges.is_empty() {
+                    // This list has no address of the family: no packet of it matches.
+                    ops.clear();
+                    break;
+                }
+                let kind = if v6 { MatchKind::V6 } else { MatchKind::V4 };
+                let set = set(&format!("{tag}{}", if v6 { 6 } else { 4 }), kind, ranges);
+                ops.push(Op::AddrIn { dst, v6, set });
+            }
+            if !ops.is_empty() {
+                families.push(ops);
+            }
         }
-        for (j, level) in levels.iter().enumerate().skip(1) {
-            let rules = level
-                .iter()
-                .map(|alt| [alt.clone(), vec![Op::Goto(step(j))]].concat())
-                .collect();
-            chains.push(regular(format!("rule{k}_{j}"), rules));
+        if !addressed {
+            families.push(Vec::new());
+        }
+        let iifs: Vec<Option<&String>> = if r.iif.is_empty() {
+            vec![None]
+        } else {
+            r.iif.iter().map(Some).collect()
+        };
+        for iif in iifs {
+            for addr in &families {
+                let mut rule = vec![unmarked(d)];
+                rule.extend(iif.map(|i| Op::IifName(i.clone())));
+                rule.extend(r.proto.map(Op::L4Proto));
+                rule.extend(addr.iter().cloned());
+                rule.extend(ports.iter().cloned());
+                rule.push(Op::Jump(policy_chain(d, r.policy)));
+                steer.push(rule);
+            }
         }
     }
     steer.push(vec![unmarked(d), Op::Jump(policy_chain(d, 0))]);
-    chains.insert(0, regular(STEER.into(), steer));
-    chains
+    steer
 }
 
-/// A rule's non-empty lists, in matching order, each as its alternatives.
-fn rule_levels(r: &Rule) -> Vec<Vec<Vec<Op>>> {
-    let addr = |dst, list: &[Prefix]| -> Vec<Vec<Op>> {
-        list.iter()
-            .map(|&prefix| vec![Op::Addr { dst, prefix }])
-            .collect()
-    };
-    let port = |dst, list: &[(u16, u16)]| -> Vec<Vec<Op>> {
-        list.iter()
-            .map(|&(lo, hi)| vec![Op::Port { dst, lo, hi }])
-            .collect()
-    };
-    [
-        r.iif.iter().map(|i| vec![Op::IifName(i.clone())]).collect(),
-        addr(false, &r.src),
-        addr(true, &r.dst),
-        port(false, &r.sport),
-        port(true, &r.dport),
-    ]
-    .into_iter()
-    .filter(|l: &Vec<Vec<Op>>| !l.is_empty())
-    .collect()
+/// A prefix's first and last address.
+fn prefix_range(p: &Prefix) -> (u128, u128) {
+    let (addr, mask) = p.bytes();
+    let lo = addr.iter().fold(0u128, |n, &b| n << 8 | u128::from(b));
+    let host = mask.iter().fold(0u128, |n, &b| n << 8 | u128::from(!b));
+    (lo, lo | host)
 }
 
 /// The rules of policy `i`'s chain.

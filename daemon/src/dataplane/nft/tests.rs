@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::mem::discriminant;
 
 use super::encode::{lower, Expr};
-use super::plan::{AddrSet, ChainPlan, DynOp, Op};
+use super::plan::{intervals, AddrSet, ChainPlan, DynOp, MatchKind, MatchSet, Op};
 use super::text;
 use super::*;
 use crate::config::Prefix;
@@ -113,7 +113,7 @@ fn links_of_a_tier_share_new_flows_by_weight() {
 }
 
 #[test]
-fn rules_match_each_list_in_a_chained_step_then_go_to_their_policy() {
+fn rules_match_each_list_through_one_interval_set_lookup_per_family() {
     let extra = r#"
 [sets]
 phones = ["192.168.1.20", "192.168.1.21"]
@@ -139,30 +139,58 @@ policy = "lte-first"
     assert_eq!(
         chain(&r, "steer"),
         vec![
-            "meta mark & 0xff00 == 0x0 ip saddr 192.168.1.50/32 jump policy_lte-first",
-            "meta mark & 0xff00 == 0x0 meta l4proto udp iifname \"lan1\" jump rule1_1",
+            "meta mark & 0xff00 == 0x0 ip saddr @rule0_src4 jump policy_lte-first",
+            "meta mark & 0xff00 == 0x0 iifname \"lan1\" meta l4proto udp ip saddr @rule1_src4 th dport @rule1_dport jump policy_lte-first",
+            "meta mark & 0xff00 == 0x0 iifname \"lan1\" meta l4proto udp ip6 saddr @rule1_src6 th dport @rule1_dport jump policy_lte-first",
             "meta mark & 0xff00 == 0x0 jump policy_default",
         ]
     );
-    assert_eq!(
-        chain(&r, "rule1_1"),
-        vec![
-            "ip saddr 192.168.1.20/32 goto rule1_2",
-            "ip saddr 192.168.1.21/32 goto rule1_2",
-            "ip6 saddr fd00::/64 goto rule1_2",
-        ]
-    );
-    assert_eq!(
-        chain(&r, "rule1_2"),
-        vec![
-            "th dport 5060 goto policy_lte-first",
-            "th dport 10000-20000 goto policy_lte-first",
-        ]
-    );
+    let text = r.to_string();
+    for set in [
+        "set rule0_src4 { type ipv4_addr; flags interval; elements = { 192.168.1.50 }; }",
+        // Adjacent addresses merge into one interval.
+        "set rule1_src4 { type ipv4_addr; flags interval; elements = { 192.168.1.20-192.168.1.21 }; }",
+        "set rule1_src6 { type ipv6_addr; flags interval; elements = { fd00::-fd00::ffff:ffff:ffff:ffff }; }",
+        "set rule1_dport { type inet_service; flags interval; elements = { 5060, 10000-20000 }; }",
+    ] {
+        assert!(text.contains(set), "{set} not in {text}");
+    }
+    assert_eq!(r.match_sets.len(), 4);
     assert_eq!(
         chain(&r, "policy_lte-first"),
         vec!["meta mark & 0xff00 == 0x0 meta mark set meta mark & 0xffff00ff | 0x3c00"]
     );
+}
+
+#[test]
+fn list_intervals_are_sorted_merged_and_open_at_the_top() {
+    let v4 = |a: [u8; 4]| u128::from(u32::from_be_bytes(a));
+    // Overlapping, adjacent and contained ranges merge; the highest key has no end.
+    assert_eq!(
+        intervals(
+            MatchKind::V4,
+            vec![
+                (v4([10, 0, 0, 0]), v4([10, 255, 255, 255])),
+                (v4([10, 1, 0, 0]), v4([10, 1, 0, 255])),
+                (v4([11, 0, 0, 0]), v4([11, 0, 0, 0])),
+                (v4([255, 255, 255, 0]), v4([255, 255, 255, 255])),
+                (v4([1, 2, 3, 4]), v4([1, 2, 3, 4])),
+            ]
+        ),
+        vec![
+            (v4([1, 2, 3, 4]), Some(v4([1, 2, 3, 5]))),
+            (v4([10, 0, 0, 0]), Some(v4([11, 0, 0, 1]))),
+            (v4([255, 255, 255, 0]), None),
+        ]
+    );
+    assert_eq!(
+        intervals(
+            MatchKind::Port,
+            vec![(443, 443), (0, 80), (81, 81), (65535, 65535)]
+        ),
+        vec![(0, Some(82)), (443, Some(444)), (65535, None)]
+    );
+    assert_eq!(MatchKind::V6.max(), u128::MAX);
 }
 
 #[test]
@@ -335,20 +363,19 @@ fn every_op() -> Vec<(Op, &'static str)> {
             "ip daddr 0.0.0.0/0",
         ),
         (
-            Op::Port {
+            Op::PortIn {
                 dst: true,
-                lo: 53,
-                hi: 53,
+                set: "p".into(),
             },
-            "th dport 53",
+            "th dport @p",
         ),
         (
-            Op::Port {
-                dst: false,
-                lo: 1024,
-                hi: 65535,
+            Op::AddrIn {
+                dst: true,
+                v6: true,
+                set: "a6".into(),
             },
-            "th sport 1024-65535",
+            "ip6 daddr @a6",
         ),
         (set("s4", false), "ip saddr @s4"),
         (set("s6", true), "ip6 saddr @s6"),
@@ -458,6 +485,18 @@ fn every_op_and_expression_encodes_into_a_batch() {
                 v6: true,
             },
         ],
+        match_sets: vec![
+            MatchSet {
+                name: "p".into(),
+                kind: MatchKind::Port,
+                intervals: std::sync::Arc::new(vec![(53, Some(54))]),
+            },
+            MatchSet {
+                name: "a6".into(),
+                kind: MatchKind::V6,
+                intervals: std::sync::Arc::new(vec![(1, None)]),
+            },
+        ],
     };
     let batch = batch::build(&rules, None).unwrap();
     assert!(batch.iter().flatten().count() > 0);
@@ -533,4 +572,54 @@ policy = "default"
             assert!(!text::rule(ops).contains('['), "{}", text::rule(ops));
         }
     }
+}
+
+/// How many netlink messages a batch holds.
+fn messages(b: &nftnl::FinalizedBatch) -> usize {
+    b.sequence_numbers().count()
+}
+
+#[test]
+fn an_update_writes_only_the_chains_and_intervals_that_changed() {
+    let nets: Vec<String> = (0..3000)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 128, i % 128 * 2))
+        .collect();
+    let extra = format!(
+        "[[policy]]\nname = \"lte-first\"\nlinks = [\"l2\", \"l1\"]\n\n[[rule]]\ndst = [{}]\npolicy = \"lte-first\"\n",
+        nets.join(", ")
+    );
+    let d = state(r#""lan0""#, &extra, &[(0, 1)]);
+    let r1 = render(&d, &[]);
+    let fresh = messages(&batch::build(&r1, None).unwrap());
+    // Nothing changed: the table, its sets and chains are declared again, no rule or element.
+    let same = messages(&batch::build(&r1, Some((&r1, false))).unwrap());
+    // Batch begin and end, the table, the two stale sets, the list's set, the chains.
+    let declarations = 2 + 1 + 2 + 1 + r1.chains.len();
+    assert_eq!(same, declarations);
+    assert!(fresh > same + 3000 / 1000, "{fresh} vs {same}");
+    // A failover: the default policy's chain is flushed and refilled, nothing else.
+    let mut failover = d.clone();
+    failover.policies[0].steer = Steer::Share(vec![(1, 1)]);
+    let r2 = render(&failover, &[]);
+    let changed = r2.chains.iter().filter(|c| !r1.chains.contains(c)).count();
+    assert_eq!(changed, 1);
+    let rules = chain(&r2, "policy_default").len();
+    assert_eq!(
+        messages(&batch::build(&r2, Some((&r1, false))).unwrap()),
+        declarations + 1 + rules
+    );
+    // One prefix of the rule's list changed: one interval out, one in, two messages.
+    let mut edited = d.clone();
+    let mut rules = (*edited.rules).clone();
+    rules[0].dst[7] = "192.0.2.0/24".parse().unwrap();
+    edited.rules = rules.into();
+    let r3 = render(&edited, &[]);
+    assert_eq!(
+        messages(&batch::build(&r3, Some((&r1, false))).unwrap()),
+        declarations + 2
+    );
+    // A repair rewrites everything but keeps the dynamic sets: a flush of the list's set and
+    // every chain, then all of it again.
+    let repair = messages(&batch::build(&r1, Some((&r1, true))).unwrap());
+    assert_eq!(repair, fresh - 2 + 1 + r1.chains.len());
 }

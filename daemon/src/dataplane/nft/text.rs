@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nftnl::{ChainType, Hook};
 
 use super::encode::{addr_offset, lower, CmpKind, CtKey, Expr, MetaKey, Reg, TCP_FLAGS_OFFSET};
-use super::plan::{DynOp, Op, Ruleset};
+use super::plan::{DynOp, MatchKind, MatchSet, Op, Ruleset};
 use super::{IPPROTO_TCP, NFPROTO_IPV4, NFPROTO_IPV6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::Base;
 
@@ -139,7 +139,7 @@ fn ct_state(e: &[Expr]) -> Phrase {
 
 /// `th dport|sport PORT[-PORT]` and `tcp flags & FLAGS == 0`.
 fn transport(e: &[Expr]) -> Phrase {
-    use CmpKind::{Eq, Gte, Lte};
+    use CmpKind::Eq;
     let [Expr::Payload {
         base: Base::Transport,
         offset,
@@ -171,9 +171,7 @@ fn transport(e: &[Expr]) -> Phrase {
         _ => return None,
     };
     match rest {
-        [Expr::Cmp { op: Gte, data: lo }, Expr::Cmp { op: Lte, data: hi }, ..] => {
-            Some((3, format!("th {dir} {}-{}", u16_be(lo)?, u16_be(hi)?)))
-        }
+        [Expr::Lookup { set }, ..] => Some((2, format!("th {dir} @{set}"))),
         [Expr::Cmp { op: Eq, data }, ..] => Some((2, format!("th {dir} {}", u16_be(data)?))),
         _ => None,
     }
@@ -504,6 +502,24 @@ impl fmt::Display for Ruleset {
                 if set.v6 { "ipv6_addr" } else { "ipv4_addr" }
             )?;
         }
+        for set in &self.match_sets {
+            let (kind, elements) = match set.kind {
+                MatchKind::V4 => (
+                    "ipv4_addr",
+                    elements(set, |k| Ipv4Addr::from(k as u32).to_string()),
+                ),
+                MatchKind::V6 => (
+                    "ipv6_addr",
+                    elements(set, |k| Ipv6Addr::from(k).to_string()),
+                ),
+                MatchKind::Port => ("inet_service", elements(set, |k| k.to_string())),
+            };
+            writeln!(
+                f,
+                "  set {} {{ type {kind}; flags interval; elements = {{ {elements} }}; }}",
+                set.name
+            )?;
+        }
         for c in &self.chains {
             write!(f, "  chain {} {{", c.name)?;
             if let Some((hook, kind, priority)) = c.base {
@@ -533,4 +549,20 @@ impl fmt::Display for Ruleset {
         }
         write!(f, "}}")
     }
+}
+
+/// A match set's elements as nft writes ranges: `LO-HI`, or `KEY` for a single key.
+fn elements(set: &MatchSet, key: impl Fn(u128) -> String) -> String {
+    set.intervals
+        .iter()
+        .map(|&(lo, end)| {
+            let hi = end.map_or(set.kind.max(), |e| e - 1);
+            if lo == hi {
+                key(lo)
+            } else {
+                format!("{}-{}", key(lo), key(hi))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
