@@ -135,6 +135,9 @@ fn unix_signals() -> anyhow::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
+/// Without any event, the status (RTT, loss) is rebuilt at most this often.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
 /// The engine with the dataplane and the probes it drives.
 pub struct Supervisor<D, P> {
     engine: Engine,
@@ -160,6 +163,8 @@ pub struct Supervisor<D, P> {
     memory: Option<PathBuf>,
     memory_saved: Option<Instant>,
     memory_dirty: bool,
+    /// When the status was last rebuilt.
+    status_at: Option<Instant>,
 }
 
 impl<D: Dataplane, P: Probes> Supervisor<D, P> {
@@ -202,6 +207,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             memory,
             memory_saved: None,
             memory_dirty: true,
+            status_at: None,
         };
         sup.resume(now.into_std());
         let links = sup
@@ -286,7 +292,9 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
 
     /// Execute the engine's actions until it has none, reporting results back to it.
     async fn execute(&mut self) {
+        let mut acted = false;
         while let Some(action) = self.engine.poll_action() {
+            acted = true;
             match action {
                 Action::Apply { state, verify } => {
                     let r = self.dp.apply(&state, verify).await;
@@ -310,8 +318,15 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 }
             }
         }
-        let now = Instant::now().into_std();
-        self.status.send_replace(status::build(&self.engine, now));
+        // Rebuilt at once when something happened, otherwise (a probe result: RTT and loss
+        // moved) at most every STATUS_EVERY: a status per probe was most of the idle cost with
+        // many links.
+        let now = Instant::now();
+        if acted || self.status_at.is_none_or(|t| now >= t + STATUS_EVERY) {
+            self.status_at = Some(now);
+            self.status
+                .send_replace(status::build(&self.engine, now.into_std()));
+        }
         self.remember();
     }
 
