@@ -6,6 +6,7 @@ mod hooks;
 mod memory;
 mod probing;
 mod status;
+mod trim;
 #[cfg(test)]
 mod tests;
 
@@ -232,6 +233,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             }
             anyhow::bail!("initial apply failed: {e}");
         }
+        trim::trim();
         Ok(sup)
     }
 
@@ -276,6 +278,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     let answer = self.finish_reload(checked).await;
                     // Answered once the new configuration is live (and in the status).
                     self.execute().await;
+                    // What parsing and writing a large file took is not kept.
+                    trim::trim();
                     for r in self.reloading.take().unwrap_or_default() {
                         let _ = r.send(answer.clone());
                     }
