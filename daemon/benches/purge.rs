@@ -62,8 +62,14 @@ fn main() -> std::io::Result<()> {
 
     let half = total / 2;
     let t = Instant::now();
-    conntrack::create(&flows(half, 0), d.links[0].mark, 600)?;
-    conntrack::create(&flows(total - half, half), d.links[1].mark, 600)?;
+    let filled = conntrack::create(&flows(half, 0), d.links[0].mark, 600)
+        .and_then(|()| conntrack::create(&flows(total - half, half), d.links[1].mark, 600));
+    if let Err(e) = filled {
+        // Most likely the table is full (nf_conntrack_max): the error says so.
+        eprintln!("FAILED: cannot create {total} conntrack entries: {e}");
+        let _ = nft::delete();
+        std::process::exit(1);
+    }
     println!(
         "created {total} entries in {:.0} ms",
         t.elapsed().as_secs_f64() * 1000.0
@@ -75,7 +81,21 @@ fn main() -> std::io::Result<()> {
         lan: vec![(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 0)), 16)],
         ..Default::default()
     };
-    let r = reset::purge(d.links[0].mark, d.mark_mask, d.tickle_mark, &scope, &[])?;
+    let r = match reset::purge(d.links[0].mark, d.mark_mask, d.tickle_mark, &scope, &[]) {
+        Ok(r) => r,
+        Err(e) => {
+            // ENFILE is nf_tables' "set full": a set that rules update from the packet path
+            // (our stale sets) holds 65,535 elements unless it was given a size.
+            let why = if e.raw_os_error() == Some(libc::ENFILE) {
+                format!("{e}: an nft set is full (the stale set takes {half} elements; a dynamic set without a size holds 65,535)")
+            } else {
+                e.to_string()
+            };
+            eprintln!("FAILED: purge of {half} flows out of {total}: {why}");
+            let _ = nft::delete();
+            std::process::exit(1);
+        }
+    };
     let all = t.elapsed();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     println!("\npurge of the dead link's flows out of {total} tracked:");

@@ -181,13 +181,39 @@ pub fn create(flows: &[Flow], mark: u32, timeout_secs: u32) -> io::Result<()> {
             // Errors (if any) are waiting; without NLM_F_ACK success is silent.
             while let Ok(buf) = socket.recv(libc::MSG_DONTWAIT) {
                 for m in netlink::messages(buf) {
-                    // Only an error matters here.
-                    let _: Reply = m?.reply()?;
+                    // Only an error matters here; its sequence number is the entry's, from 1.
+                    let m = m?;
+                    let _: Reply = m.reply().map_err(|e| match e.raw_os_error() {
+                        Some(libc::ENOMEM) => table_full(m.seq as usize, flows.len()),
+                        _ => e,
+                    })?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The kernel refuses a new entry with ENOMEM once the namespace holds
+/// `net.netfilter.nf_conntrack_max` entries (`__nf_conntrack_alloc`); a bare "out of memory"
+/// hides that, so say which limit it is and where it is set.
+#[cfg(feature = "bench")]
+fn table_full(entry: usize, of: usize) -> io::Error {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        format!(
+            "conntrack table full: entry {entry} of {of} refused (ENOMEM), with {} entries \
+             tracked in this namespace and net.netfilter.nf_conntrack_max = {} (host-wide, set \
+             in the initial namespace only): raise it (testbed/bench-purge does for its run)",
+            read("nf_conntrack_count"),
+            read("nf_conntrack_max"),
+        ),
+    )
 }
 
 /// A tuple as ctnetlink takes it (CTA_TUPLE_IP and CTA_TUPLE_PROTO, nested).

@@ -206,6 +206,17 @@ pub fn set_dynamic<K>(set: &Set<'_, K>) {
     }
 }
 
+/// Let `set` hold up to `elements` elements. Without a size a set that rules add to holds at
+/// most 65,535 (the kernel's default), and a purge of more TCP flows than that failed with
+/// ENFILE before its flush.
+pub fn set_size<K>(set: &Set<'_, K>, elements: u32) {
+    let s = set.as_ptr().as_ptr();
+    // SAFETY: as in set_timeout.
+    unsafe {
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DESC_SIZE as u16, elements);
+    }
+}
+
 /// Make `set` an interval set (`flags interval`): its elements are ranges, each a start
 /// element and an end element flagged NFT_SET_ELEM_INTERVAL_END.
 pub fn set_interval<K>(set: &Set<'_, K>) {

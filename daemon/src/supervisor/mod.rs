@@ -6,9 +6,9 @@ mod hooks;
 mod memory;
 mod probing;
 mod status;
-mod trim;
 #[cfg(test)]
 mod tests;
+mod trim;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use super::encode::{add_exprs, cstring, lower, Sets};
 use super::plan::{AddrSet, Intervals, MatchKind, MatchSet, Ruleset};
 use super::{StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::{
-    set_buffers, set_dynamic, set_interval, set_timeout, ConcatKey, Elems, ELEMS_PER_MSG,
+    set_buffers, set_dynamic, set_interval, set_size, set_timeout, ConcatKey, Elems, ELEMS_PER_MSG,
     TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
 };
 
@@ -405,6 +405,10 @@ impl<'a> AddrSetObj<'a> {
     }
 }
 
+/// Most killed flows the stale sets hold: far more than a link carries (the bench
+/// purges 500,000 TCP flows at once).
+pub(super) const STALE_MAX: u32 = 1 << 22;
+
 struct StaleSets<'a> {
     v4: Set<'a, StaleKey4>,
     v6: Set<'a, StaleKey6>,
@@ -420,6 +424,8 @@ impl<'a> StaleSets<'a> {
         set_timeout(&v6, STALE_TIMEOUT_MS);
         set_dynamic(&v4);
         set_dynamic(&v6);
+        set_size(&v4, STALE_MAX);
+        set_size(&v6, STALE_MAX);
         StaleSets { v4, v6 }
     }
 }

@@ -43,8 +43,8 @@ fn renders_restore_steer_resets_and_masquerade() {
     ];
     let text = render(&state(r#""lan0", "lan1""#, "", &[(1, 1)]), &addrs).to_string();
     let want = r#"table inet uplinkd {
-  set stale4 { type ipv4_addr . ipv4_addr . inet_service . inet_service; flags dynamic,timeout; timeout 1200s; }
-  set stale6 { type ipv6_addr . ipv6_addr . inet_service . inet_service; flags dynamic,timeout; timeout 1200s; }
+  set stale4 { type ipv4_addr . ipv4_addr . inet_service . inet_service; size 4194304; flags dynamic,timeout; timeout 1200s; }
+  set stale6 { type ipv6_addr . ipv6_addr . inet_service . inet_service; size 4194304; flags dynamic,timeout; timeout 1200s; }
   set foreign_nat_1 { type ipv4_addr; flags dynamic,timeout; }
   set foreign_nat_2 { type ipv4_addr; flags dynamic,timeout; }
   chain prerouting { type filter hook prerouting priority -150; policy accept;

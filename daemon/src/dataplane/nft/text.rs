@@ -489,8 +489,9 @@ impl fmt::Display for Ruleset {
         for (name, ip) in [(STALE4, "ipv4_addr"), (STALE6, "ipv6_addr")] {
             writeln!(
                 f,
-                "  set {} {{ type {ip} . {ip} . inet_service . inet_service; flags dynamic,timeout; timeout {}s; }}",
+                "  set {} {{ type {ip} . {ip} . inet_service . inet_service; size {}; flags dynamic,timeout; timeout {}s; }}",
                 name.to_string_lossy(),
+                super::batch::STALE_MAX,
                 STALE_TIMEOUT_MS / 1000
             )?;
         }
