@@ -164,8 +164,10 @@ pub struct Supervisor<D, P> {
     memory: Option<PathBuf>,
     memory_saved: Option<Instant>,
     memory_dirty: bool,
-    /// When the status was last rebuilt.
+    /// When the status was last rebuilt, and whether something not seen by the engine's actions
+    /// (a command, a purge's result, a kernel event) wants it rebuilt now.
     status_at: Option<Instant>,
+    status_due: bool,
 }
 
 impl<D: Dataplane, P: Probes> Supervisor<D, P> {
@@ -209,6 +211,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             memory_saved: None,
             memory_dirty: true,
             status_at: None,
+            status_due: true,
         };
         sup.resume(now.into_std());
         let links = sup
@@ -258,22 +261,33 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 Some(p) = self.probe_rx.recv() => {
                     self.engine.handle(now(), Input::Probe(p));
                 }
-                Some(ev) = inputs.kernel.recv() => self.kernel_event(ev).await,
-                Some((link, r)) = self.purge_rx.recv() => self.engine.purged(&link, r),
+                Some(ev) = inputs.kernel.recv() => {
+                    self.kernel_event(ev).await;
+                    self.status_due = true;
+                }
+                Some((link, r)) = self.purge_rx.recv() => {
+                    self.engine.purged(&link, r);
+                    self.status_due = true;
+                }
                 _ = reconcile.tick() => {
                     self.engine.reconcile();
                     self.memory_dirty |= self.memory_saved.is_none_or(|t| t.elapsed() >= memory::REFRESH);
                 }
                 () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
-                Some((cmd, reply)) = inputs.commands.recv() => match cmd {
-                    Command::Reload => self.start_reload(Some(reply)),
-                    Command::Drain { link, reset } => {
-                        let _ = reply.send(self.engine.drain(&link, reset));
-                    }
-                    Command::Undrain { link } => {
-                        let _ = reply.send(self.engine.undrain(&link));
-                    }
-                },
+                Some((cmd, reply)) = inputs.commands.recv() => {
+                    let answer = match cmd {
+                        Command::Reload => {
+                            self.start_reload(Some(reply));
+                            continue;
+                        }
+                        Command::Drain { link, reset } => self.engine.drain(&link, reset),
+                        Command::Undrain { link } => self.engine.undrain(&link),
+                    };
+                    // Answered once it is live and in the status.
+                    self.status_due = true;
+                    self.execute().await;
+                    let _ = reply.send(answer);
+                }
                 Some(checked) = self.reload_rx.recv() => {
                     let answer = self.finish_reload(checked).await;
                     // Answered once the new configuration is live (and in the status).
@@ -326,7 +340,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         // moved) at most every STATUS_EVERY: a status per probe was most of the idle cost with
         // many links.
         let now = Instant::now();
-        if acted || self.status_at.is_none_or(|t| now >= t + STATUS_EVERY) {
+        let due = std::mem::take(&mut self.status_due);
+        if acted || due || self.status_at.is_none_or(|t| now >= t + STATUS_EVERY) {
             self.status_at = Some(now);
             self.status
                 .send_replace(status::build(&self.engine, now.into_std()));
