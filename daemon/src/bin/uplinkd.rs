@@ -4,14 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
 
 /// Multi-WAN failover: probes every WAN through that WAN only, steers new connections to the
 /// best working uplink and flushes the dead uplink's connection-tracking state.
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Environment: UPLINKD_LOG sets the log filter (RUST_LOG syntax, e.g. `debug`).\n\
+    after_help = "Environment: UPLINKD_LOG sets the log filter (`debug`, or TARGET=LEVEL pairs).\n\
                   Signals: SIGTERM or SIGINT stop the daemon and remove its nft table, rules and \
                   routes (unless cleanup_on_exit = false)."
 )]
@@ -91,25 +92,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr. `UPLINKD_LOG` (RUST_LOG syntax) sets the filter; the netlink crates are
-/// quiet by default. Under journald (JOURNAL_STREAM set) timestamps are left to the journal;
-/// colours only when stderr is a terminal.
+/// Logs go to stderr. `UPLINKD_LOG` sets the filter (`LEVEL` or `TARGET=LEVEL`, comma-separated,
+/// as in RUST_LOG); the netlink crates are quiet by default. Under journald (JOURNAL_STREAM set)
+/// timestamps are left to the journal; colours only when stderr is a terminal.
 fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_env("UPLINKD_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,netlink_proto=warn,netlink_sys=warn,rtnetlink=warn")
-    });
+    let filter: Targets = std::env::var("UPLINKD_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            Targets::new().with_default(LevelFilter::INFO).with_targets(
+                ["netlink_proto", "netlink_sys", "rtnetlink"].map(|t| (t, LevelFilter::WARN)),
+            )
+        });
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     // Colours only for a person at a terminal: files, pipes and other supervisors get plain
     // text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if json {
-        builder.json().init();
+        builder.json().finish().with(filter).init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        builder
+            .without_time()
+            .with_ansi(false)
+            .finish()
+            .with(filter)
+            .init();
     } else {
-        builder.with_ansi(ansi).init();
+        builder.with_ansi(ansi).finish().with(filter).init();
     }
 }
