@@ -48,6 +48,7 @@ pub enum Signal {
 /// Run until SIGTERM or SIGINT, then remove what we created (unless configured not to). `path`
 /// is where the configuration came from, for reloads (SIGHUP or `uplinkctl reload`).
 pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    trim::one_arena();
     // Everything that can fail for reasons of its own is acquired before the kernel is touched.
     let socket = config.control.socket.clone();
     let listener = control::bind(&socket, config.control.gid)
