@@ -66,6 +66,7 @@ impl Kernel {
             return Ok(false);
         }
         let r = rules.clone();
+        let lists = list_names(&rules);
         // When our table went missing it is written afresh; an edited one is rewritten in place.
         let previous = self.applied.clone().filter(|_| !missing);
         let in_place = previous.is_some();
@@ -77,7 +78,8 @@ impl Kernel {
             if replaced || edited {
                 nft::add_stale(&v4, &v6)?;
             }
-            Ok((replaced, (nft::generation()?, nft::digest()?)))
+            let lists: Vec<&str> = lists.iter().map(String::as_str).collect();
+            Ok((replaced, (nft::generation()?, nft::digest(&lists)?)))
         })
         .await
         .map_err(Error::Nft)?;
@@ -95,7 +97,12 @@ impl Kernel {
         if blocking(nft::generation).await? == gen {
             return Ok((false, false));
         }
-        let (now_gen, now) = blocking(|| Ok((nft::generation()?, nft::digest()?))).await?;
+        let lists = self.applied.as_ref().map(list_names).unwrap_or_default();
+        let (now_gen, now) = blocking(move || {
+            let lists: Vec<&str> = lists.iter().map(String::as_str).collect();
+            Ok((nft::generation()?, nft::digest(&lists)?))
+        })
+        .await?;
         // Someone else changed some table: if not ours, it is the new normal.
         if now == digest {
             self.seen = Some((now_gen, now));
@@ -263,4 +270,9 @@ impl Dataplane for Kernel {
             .await
             .map_err(Error::Read)
     }
+}
+
+/// The names of the rule lists' sets of `rules`, whose elements the digest covers.
+fn list_names(rules: &nft::Ruleset) -> Vec<String> {
+    rules.match_sets.iter().map(|m| m.name.clone()).collect()
 }

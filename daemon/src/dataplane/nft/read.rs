@@ -1,6 +1,7 @@
 //! Reading back what is in the kernel: a set's elements (NFT_MSG_GETSETELEM), for the sets the
 //! packet path fills; the ruleset generation (NFT_MSG_GETGEN), which every change of any table
-//! bumps; and a digest of our table's chains and rules, to notice someone else's edits.
+//! bumps; and a digest of our table's chains, rules and rule lists, to notice someone else's
+//! edits.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
@@ -58,10 +59,11 @@ pub fn generation() -> io::Result<u32> {
     gen.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no generation in the answer"))
 }
 
-/// A digest of what our table does: each chain's name, hook, type and policy, and each rule's
-/// chain and expressions, in the kernel's order (handles and positions left out). Equal digests
-/// mean equal tables; `None`: the table does not exist.
-pub fn digest() -> io::Result<Option<u64>> {
+/// A digest of what our table does: each chain's name, hook, type and policy, each rule's chain
+/// and expressions, in the kernel's order (handles and positions left out), and the elements of
+/// the constant sets `sets` (the rules' lists). Equal digests mean equal tables; `None`: the
+/// table does not exist. The dynamic sets are left out: the packet path changes them.
+pub fn digest(sets: &[&str]) -> io::Result<Option<u64>> {
     let mut h = DefaultHasher::new();
     let mut payload = vec![NFPROTO_INET, 0, 0, 0];
     netlink::put_attr(&mut payload, NFTA_CHAIN_TABLE, TABLE.to_bytes_with_nul());
@@ -97,7 +99,37 @@ pub fn digest() -> io::Result<Option<u64>> {
         find(body, NFTA_RULE_CHAIN).hash(&mut h);
         find(body, NFTA_RULE_EXPRESSIONS).hash(&mut h);
     })?;
+    for set in sets {
+        set.hash(&mut h);
+        let r = s.dump(nft(NFT_MSG_GETSETELEM), &elements_of(set), |m| {
+            let list = m
+                .get(4..)
+                .and_then(|b| find(b, NFTA_SET_ELEM_LIST_ELEMENTS));
+            // Element by element: how the kernel splits a dump into messages is not content.
+            for (_, elem) in attrs(list.unwrap_or_default()) {
+                elem.hash(&mut h);
+            }
+        });
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => "missing".hash(&mut h),
+            r => r?,
+        }
+    }
     Ok(Some(h.finish()))
+}
+
+/// The request for the elements of set `set` of our table.
+fn elements_of(set: &str) -> Vec<u8> {
+    let mut payload = vec![NFPROTO_INET, 0, 0, 0];
+    netlink::put_attr(
+        &mut payload,
+        NFTA_SET_ELEM_LIST_TABLE,
+        TABLE.to_bytes_with_nul(),
+    );
+    let mut name = set.as_bytes().to_vec();
+    name.push(0);
+    netlink::put_attr(&mut payload, NFTA_SET_ELEM_LIST_SET, &name);
+    payload
 }
 
 /// The attributes of an answer about our table (family inet, table attribute `table_attr`
@@ -110,17 +142,10 @@ fn ours(m: &[u8], table_attr: u16) -> Option<&[u8]> {
 
 /// The IPv4 addresses in set `set` of our table; none when the set does not exist.
 pub fn ipv4_elements(set: &str) -> io::Result<Vec<Ipv4Addr>> {
-    let mut payload = vec![NFPROTO_INET, 0, 0, 0];
-    netlink::put_attr(
-        &mut payload,
-        NFTA_SET_ELEM_LIST_TABLE,
-        TABLE.to_bytes_with_nul(),
-    );
-    let mut name = set.as_bytes().to_vec();
-    name.push(0);
-    netlink::put_attr(&mut payload, NFTA_SET_ELEM_LIST_SET, &name);
     let mut out = Vec::new();
-    let r = open()?.dump(nft(NFT_MSG_GETSETELEM), &payload, |m| out.extend(parse(m)));
+    let r = open()?.dump(nft(NFT_MSG_GETSETELEM), &elements_of(set), |m| {
+        out.extend(parse(m))
+    });
     match r {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
         r => r.map(|()| out),
