@@ -2,11 +2,15 @@
 //! chains of rules that match on several lists, and one chain per policy giving new flows the
 //! mark of a link of its share (weighted, sticky), falling back or refusing.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
 
-use super::plan::{intervals, unmarked, AddrSet, ChainPlan, DynOp, MatchKind, MatchSet, Op};
+use super::plan::{
+    intervals, unmarked, AddrSet, ChainPlan, DynOp, Intervals, MatchKind, MatchSet, Op,
+};
 use super::{NFPROTO_IPV4, NFPROTO_IPV6};
-use crate::config::Prefix;
+use crate::config::{Prefix, Rule};
 use crate::engine::{DesiredState, Steer};
 
 /// The regular chain new flows (LAN and the router's own) jump to, unmarked.
@@ -67,25 +71,39 @@ pub(super) fn steering(
 /// length (`ip daddr @rule0_dst4`). Address lists are per family: a rule becomes one nft rule
 /// per family its lists allow (per LAN interface when it names some).
 fn steer_rules(d: &DesiredState, match_sets: &mut Vec<MatchSet>) -> Vec<Vec<Op>> {
+    let known = LISTS.with(|m| {
+        let m = m.borrow();
+        let same = m.0.upgrade().is_some_and(|r| Arc::ptr_eq(&r, &d.rules));
+        if same {
+            m.1.clone()
+        } else {
+            BTreeMap::new()
+        }
+    });
     let mut steer = Vec::new();
     for (k, r) in d.rules.iter().enumerate() {
-        let mut set = |list: &str, kind: MatchKind, ranges: Vec<(u128, u128)>| {
+        let mut set = |list: &str, kind: MatchKind, ranges: &dyn Fn() -> Vec<(u128, u128)>| {
             let name = format!("rule{k}_{list}");
+            let intervals = known
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(intervals(kind, ranges())));
             match_sets.push(MatchSet {
                 name: name.clone(),
                 kind,
-                intervals: Arc::new(intervals(kind, ranges)),
+                intervals,
             });
             name
         };
         let mut ports = Vec::new();
         for (dst, list, tag) in [(false, &r.sport, "sport"), (true, &r.dport, "dport")] {
             if !list.is_empty() {
-                let ranges = list
-                    .iter()
-                    .map(|&(lo, hi)| (lo.into(), hi.into()))
-                    .collect();
-                let set = set(tag, MatchKind::Port, ranges);
+                let ranges = || {
+                    list.iter()
+                        .map(|&(lo, hi)| (lo.into(), hi.into()))
+                        .collect()
+                };
+                let set = set(tag, MatchKind::Port, &ranges);
                 ports.push(Op::PortIn { dst, set });
             }
         }
@@ -97,18 +115,19 @@ fn steer_rules(d: &DesiredState, match_sets: &mut Vec<MatchSet>) -> Vec<Vec<Op>>
                 if list.is_empty() {
                     continue;
                 }
-                let ranges: Vec<(u128, u128)> = list
-                    .iter()
-                    .filter(|p| p.is_ipv6() == v6)
-                    .map(prefix_range)
-                    .collect();
-                if ranges.is_empty() {
+                if !list.iter().any(|p| p.is_ipv6() == v6) {
                     // This list has no address of the family: no packet of it matches.
                     ops.clear();
                     break;
                 }
+                let ranges = || {
+                    list.iter()
+                        .filter(|p| p.is_ipv6() == v6)
+                        .map(prefix_range)
+                        .collect()
+                };
                 let kind = if v6 { MatchKind::V6 } else { MatchKind::V4 };
-                let set = set(&format!("{tag}{}", if v6 { 6 } else { 4 }), kind, ranges);
+                let set = set(&format!("{tag}{}", if v6 { 6 } else { 4 }), kind, &ranges);
                 ops.push(Op::AddrIn { dst, v6, set });
             }
             if !ops.is_empty() {
@@ -136,8 +155,23 @@ fn steer_rules(d: &DesiredState, match_sets: &mut Vec<MatchSet>) -> Vec<Vec<Op>>
         }
     }
     steer.push(vec![unmarked(d), Op::Jump(policy_chain(d, 0))]);
+    let lists = match_sets
+        .iter()
+        .map(|m| (m.name.clone(), m.intervals.clone()))
+        .collect();
+    LISTS.with(|m| *m.borrow_mut() = (Arc::downgrade(&d.rules), lists));
     steer
 }
+
+thread_local! {
+    /// The lists' intervals of the rules rendered last, by set name. Every apply renders the
+    /// same rules again (a failover changes only where policies send flows), and sorting and
+    /// merging 30,000 prefixes each time was on the failover's path; a reload brings new rules.
+    static LISTS: RefCell<Lists> = const { RefCell::new((Weak::new(), BTreeMap::new())) };
+}
+
+/// The rules the lists were rendered from, and each list's intervals by set name.
+type Lists = (Weak<Vec<Rule>>, BTreeMap<String, Arc<Intervals>>);
 
 /// A prefix's first and last address.
 fn prefix_range(p: &Prefix) -> (u128, u128) {
