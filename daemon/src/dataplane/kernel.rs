@@ -78,7 +78,6 @@ impl Kernel {
             if replaced || edited {
                 nft::add_stale(&v4, &v6)?;
             }
-            let lists: Vec<&str> = lists.iter().map(String::as_str).collect();
             Ok((replaced, (nft::generation()?, nft::digest(&lists)?)))
         })
         .await
@@ -98,11 +97,8 @@ impl Kernel {
             return Ok((false, false));
         }
         let lists = self.applied.as_ref().map(list_names).unwrap_or_default();
-        let (now_gen, now) = blocking(move || {
-            let lists: Vec<&str> = lists.iter().map(String::as_str).collect();
-            Ok((nft::generation()?, nft::digest(&lists)?))
-        })
-        .await?;
+        let (now_gen, now) =
+            blocking(move || Ok((nft::generation()?, nft::digest(&lists)?))).await?;
         // Someone else changed some table: if not ours, it is the new normal.
         if now == digest {
             self.seen = Some((now_gen, now));

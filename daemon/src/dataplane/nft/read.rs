@@ -63,7 +63,7 @@ pub fn generation() -> io::Result<u32> {
 /// and expressions, in the kernel's order (handles and positions left out), and the elements of
 /// the constant sets `sets` (the rules' lists). Equal digests mean equal tables; `None`: the
 /// table does not exist. The dynamic sets are left out: the packet path changes them.
-pub fn digest(sets: &[&str]) -> io::Result<Option<u64>> {
+pub fn digest(sets: &[String]) -> io::Result<Option<u64>> {
     let mut h = DefaultHasher::new();
     let mut payload = vec![NFPROTO_INET, 0, 0, 0];
     netlink::put_attr(&mut payload, NFTA_CHAIN_TABLE, TABLE.to_bytes_with_nul());
