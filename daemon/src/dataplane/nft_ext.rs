@@ -374,30 +374,6 @@ impl Expression for SnatPrefix6 {
     }
 }
 
-/// All elements of a set in one NEWSETELEM message, without NLM_F_EXCL: a flow killed twice
-/// within the timeout is no error.
-pub struct ElemsReplace<'s, 'a, K>(pub &'s Set<'a, K>);
-
-// SAFETY: `write` builds one message into `buf`, which the batch guarantees has room for
-// nft_nlmsg_maxsize() bytes; the caller keeps each set's elements below that (ELEMS_PER_MSG).
-unsafe impl<K> NlMsg for ElemsReplace<'_, '_, K> {
-    unsafe fn write(&self, buf: *mut std::ffi::c_void, seq: u32, _msg_type: MsgType) {
-        use nftnl::nftnl_sys as sys;
-        let flags = (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16;
-        // SAFETY: see the impl; the set pointer is live for the borrow of `self.0`.
-        unsafe {
-            let header = sys::nftnl_nlmsg_build_hdr(
-                buf.cast(),
-                libc::NFT_MSG_NEWSETELEM as u16,
-                nftnl::ProtoFamily::Inet as u16,
-                flags,
-                seq,
-            );
-            sys::nftnl_set_elems_nlmsg_build_payload(header, self.0.as_ptr().as_ptr());
-        }
-    }
-}
-
 /// Give a netlink socket send and receive buffers of at least these sizes (SO_SNDBUFFORCE and
 /// SO_RCVBUFFORCE: root may exceed the sysctl limits, as nft(8) does for large batches).
 pub fn set_buffers(

@@ -14,14 +14,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use nftnl::set::Set;
-use nftnl::{Batch, MsgType, ProtoFamily, Table};
+use nftnl::{Batch, MsgType};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::conntrack::{self, Flow, IPPROTO_TCP};
 use super::nft;
 use super::nft_ext::{
-    concat_type, ConcatKey, ElemsReplace, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+    concat_type, ConcatKey, Elems, ELEMS_PER_MSG, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
 };
 use super::sockets;
 
@@ -103,27 +102,26 @@ const STALE6_TYPE: u32 = concat_type(&[
 /// Killed flows stay rejectable this long; their clients are reset within seconds, this only
 /// covers clients that come back late from sleep.
 pub const STALE_TIMEOUT_MS: u64 = 20 * 60 * 1000;
-/// Elements per message when adding to a stale set; a message must fit libnftnl's 64 KiB.
-const ELEMS_PER_MSG: usize = 1000;
-
 /// Add killed flows to the stale sets of our table. Adding is cheap for the kernel (no RCU grace
 /// period, unlike deletes); an element already present only has its timeout renewed. Each
-/// message of at most ELEMS_PER_MSG elements goes in a batch of its own: one batch must fit one
-/// 128 KiB send.
+/// message of at most ELEMS_PER_MSG elements goes in a batch of its own.
 pub fn add_stale(v4: &[StaleKey4], v6: &[StaleKey6]) -> io::Result<()> {
-    let table = Table::new(nft::TABLE, ProtoFamily::Inet);
-    for chunk in v4.chunks(ELEMS_PER_MSG) {
-        let mut set = Set::<StaleKey4>::new_named(STALE4, 1, &table, ProtoFamily::Inet);
-        chunk.iter().for_each(|k| set.add(k));
+    add_keys(STALE4, v4.iter().map(|k| k.0.to_vec()))?;
+    add_keys(STALE6, v6.iter().map(|k| k.0.to_vec()))
+}
+
+fn add_keys(set: &CStr, keys: impl Iterator<Item = Vec<u8>>) -> io::Result<()> {
+    let elems: Vec<(Vec<u8>, bool)> = keys.map(|k| (k, false)).collect();
+    for elems in elems.chunks(ELEMS_PER_MSG) {
+        let message = Elems {
+            table: nft::TABLE,
+            set,
+            set_id: 0,
+            elems,
+            delete: false,
+        };
         let mut batch = Batch::new();
-        batch.add(&ElemsReplace(&set), MsgType::Add);
-        nft::send(&batch.finalize())?;
-    }
-    for chunk in v6.chunks(ELEMS_PER_MSG) {
-        let mut set = Set::<StaleKey6>::new_named(STALE6, 2, &table, ProtoFamily::Inet);
-        chunk.iter().for_each(|k| set.add(k));
-        let mut batch = Batch::new();
-        batch.add(&ElemsReplace(&set), MsgType::Add);
+        batch.add(&message, MsgType::Add);
         nft::send(&batch.finalize())?;
     }
     Ok(())
