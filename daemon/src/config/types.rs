@@ -119,7 +119,7 @@ pub struct Rule {
 }
 
 /// An IPv4 or IPv6 prefix with no host bits set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Prefix {
     pub addr: IpAddr,
     pub len: u8,
@@ -168,12 +168,12 @@ impl std::str::FromStr for Prefix {
                 .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?
         };
         let p = Prefix { addr, len };
-        let (bytes, mask) = p.bytes();
-        let net: Vec<u8> = bytes.iter().zip(&mask).map(|(b, m)| b & m).collect();
-        if net != bytes {
+        let (first, _) = p.range();
+        let bits = Prefix::host(addr).range().0;
+        if first != bits {
             let net = match addr {
-                IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(&net[..]).unwrap_or_default()),
-                IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(&net[..]).unwrap_or_default()),
+                IpAddr::V4(_) => IpAddr::from(Ipv4Addr::from(first as u32)),
+                IpAddr::V6(_) => IpAddr::from(Ipv6Addr::from(first)),
             };
             return Err(format!(
                 "{s:?} has host bits set; did you mean \"{net}/{len}\"?"
@@ -184,6 +184,18 @@ impl std::str::FromStr for Prefix {
 }
 
 impl Prefix {
+    /// The first and the last address of the prefix, as numbers (an IPv4 address in the low
+    /// 32 bits).
+    pub fn range(&self) -> (u128, u128) {
+        let (n, width) = match self.addr {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        };
+        let host_bits = width - u32::from(self.len).min(width);
+        let host = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+        (n & !host, n | host)
+    }
+
     /// A single address.
     pub fn host(addr: IpAddr) -> Self {
         Prefix {
@@ -340,3 +352,41 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn p(s: &str) -> Result<Prefix, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn a_prefix_spans_its_first_to_its_last_address() {
+        assert_eq!(
+            p("10.1.2.0/24").unwrap().range(),
+            (0x0a01_0200, 0x0a01_02ff)
+        );
+        assert_eq!(p("10.1.2.3").unwrap().range(), (0x0a01_0203, 0x0a01_0203));
+        assert_eq!(p("0.0.0.0/0").unwrap().range(), (0, 0xffff_ffff));
+        assert_eq!(p("::/0").unwrap().range(), (0, u128::MAX));
+        assert_eq!(p("2001:db8::1").unwrap().range().1, 0x2001_0db8 << 96 | 1);
+        assert_eq!(
+            p("2001:db8::/32").unwrap().range(),
+            (0x2001_0db8 << 96, 0x2001_0db8 << 96 | (u128::MAX >> 32))
+        );
+    }
+
+    #[test]
+    fn host_bits_are_refused_with_the_network_to_use() {
+        assert!(p("10.1.2.3/24")
+            .unwrap_err()
+            .contains("did you mean \"10.1.2.0/24\""));
+        assert!(p("2001:db8::1/64")
+            .unwrap_err()
+            .contains("did you mean \"2001:db8::/64\""));
+        assert!(p("128.0.0.0/1").is_ok());
+        assert!(p("10.0.0.0/33").unwrap_err().contains("0..=32"));
+    }
+}

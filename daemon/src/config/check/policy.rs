@@ -1,6 +1,6 @@
 //! `[[policy]]`, `[[rule]]` and `[sets]`: which link carries which traffic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use toml::Spanned;
 
@@ -281,7 +281,7 @@ fn prefixes(
     key: &str,
 ) -> Vec<Prefix> {
     let mut out: Vec<Prefix> = Vec::new();
-    let mut seen = BTreeSet::new();
+    let mut seen = HashSet::new();
     // A set listed again adds nothing: it is not expanded twice.
     let mut expanded = BTreeSet::new();
     for item in list {

@@ -123,7 +123,7 @@ fn steer_rules(d: &DesiredState, match_sets: &mut Vec<MatchSet>) -> Vec<Vec<Op>>
                 let ranges = || {
                     list.iter()
                         .filter(|p| p.is_ipv6() == v6)
-                        .map(prefix_range)
+                        .map(Prefix::range)
                         .collect()
                 };
                 let kind = if v6 { MatchKind::V6 } else { MatchKind::V4 };
@@ -172,14 +172,6 @@ thread_local! {
 
 /// The rules the lists were rendered from, and each list's intervals by set name.
 type Lists = (Weak<Vec<Rule>>, BTreeMap<String, Arc<Intervals>>);
-
-/// A prefix's first and last address.
-fn prefix_range(p: &Prefix) -> (u128, u128) {
-    let (addr, mask) = p.bytes();
-    let lo = addr.iter().fold(0u128, |n, &b| n << 8 | u128::from(b));
-    let host = mask.iter().fold(0u128, |n, &b| n << 8 | u128::from(!b));
-    (lo, lo | host)
-}
 
 /// The rules of policy `i`'s chain.
 fn policy_rules(d: &DesiredState, i: usize) -> Vec<Vec<Op>> {
