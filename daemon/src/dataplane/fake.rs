@@ -26,6 +26,11 @@ pub struct State {
     pub ipv4: Vec<(String, Ipv4Addr)>,
     /// Flows each purge reports.
     pub flows_per_purge: usize,
+    /// Someone edited the ruleset: the next generation check says so (once).
+    pub ruleset_edited: bool,
+    /// Applies that re-read the kernel (`verify`), and generation checks.
+    pub verified: usize,
+    pub generation_checks: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,8 +88,9 @@ pub fn render(d: &DesiredState) -> String {
 }
 
 impl Dataplane for Fake {
-    async fn apply(&mut self, d: &DesiredState, _verify: bool) -> Result<Applied, Error> {
+    async fn apply(&mut self, d: &DesiredState, verify: bool) -> Result<Applied, Error> {
         let mut s = self.state();
+        s.verified += usize::from(verify);
         let call = format!("apply via {}", share_name(d, d.share()));
         if s.fail_applies > 0 {
             s.fail_applies -= 1;
@@ -112,6 +118,12 @@ impl Dataplane for Fake {
                 ..Purged::default()
             })
         }
+    }
+
+    async fn ruleset_changed(&mut self) -> bool {
+        let mut s = self.state();
+        s.generation_checks += 1;
+        std::mem::take(&mut s.ruleset_edited)
     }
 
     async fn remove_all(&mut self, _d: &DesiredState) -> Result<(), Error> {

@@ -247,6 +247,15 @@ impl Dataplane for Kernel {
         }
     }
 
+    async fn ruleset_changed(&mut self) -> bool {
+        match self.seen {
+            Some((gen, _)) => blocking(nft::generation)
+                .await
+                .map_or(true, |now| now != gen),
+            None => true,
+        }
+    }
+
     async fn remove_all(&mut self, d: &DesiredState) -> Result<(), Error> {
         self.applied = None;
         self.seen = None;

@@ -63,6 +63,10 @@ pub trait Dataplane {
         order: PurgeOrder,
     ) -> impl Future<Output = Result<Purged, Error>> + Send + 'static;
 
+    /// Whether the nftables ruleset may have changed since the last apply, from what is cheap
+    /// to read (its generation); a read that fails says yes.
+    async fn ruleset_changed(&mut self) -> bool;
+
     /// Remove everything uplinkd created. Keeps going after an error and reports the first.
     async fn remove_all(&mut self, d: &DesiredState) -> Result<(), Error>;
 

@@ -5,8 +5,8 @@
 //! event comes with it, and the route stays (flagged linkdown), so probes alone would need the
 //! whole detection window to notice. Address and route events tell that a WAN was renumbered
 //! (DHCP, PPPoE): the learned gateway and the masquerade address follow on re-apply. Route
-//! events also tell that someone edited uplinkd's tables: re-apply repairs them. (Rule events did
-//! not arrive in the testbed on this kernel; the periodic reconcile catches deleted rules.)
+//! and rule events also tell that someone edited uplinkd's tables or rules: re-apply repairs
+//! them at once.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -107,7 +107,7 @@ pub fn address(a: &AddressMessage) -> Option<std::net::IpAddr> {
     })
 }
 
-/// Subscribe to link, IPv4 address and route events and forward them until the receiver
+/// Subscribe to link, IPv4 address, route and rule events and forward them until the receiver
 /// goes away.
 pub fn spawn(tx: mpsc::Sender<KernelEvent>) -> io::Result<()> {
     let groups = [
@@ -115,6 +115,8 @@ pub fn spawn(tx: mpsc::Sender<KernelEvent>) -> io::Result<()> {
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
+        MulticastGroup::Ipv4Rule,
+        MulticastGroup::Ipv6Rule,
     ];
     let (conn, handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
     tokio::spawn(conn);
@@ -134,6 +136,9 @@ pub fn spawn(tx: mpsc::Sender<KernelEvent>) -> io::Result<()> {
                 RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)
                     if !in_local_table(&m) =>
                 {
+                    Some(KernelEvent::Routing)
+                }
+                RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => {
                     Some(KernelEvent::Routing)
                 }
                 _ => None,

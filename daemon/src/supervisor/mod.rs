@@ -28,9 +28,13 @@ use crate::dataplane::{Dataplane, Kernel};
 use crate::engine::{Action, Engine, Input, ProbeOutcome, Purged};
 pub use probing::{LinkProbes, Probes};
 
-/// How often the kernel state is re-read and repaired even when nothing happened (three cheap
-/// netlink dumps; someone deleting our rules is repaired within this time).
-const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How often the nftables ruleset generation is read (one netlink round trip): when it moved,
+/// the kernel state is re-read and repaired, so an edit of our table is undone within this
+/// time. Route and rule edits arrive as events and are repaired at once.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Every this many checks the whole kernel state is re-read even when nothing said it changed
+/// (what sends no event, such as a sysctl): 30 s.
+const RECONCILE_CHECKS: u32 = 15;
 
 /// What the outside world tells the loop.
 pub struct Inputs {
@@ -244,9 +248,10 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
     /// The loop: each arm hands the engine what happened, then the engine's actions are
     /// executed. Returns after a stop, with what we created removed (unless configured not to).
     pub async fn run(&mut self, mut inputs: Inputs) -> anyhow::Result<()> {
-        let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
-        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        reconcile.tick().await;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        check.tick().await;
+        let mut checks = 0u32;
         loop {
             let next = self.engine.poll_timeout().map(|(t, why)| {
                 debug!("next wake-up: {why}");
@@ -270,8 +275,11 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     self.engine.purged(&link, r);
                     self.status_due = true;
                 }
-                _ = reconcile.tick() => {
-                    self.engine.reconcile();
+                _ = check.tick() => {
+                    checks = (checks + 1) % RECONCILE_CHECKS;
+                    if checks == 0 || self.dp.ruleset_changed().await {
+                        self.engine.reconcile();
+                    }
                     self.memory_dirty |= self.memory_saved.is_none_or(|t| t.elapsed() >= memory::REFRESH);
                 }
                 () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),

@@ -381,3 +381,35 @@ async fn a_failed_apply_is_reported_and_retried_and_the_purge_waits_for_it() {
     );
     assert!(position(&calls, "apply via lte") < position(&calls, "purge fiber"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_kernel_is_reread_when_the_ruleset_moved_and_otherwise_every_30_s() {
+    let h = harness(CONFIG, "reconcile").await;
+    let (mut status, fake) = (h.status.clone(), h.fake.clone());
+    let counts = |f: &Fake| {
+        let s = f.state();
+        (s.verified, s.generation_checks)
+    };
+    h.run(async {
+        until(&mut status, "both up", |s| {
+            state(s, 0) == "up" && state(s, 1) == "up"
+        })
+        .await;
+        // Quiet: the generation is read every 2 s, the kernel re-read once in 30 s at most.
+        let (v0, g0) = counts(&fake);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let (v1, g1) = counts(&fake);
+        assert!(v1 - v0 <= 1, "{} re-reads in 20 quiet seconds", v1 - v0);
+        assert!(g1 - g0 >= 9, "{} generation checks in 20 s", g1 - g0);
+        // An edit moves the generation: re-read (and repaired) at the next check.
+        fake.state().ruleset_edited = true;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let (v2, _) = counts(&fake);
+        assert!(v2 > v1, "the edit was not re-read within 2 s");
+        // The safety net: without any sign of change, still re-read within 30 s.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let (v3, _) = counts(&fake);
+        assert!((1..=2).contains(&(v3 - v2)), "{} re-reads in 31 s", v3 - v2);
+    })
+    .await;
+}
