@@ -58,7 +58,8 @@ pub enum Event {
         tcp_reset: usize,
         sockets_aborted: usize,
         ms: f64,
-        /// Where the time went: dump, stale set, flush, tickle, sockets (ms).
+        /// Where the time went: dump, stale set (what its inserts took after the dump, which they
+        /// run alongside), flush, tickle, sockets (ms).
         #[serde(default)]
         phases_ms: [f64; 5],
     },
@@ -171,7 +172,7 @@ impl fmt::Display for Event {
                 phases_ms: [dump, stale, flush, tickle, sockets],
             } => write!(
                 f,
-                "link {link}: purged {flows} flows, reset {tcp_reset} TCP clients, aborted {sockets_aborted} router sockets in {ms:.1} ms (dump {dump:.1}, stale set {stale:.1}, flush {flush:.1}, tickle {tickle:.1}, sockets {sockets:.1})"
+                "link {link}: purged {flows} flows, reset {tcp_reset} TCP clients, aborted {sockets_aborted} router sockets in {ms:.1} ms (dump {dump:.1}, stale set after it {stale:.1}, flush {flush:.1}, tickle {tickle:.1}, sockets {sockets:.1})"
             ),
             Event::FlowsKept { link } => write!(
                 f,

@@ -133,10 +133,37 @@ pub fn parse_flow(payload: &[u8]) -> Option<Flow> {
 /// Every flow with `ct mark & mask == mark`, IPv4 and IPv6.
 pub fn dump_mark(mark: u32, mask: u32) -> io::Result<Vec<Flow>> {
     let mut flows = Vec::new();
-    open(1 << 16)?.dump(ct(IPCTNL_MSG_CT_GET), &by_mark(mark, mask), |p| {
-        flows.extend(parse_flow(p));
+    dump_mark_batched(mark, mask, 4096, |b| {
+        flows.extend(b);
+        true
     })?;
     Ok(flows)
+}
+
+/// Every flow with `ct mark & mask == mark`, handed to `each` in batches of `batch` as the
+/// dump goes (the last one may be shorter). When `each` returns false the rest of the dump is
+/// read and dropped.
+pub fn dump_mark_batched(
+    mark: u32,
+    mask: u32,
+    batch: usize,
+    mut each: impl FnMut(Vec<Flow>) -> bool,
+) -> io::Result<()> {
+    let mut flows = Vec::new();
+    let mut wanted = true;
+    open(1 << 16)?.dump(ct(IPCTNL_MSG_CT_GET), &by_mark(mark, mask), |p| {
+        if !wanted {
+            return;
+        }
+        flows.extend(parse_flow(p));
+        if flows.len() >= batch {
+            wanted = each(std::mem::take(&mut flows));
+        }
+    })?;
+    if wanted && !flows.is_empty() {
+        each(flows);
+    }
+    Ok(())
 }
 
 /// Create conntrack entries (for benchmarks and tests in a throwaway namespace): TCP flows in

@@ -43,6 +43,7 @@ pub struct PurgeReport {
     /// Router-local TCP sockets of the link's flows, aborted.
     pub sockets: usize,
     pub dump: Duration,
+    /// How long the stale-set inserts went on after the dump ended (they run while it goes).
     pub stale: Duration,
     pub flush: Duration,
     pub tickle: Duration,
@@ -127,6 +128,15 @@ fn add_keys(set: &CStr, keys: impl Iterator<Item = Vec<u8>>) -> io::Result<()> {
     Ok(())
 }
 
+/// Flows a purge's dump hands over at a time, and batches that may wait.
+const DUMP_BATCH: usize = 4096;
+const DUMP_QUEUE: usize = 16;
+
+/// An open TCP flow of a LAN client (not the router's own): put in the stale sets and tickled.
+fn resettable(f: &Flow, scope: &Scope) -> bool {
+    f.tcp_open() && !scope.local.contains(&f.src) && scope.lan.iter().any(|n| in_net(f.src, *n))
+}
+
 /// Where a purge's resets may go.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
@@ -169,11 +179,46 @@ pub fn purge(
 ) -> io::Result<PurgeReport> {
     let mut r = PurgeReport::default();
     let t = Instant::now();
-    let mut flows = conntrack::dump_mark(mark, mask)?;
-    if !nat_to.is_empty() {
-        flows.retain(|f| f.reply_dst.is_some_and(|a| nat_to.contains(&a)));
-    }
-    r.dump = t.elapsed();
+    // The dump runs in a thread of its own and hands its flows over in batches; their clients
+    // go into the stale sets meanwhile, so the inserts (a second core's work) end about when
+    // the dump does instead of adding their time after it.
+    let mut flows: Vec<Flow> = Vec::new();
+    let dumped = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Flow>>(DUMP_QUEUE);
+        let dump = s.spawn(move || {
+            conntrack::dump_mark_batched(mark, mask, DUMP_BATCH, |b| tx.send(b).is_ok())
+                .map(|()| t.elapsed())
+        });
+        let mut inserted = Ok(());
+        for mut batch in rx {
+            if !nat_to.is_empty() {
+                batch.retain(|f| f.reply_dst.is_some_and(|a| nat_to.contains(&a)));
+            }
+            if inserted.is_ok() {
+                let (mut v4, mut v6) = (Vec::new(), Vec::new());
+                for k in batch
+                    .iter()
+                    .filter(|f| resettable(f, scope))
+                    .filter_map(stale_key)
+                {
+                    match k {
+                        Ok(k) => v4.push(k),
+                        Err(k) => v6.push(k),
+                    }
+                }
+                inserted = add_stale(&v4, &v6);
+                r.stale4.extend(v4);
+                r.stale6.extend(v6);
+            }
+            flows.extend(batch);
+        }
+        let dumped = dump
+            .join()
+            .map_err(|_| io::Error::other("the conntrack dump panicked"))??;
+        inserted.map(|()| dumped)
+    })?;
+    r.dump = dumped;
+    r.stale = t.elapsed().saturating_sub(dumped);
     r.flows = flows.len();
     // Deleted one by one when only some of the link's flows go (kept only then).
     let doomed = if nat_to.is_empty() {
@@ -186,26 +231,10 @@ pub fn purge(
         .filter(|f| f.tcp_open() && scope.local.contains(&f.src))
         .map(|f| (f.src, f.sport, f.dst, f.dport))
         .collect();
-    r.tickle_flows = flows
-        .into_iter()
-        .filter(|f| {
-            f.tcp_open()
-                && !scope.local.contains(&f.src)
-                && scope.lan.iter().any(|n| in_net(f.src, *n))
-        })
-        .collect();
+    r.tickle_flows = flows.into_iter().filter(|f| resettable(f, scope)).collect();
     r.tickle_flows.sort();
     r.tickle_flows.dedup();
     r.tcp_reset = r.tickle_flows.len();
-    for k in r.tickle_flows.iter().filter_map(stale_key) {
-        match k {
-            Ok(k) => r.stale4.push(k),
-            Err(k) => r.stale6.push(k),
-        }
-    }
-    let t = Instant::now();
-    add_stale(&r.stale4, &r.stale6)?;
-    r.stale = t.elapsed();
     let t = Instant::now();
     if nat_to.is_empty() {
         conntrack::flush_mark(mark, mask)?;
