@@ -114,7 +114,11 @@ fn main() -> std::io::Result<()> {
         "  purge (dump+set+flush) {:6.1} ms",
         ms(r.dump + r.stale + r.flush)
     );
-    println!("  tickle (1st round)   {:8.1} ms", ms(r.tickle));
+    println!(
+        "  tickle (1st round)   {:8.1} ms  ({} sent)",
+        ms(r.tickle),
+        r.tickled
+    );
     println!("  total                {:8.1} ms", ms(all));
 
     let left0 = conntrack::dump_mark(d.links[0].mark, d.mark_mask)?.len();
@@ -123,8 +127,8 @@ fn main() -> std::io::Result<()> {
         "\nafter: dead link {left0} entries (want 0); other link {left1} of {before1} (want all)"
     );
     nft::delete()?;
-    if left0 != 0 || left1 != before1 || r.flows != half {
-        eprintln!("FAILED: collateral damage or incomplete purge");
+    if left0 != 0 || left1 != before1 || r.flows != half || r.tickled != r.tcp_reset {
+        eprintln!("FAILED: collateral damage, incomplete purge or tickles not sent");
         std::process::exit(1);
     }
     Ok(())

@@ -42,6 +42,8 @@ pub struct PurgeReport {
     pub tcp_reset: usize,
     /// Router-local TCP sockets of the link's flows, aborted.
     pub sockets: usize,
+    /// Tickles the first round sent (the rest wait for the next round).
+    pub tickled: usize,
     pub dump: Duration,
     /// How long the stale-set inserts went on after the dump ended (they run while it goes).
     pub stale: Duration,
@@ -243,7 +245,7 @@ pub fn purge(
     }
     r.flush = t.elapsed();
     let t = Instant::now();
-    tickle(&r.tickle_flows, tickle_mark, TICKLE_BUDGET)?;
+    r.tickled = tickle(&r.tickle_flows, tickle_mark, TICKLE_BUDGET)?;
     r.tickle = t.elapsed();
     let t = Instant::now();
     if !own.is_empty() {
@@ -260,12 +262,51 @@ pub fn purge(
 /// thousands of them fill its buffer. When it is full the round waits for room until its budget
 /// is spent and leaves the rest to the next round. Clients are served in turn (each one's first
 /// flow, then each one's second, ...), so a present client is never stuck behind the flows of
-/// absent ones.
+/// absent ones. A large round is shared by one thread per core.
 pub fn tickle(flows: &[Flow], mark: u32, budget: Duration) -> io::Result<usize> {
     let deadline = Instant::now() + budget;
+    let order = by_client_in_turn(flows);
+    let lanes = if order.len() < PARALLEL_TICKLES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_TICKLE_LANES))
+    };
+    if lanes == 1 {
+        return tickle_lane(order.iter().copied(), mark, deadline);
+    }
+    // Lane i sends the tickles at positions i, i + lanes, ...: the clients keep their turns.
+    std::thread::scope(|s| {
+        let order = &order;
+        let lanes: Vec<_> = (0..lanes)
+            .map(|i| {
+                s.spawn(move || {
+                    tickle_lane(order.iter().skip(i).step_by(lanes).copied(), mark, deadline)
+                })
+            })
+            .collect();
+        lanes.into_iter().try_fold(0, |sent, lane| {
+            let n = lane
+                .join()
+                .map_err(|_| io::Error::other("a tickle thread panicked"))??;
+            Ok(sent + n)
+        })
+    })
+}
+
+/// Rounds of at least this many tickles are sent from one thread per core (at most
+/// MAX_TICKLE_LANES): sending is the kernel's work, per packet.
+const PARALLEL_TICKLES: usize = 4096;
+const MAX_TICKLE_LANES: usize = 4;
+
+/// Send the tickles of `flows` in order from sockets of their own until `deadline`.
+fn tickle_lane<'a>(
+    flows: impl Iterator<Item = &'a Flow>,
+    mark: u32,
+    deadline: Instant,
+) -> io::Result<usize> {
     let (mut v4, mut v6) = (None, None);
     let mut sent = 0;
-    for f in by_client_in_turn(flows) {
+    for f in flows {
         let slot = if f.src.is_ipv6() { &mut v6 } else { &mut v4 };
         if slot.is_none() {
             *slot = Some(raw_socket(f.src.is_ipv6(), mark)?);
