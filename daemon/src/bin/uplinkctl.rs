@@ -257,6 +257,19 @@ fn table(s: &Status) -> String {
             out.push_str(&format!("problem on {}: {p}\n", l.name));
         }
     }
+    if let Some(ha) = &s.ha {
+        let track = match (ha.weight, ha.fault) {
+            (Some(w), Some(f)) => format!(
+                "tells keepalived {w} usable{}",
+                if f { ", fault" } else { "" }
+            ),
+            _ => "no verdict yet (keepalived keeps its initial state)".into(),
+        };
+        out.push_str(&format!(
+            "ha: {} (LAN {}), {track}; marks {}\n",
+            ha.role, ha.lan_vip, ha.marks
+        ));
+    }
     if let Some(e) = &s.apply_error {
         out.push_str(&format!(
             "dataplane: the kernel refused the last apply, retrying: {e}\n"

@@ -48,9 +48,21 @@ fn main() -> ExitCode {
                     c.worst_case_detection().as_millis()
                 );
                 for l in &c.links {
+                    let vip = l
+                        .public_vip
+                        .map_or(String::new(), |v| format!(", SNAT to {v}"));
                     println!(
-                        "  link {}: interface {}, mark {:#x}, table {}",
+                        "  link {}: interface {}, mark {:#x}, table {}{vip}",
                         l.name, l.interface, l.mark, l.table
+                    );
+                }
+                if let Some(ha) = &c.ha {
+                    println!(
+                        "  ha: master while {} is local; track files {} and {}; marks {}",
+                        ha.lan_vip,
+                        ha.weight_file.display(),
+                        ha.fault_file.display(),
+                        uplinkd::config::fence::fingerprint(c.dataplane.mark_mask, &c.links)
                     );
                 }
                 ExitCode::SUCCESS

@@ -92,6 +92,18 @@ fn name_hash(name: &str) -> u32 {
     })
 }
 
+/// A fingerprint of the mark mask and each link's name, mark and table (in name order): two
+/// routers of a pair must show the same, since their flows' replicated marks pick the link.
+pub fn fingerprint(mark_mask: u32, links: &[Link]) -> String {
+    let mut ids: Vec<String> = links
+        .iter()
+        .map(|l| format!("{}={:#x}/{}", l.name, l.mark, l.table))
+        .collect();
+    ids.sort();
+    let text = format!("{mark_mask:#x};{}", ids.join(";"));
+    format!("{:08x}", name_hash(&text))
+}
+
 /// The ids of each link of a valid configuration (at most [`mark_capacity`] and [`MAX_LINKS`]
 /// links), in the order of `links`.
 ///

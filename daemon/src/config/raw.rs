@@ -32,6 +32,15 @@ pub(super) struct RawConfig {
     pub(super) rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     pub(super) sets: RawSets,
+    pub(super) ha: Option<Spanned<RawHa>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHa {
+    pub(super) lan_vip: Spanned<String>,
+    pub(super) weight_file: Option<Spanned<String>>,
+    pub(super) fault_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +57,7 @@ pub(super) struct RawLink {
     #[serde(default)]
     pub(super) failback: Failback,
     pub(super) nptv6: Option<Spanned<String>>,
+    pub(super) public_vip: Option<Spanned<String>>,
 }
 
 fn default_priority() -> u32 {

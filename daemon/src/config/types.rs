@@ -27,6 +27,21 @@ pub struct Config {
     pub probe: Probe,
     pub detection: Detection,
     pub dataplane: DataplaneOptions,
+    /// Two routers in a keepalived + conntrackd pair (`[ha]`); `None`: a single router.
+    pub ha: Option<Ha>,
+}
+
+/// `[ha]`: this router is one of two that share the LAN and the WAN hand-offs. keepalived
+/// elects the master and moves the virtual addresses, conntrackd replicates the flows; uplinkd
+/// tells keepalived how healthy its links are and acts on flows only while it is the master.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ha {
+    /// The LAN gateway's virtual address: this router is the master while it is one of its own.
+    pub lan_vip: IpAddr,
+    /// keepalived `track_file`s, each replaced by rename: how many links are usable, and 1
+    /// when none is or uplinkd is stopped (0 otherwise).
+    pub weight_file: PathBuf,
+    pub fault_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +63,10 @@ pub struct Link {
     /// IPv6 leaving through this link gets its source prefix translated to this prefix
     /// (NPTv6-style, the interface identifier kept) instead of being masqueraded.
     pub nptv6: Option<Prefix>,
+    /// With `[ha]`: the shared public address (a keepalived virtual address on the WAN
+    /// hand-off) that IPv4 leaving this link is translated to, so the peer can carry the flow
+    /// after a takeover. `None`: the link's own address.
+    pub public_vip: Option<Ipv4Addr>,
     /// Mark value of this link under [`DataplaneOptions::mark_mask`] (from
     /// [`super::fence::allocate`]).
     pub mark: u32,

@@ -46,6 +46,15 @@ pub enum Event {
     FlowsKept {
         link: String,
     },
+    /// With `[ha]`: this router became the master or a backup.
+    Role {
+        role: String,
+    },
+    /// With `[ha]`: a purge this router would have made as the master; as a backup it leaves
+    /// the flows to the master.
+    LeftToMaster {
+        link: String,
+    },
     /// A link lost addresses while keeping another: the flows translated to them are reset.
     AddressGone {
         link: String,
@@ -173,6 +182,19 @@ impl fmt::Display for Event {
             } => write!(
                 f,
                 "link {link}: purged {flows} flows, reset {tcp_reset} TCP clients, aborted {sockets_aborted} router sockets in {ms:.1} ms (dump {dump:.1}, stale set after it {stale:.1}, flush {flush:.1}, tickle {tickle:.1}, sockets {sockets:.1})"
+            ),
+            Event::Role { role } => write!(
+                f,
+                "this router is the {role} of its pair{}",
+                if role == "master" {
+                    ": it purges and resets the flows of dead links"
+                } else {
+                    ": the master acts on flows, this router only probes and reports"
+                }
+            ),
+            Event::LeftToMaster { link } => write!(
+                f,
+                "link {link}: its flows are left to the master (this router is a backup)"
             ),
             Event::FlowsKept { link } => write!(
                 f,

@@ -69,6 +69,22 @@ pub struct Status {
     /// desired state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_error: Option<String>,
+    /// With `[ha]`: this router's role and what it tells keepalived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HaStatus {
+    /// `master` (it holds the LAN virtual address) or `backup`.
+    pub role: String,
+    pub lan_vip: String,
+    /// What the track files say: usable links, and fault; none until a link has a verdict.
+    pub weight: Option<u32>,
+    pub fault: Option<bool>,
+    /// A fingerprint of the links' marks and tables: both routers of a pair must show the same
+    /// (committed flows route by their replicated mark).
+    pub marks: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

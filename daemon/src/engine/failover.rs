@@ -264,11 +264,19 @@ impl Engine {
         self.target = Some(next);
     }
 
-    /// A waiting purge, now that `live` is in the kernel.
+    /// A waiting purge, now that `live` is in the kernel. A backup leaves flows alone: the
+    /// master carries them, on the same LAN, and the replicated entries are what the next
+    /// takeover needs.
     fn release(&mut self, live: &DesiredState, link: LinkId, why: Why) {
         let Some(l) = live.links.get(link) else {
             return;
         };
+        if self.master == Some(false) {
+            self.gone[link].clear();
+            return self.emit(Event::LeftToMaster {
+                link: l.name.clone(),
+            });
+        }
         let mut nat_to = Vec::new();
         match why {
             Why::Down => {}
@@ -307,6 +315,54 @@ impl Engine {
             lan_interfaces: live.lan_interfaces.clone(),
             nat_to,
         }));
+    }
+
+    /// With `[ha]`: whether this router is the master now (the LAN virtual address is one of
+    /// its own). A new master purges at once the inherited flows of links it considers down.
+    pub(super) fn update_role(&mut self) {
+        let now = self.config.ha.as_ref().map(|h| {
+            let vip = h.lan_vip.to_canonical();
+            self.local.contains(&vip)
+        });
+        let Some(master) = now.filter(|_| now != self.master) else {
+            return;
+        };
+        self.master = now;
+        self.emit(Event::Role {
+            role: if master { "master" } else { "backup" }.into(),
+        });
+        if master {
+            let d = self.desired();
+            for l in (0..d.links.len()).filter(|&l| !d.links[l].usable && elsewhere(l, &d)) {
+                if !self.waiting.contains(&(l, Why::Down)) {
+                    self.waiting.push((l, Why::Down));
+                }
+            }
+            // An apply follows, and the purges once it is live.
+            self.verify = true;
+        }
+    }
+
+    /// With `[ha]`, what keepalived's track files say: how many links are usable (up or
+    /// degraded, not drained), and whether none is. Nothing while every link is still without
+    /// a verdict: a router that just started stays in fault until it knows.
+    pub fn ha_track(&self) -> Option<(u32, bool)> {
+        self.config.ha.as_ref()?;
+        if self.links.iter().all(|h| h.state == LinkState::Unknown) {
+            return None;
+        }
+        let n = (0..self.links.len())
+            .filter(|&l| {
+                matches!(self.links[l].state, LinkState::Up | LinkState::Degraded)
+                    && !self.drained[l]
+            })
+            .count() as u32;
+        Some((n, n == 0))
+    }
+
+    /// With `[ha]`: whether this router is the master.
+    pub fn is_master(&self) -> Option<bool> {
+        self.master
     }
 
     /// The steering events of an apply: the first one, the default policy's share when it

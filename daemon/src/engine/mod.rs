@@ -136,6 +136,8 @@ pub struct Engine {
     counters: BTreeMap<String, Counters>,
     applies: u64,
     last_apply_ms: Option<f64>,
+    /// With `[ha]`: whether this router is the master (it holds the LAN virtual address).
+    master: Option<bool>,
 }
 
 impl Engine {
@@ -146,6 +148,7 @@ impl Engine {
             .map(|l| LinkHealth::new(now, l.targets.len(), l.quorum, config.detection.misses))
             .collect();
         let n = links.len();
+        let master = config.ha.as_ref().map(|_| false);
         Engine {
             config,
             links,
@@ -172,6 +175,7 @@ impl Engine {
             counters: BTreeMap::new(),
             applies: 0,
             last_apply_ms: None,
+            master,
         }
     }
 
@@ -222,6 +226,10 @@ impl Engine {
         self.unsteered.clear();
         self.fresh.clear();
         self.verify = true;
+        if self.config.ha.is_none() {
+            self.master = None;
+        }
+        self.update_role();
         self.emit(Event::Reload {
             ok: true,
             message: Some(message),
@@ -368,6 +376,7 @@ impl Engine {
             Input::Local(addrs) => {
                 self.local = addrs.iter().map(std::net::IpAddr::to_canonical).collect();
                 self.report_problems();
+                self.update_role();
                 return Vec::new();
             }
             Input::Admin { link, up } if link < self.links.len() => {

@@ -104,6 +104,8 @@ pub struct LinkPlan {
     pub drained: bool,
     /// IPv6 source prefix translation instead of masquerade.
     pub nptv6: Option<Prefix>,
+    /// With `[ha]`: the shared address IPv4 leaving the link is translated to.
+    pub public_vip: Option<Ipv4Addr>,
 }
 
 impl Engine {
@@ -180,6 +182,7 @@ impl Engine {
                     usable: h.state.usable(),
                     drained: self.drained[i],
                     nptv6: l.nptv6,
+                    public_vip: l.public_vip,
                 })
                 .collect(),
             router_link,

@@ -2,6 +2,7 @@
 //! executes the actions it returns on the dataplane, the probes and the control socket. It
 //! decides nothing itself.
 
+mod ha;
 mod hooks;
 mod memory;
 mod probing;
@@ -169,6 +170,8 @@ pub struct Supervisor<D, P> {
     memory: Option<PathBuf>,
     memory_saved: Option<Instant>,
     memory_dirty: bool,
+    /// With `[ha]`: keepalived's track files.
+    track: ha::Track,
     /// When the status was last rebuilt, and whether something not seen by the engine's actions
     /// (a command, a purge's result, a kernel event) wants it rebuilt now.
     status_at: Option<Instant>,
@@ -215,6 +218,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             memory,
             memory_saved: None,
             memory_dirty: true,
+            track: ha::Track::default(),
             status_at: None,
             status_due: true,
         };
@@ -356,6 +360,9 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 .send_replace(status::build(&self.engine, now.into_std()));
         }
         self.remember();
+        if let (Some(ha), Some(t)) = (&self.engine.config().ha, self.engine.ha_track()) {
+            self.track.update(ha, t);
+        }
     }
 
     /// Start links as they were before a restart, if the memory of them is recent.
@@ -526,6 +533,9 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         notify(&[sd_notify::NotifyState::Stopping]);
         self.memory_dirty = true;
         self.remember();
+        if let Some(ha) = &self.engine.config().ha {
+            self.track.stop(ha);
+        }
         if !self.engine.config().dataplane.cleanup_on_exit {
             info!("stopping: leaving the dataplane in place (cleanup_on_exit = false)");
             return Ok(());

@@ -19,7 +19,23 @@ pub fn build(engine: &Engine, now: Instant) -> Status {
         }
     };
     let (applies, last_apply_ms, apply_error) = engine.applies();
+    let ha = cfg.ha.as_ref().map(|h| {
+        let track = engine.ha_track();
+        control::HaStatus {
+            role: if engine.is_master() == Some(true) {
+                "master"
+            } else {
+                "backup"
+            }
+            .into(),
+            lan_vip: h.lan_vip.to_string(),
+            weight: track.map(|t| t.0),
+            fault: track.map(|t| t.1),
+            marks: crate::config::fence::fingerprint(cfg.dataplane.mark_mask, &cfg.links),
+        }
+    });
     Status {
+        ha,
         version: control::PROTOCOL_VERSION,
         steer_to: d.steer_to().map(|i| d.links[i].name.clone()),
         share: shares(d, d.share()),

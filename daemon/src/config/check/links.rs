@@ -85,8 +85,13 @@ pub(super) fn links(
         let targets = targets(c, &l.targets, &key("targets"));
         let quorum = quorum(c, l, targets.len() as u32, detection_quorum, &key("quorum"));
         let nptv6 = nptv6(c, l.nptv6.as_ref(), &key("nptv6"));
+        let public_vip = l
+            .public_vip
+            .as_ref()
+            .and_then(|v| super::ha::unicast_v4(c, v, &key("public_vip")));
         out.push(Link {
             nptv6,
+            public_vip,
             name: name.clone(),
             quorum,
             failback: l.failback,

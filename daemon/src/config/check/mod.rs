@@ -3,6 +3,7 @@
 
 mod control;
 mod dataplane;
+mod ha;
 mod links;
 mod policy;
 mod probe;
@@ -50,7 +51,9 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         &links,
         &lan_interfaces,
     );
+    let ha = ha::ha(&mut c, raw.ha.as_ref(), &raw.link, &links);
     c.finish(Config {
+        ha,
         links,
         lan_interfaces,
         policies,

@@ -460,10 +460,12 @@ fn check_nat(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
 /// address goes away (a DHCP lease lost, a renumber), the kernel deletes masqueraded flows'
 /// entries itself, and their clients could no longer be found to reset; SNATed ones stay until
 /// uplinkd purges them. Masquerade covers the rest (IPv6, a link without an IPv4 address).
+/// With `[ha]`, a link's `public_vip` replaces its own address: the peer router can carry the
+/// flow after a takeover only if it was translated to an address that moves with mastership.
 fn postrouting(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
     let mut post = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
-        if let Some(a) = first_v4(addrs, i) {
+        if let Some(a) = l.public_vip.or_else(|| first_v4(addrs, i)) {
             post.push(vec![
                 Op::OifName(l.interface.clone()),
                 Op::NfProto(NFPROTO_IPV4),

@@ -422,3 +422,103 @@ fn flows_kept_while_no_link_was_usable_go_as_soon_as_another_link_is() {
     sim.run(t, |l, _, _| (l == 0).then_some(Duration::from_millis(5)));
     assert!(purges(&sim).is_empty(), "{:#?}", words(&sim));
 }
+
+const HA: &str = r#"
+[ha]
+lan_vip = "10.98.0.1"
+"#;
+
+fn role(sim: &mut Sim, master: bool) {
+    let mut local: Vec<std::net::IpAddr> = vec!["10.98.0.2".parse().unwrap()];
+    if master {
+        local.push("10.98.0.1".parse().unwrap());
+    }
+    sim.event(Input::Local(local));
+}
+
+#[test]
+fn a_backup_purges_and_resets_nothing_and_says_the_flows_are_the_masters() {
+    let mut sim = up(HA);
+    role(&mut sim, false);
+    assert_eq!(sim.engine.is_master(), Some(false));
+    sim.actions.clear();
+    sim.event(Input::Carrier { link: 0, up: false });
+    let w = words(&sim);
+    assert!(purges(&sim).is_empty(), "{w:#?}");
+    assert!(
+        w.contains(&"apply via lte".to_owned()),
+        "the same dataplane: {w:#?}"
+    );
+    assert!(
+        w.contains(
+            &"event link fiber: its flows are left to the master (this router is a backup)"
+                .to_owned()
+        ),
+        "{w:#?}"
+    );
+    // An operator's drain with reset is the master's to do too.
+    sim.event(Input::Carrier { link: 0, up: true });
+    sim.actions.clear();
+    sim.engine.drain("lte", true).unwrap();
+    sim.act();
+    assert!(purges(&sim).is_empty(), "{:#?}", words(&sim));
+}
+
+#[test]
+fn a_new_master_purges_at_once_the_inherited_flows_of_links_it_considers_down() {
+    let mut sim = up(HA);
+    role(&mut sim, false);
+    sim.event(Input::Carrier { link: 0, up: false });
+    sim.actions.clear();
+    role(&mut sim, true);
+    let w = words(&sim);
+    assert_eq!(
+        w,
+        [
+            "event this router is the master of its pair: it purges and resets the flows of dead links",
+            "apply via lte",
+            "purge fiber (Down)",
+        ],
+        "{w:#?}"
+    );
+    // Losing the address again: a backup; a link dying now is left to the new master.
+    role(&mut sim, false);
+    sim.actions.clear();
+    sim.event(Input::Carrier { link: 0, up: true });
+    sim.event(Input::Carrier { link: 1, up: false });
+    assert!(purges(&sim).is_empty(), "{:#?}", words(&sim));
+}
+
+#[test]
+fn without_ha_there_is_no_role_and_nothing_for_keepalived() {
+    let mut sim = up("");
+    role(&mut sim, false);
+    assert_eq!(sim.engine.is_master(), None);
+    assert_eq!(sim.engine.ha_track(), None);
+    sim.event(Input::Carrier { link: 0, up: false });
+    assert_eq!(purges(&sim), ["purge fiber (Down)"]);
+}
+
+#[test]
+fn keepalived_is_told_the_usable_links_and_a_fault_when_none_is_left() {
+    let cfg = crate::config::parse(&format!("{LINKS}{HA}")).unwrap();
+    let t0 = Instant::now();
+    let mut sim = Sim::new(cfg, t0);
+    // No verdict yet: nothing is said, keepalived keeps its initial fault.
+    assert_eq!(sim.engine.ha_track(), None);
+    sim.run(t0 + Duration::from_secs(5), |_, _, _| {
+        Some(Duration::from_millis(5))
+    });
+    assert_eq!(sim.engine.ha_track(), Some((2, false)));
+    sim.event(Input::Carrier { link: 1, up: false });
+    assert_eq!(sim.engine.ha_track(), Some((1, false)));
+    sim.engine.drain("fiber", false).unwrap();
+    assert_eq!(
+        sim.engine.ha_track(),
+        Some((0, true)),
+        "a drained link does not count"
+    );
+    sim.engine.undrain("fiber").unwrap();
+    sim.event(Input::Carrier { link: 0, up: false });
+    assert_eq!(sim.engine.ha_track(), Some((0, true)));
+}

@@ -1,0 +1,204 @@
+//! `[ha]` and the links' `public_vip`: two routers in a keepalived + conntrackd pair.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::Checker;
+use crate::config::raw::{RawHa, RawLink};
+use crate::config::{Ha, Link};
+
+/// Where keepalived's track files go by default: the unit's runtime directory.
+pub const WEIGHT_FILE: &str = "/run/uplinkd/vrrp-weight";
+pub const FAULT_FILE: &str = "/run/uplinkd/vrrp-fault";
+
+/// `[ha]`, checked against the links (their `public_vip` needs it, and no two may share one).
+pub(super) fn ha(
+    c: &mut Checker,
+    raw: Option<&Spanned<RawHa>>,
+    raw_links: &[Spanned<RawLink>],
+    links: &[Link],
+) -> Option<Ha> {
+    let mut vips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+    for (i, (rl, l)) in raw_links.iter().zip(links).enumerate() {
+        let (Some(span), Some(vip)) = (rl.get_ref().public_vip.as_ref(), l.public_vip) else {
+            continue;
+        };
+        let key = format!("link[{i}].public_vip");
+        if raw.is_none() {
+            c.err(
+                span.span(),
+                &key,
+                "a shared public address needs an [ha] section (two routers)",
+            );
+        }
+        if let Some(other) = vips.insert(vip, &l.name) {
+            c.err(
+                span.span(),
+                &key,
+                format!("{vip} is link {other:?}'s public_vip too"),
+            );
+        }
+    }
+    let raw = raw?.get_ref();
+    let lan_vip = match raw.lan_vip.get_ref().parse::<IpAddr>() {
+        Ok(a) if unicast(a) => Some(a),
+        Ok(_) => {
+            c.err(
+                raw.lan_vip.span(),
+                "ha.lan_vip",
+                "must be a unicast address (the LAN gateway's virtual address)",
+            );
+            None
+        }
+        Err(_) => {
+            c.err(
+                raw.lan_vip.span(),
+                "ha.lan_vip",
+                format!("{:?} is not an IP address", raw.lan_vip.get_ref()),
+            );
+            None
+        }
+    };
+    if let Some(IpAddr::V4(a)) = lan_vip {
+        if let Some(link) = vips.get(&a) {
+            c.err(
+                raw.lan_vip.span(),
+                "ha.lan_vip",
+                format!("{a} is link {link:?}'s public_vip too"),
+            );
+        }
+    }
+    let weight_file = file(c, raw.weight_file.as_ref(), "ha.weight_file", WEIGHT_FILE);
+    let fault_file = file(c, raw.fault_file.as_ref(), "ha.fault_file", FAULT_FILE);
+    if weight_file == fault_file {
+        if let Some(f) = &raw.fault_file {
+            c.err(f.span(), "ha.fault_file", "must differ from ha.weight_file");
+        }
+    }
+    Some(Ha {
+        lan_vip: lan_vip?,
+        weight_file,
+        fault_file,
+    })
+}
+
+fn file(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str, default: &str) -> PathBuf {
+    let Some(f) = raw else {
+        return default.into();
+    };
+    let path = PathBuf::from(f.get_ref());
+    if !path.is_absolute() || path.file_name().is_none() {
+        c.err(f.span(), key, "must be an absolute path to a file");
+    }
+    path
+}
+
+fn unicast(a: IpAddr) -> bool {
+    !(a.is_unspecified() || a.is_multicast() || a.is_loopback() || a == Ipv4Addr::BROADCAST)
+}
+
+/// An IPv4 unicast address, or the problem reported.
+pub(super) fn unicast_v4(c: &mut Checker, raw: &Spanned<String>, key: &str) -> Option<Ipv4Addr> {
+    match raw.get_ref().parse::<Ipv4Addr>() {
+        Ok(a) if unicast(IpAddr::V4(a)) => Some(a),
+        _ => {
+            c.err(
+                raw.span(),
+                key,
+                format!("{:?} must be a unicast IPv4 address", raw.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use crate::config::{parse, Problem};
+
+    const LINKS: &str = r#"[[link]]
+name = "wan1"
+interface = "wan1"
+targets = ["203.0.113.10"]
+public_vip = "192.0.2.6"
+
+[[link]]
+name = "wan2"
+interface = "wan2"
+targets = ["203.0.113.10"]
+
+[lan]
+interfaces = ["lan0"]
+"#;
+
+    fn problems(text: &str) -> Vec<(usize, String, String)> {
+        let p: Vec<Problem> = parse(text).unwrap_err();
+        p.into_iter().map(|p| (p.line, p.key, p.message)).collect()
+    }
+
+    #[test]
+    fn a_pair_is_configured_with_its_defaults() {
+        let c = parse(&format!("{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\n")).unwrap();
+        let ha = c.ha.unwrap();
+        assert_eq!(ha.lan_vip.to_string(), "10.98.0.1");
+        assert_eq!(ha.weight_file.to_str(), Some(super::WEIGHT_FILE));
+        assert_eq!(ha.fault_file.to_str(), Some(super::FAULT_FILE));
+        assert_eq!(
+            c.links[0].public_vip.map(|a| a.to_string()).as_deref(),
+            Some("192.0.2.6")
+        );
+        assert_eq!(c.links[1].public_vip, None);
+    }
+
+    #[test]
+    fn a_shared_address_without_a_pair_is_refused_at_its_line() {
+        assert_eq!(
+            problems(LINKS),
+            [(
+                5,
+                "link[0].public_vip".into(),
+                "a shared public address needs an [ha] section (two routers)".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_pair_settings_are_each_reported_at_their_line() {
+        let text = format!(
+            "{}\n[ha]\nlan_vip = \"192.0.2.6\"\nweight_file = \"vrrp\"\nfault_file = \"vrrp\"\n",
+            LINKS.replace(
+                "targets = [\"203.0.113.10\"]\n\n[lan]",
+                "targets = [\"203.0.113.10\"]\npublic_vip = \"192.0.2.6\"\n\n[lan]"
+            )
+        );
+        let p = problems(&text);
+        let keys: Vec<(usize, &str)> = p.iter().map(|(l, k, _)| (*l, k.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                (11, "link[1].public_vip"),
+                (17, "ha.lan_vip"),
+                (18, "ha.weight_file"),
+                (19, "ha.fault_file"),
+                (19, "ha.fault_file"),
+            ],
+            "{p:#?}"
+        );
+        assert!(p[0].2.contains("link \"wan1\"'s public_vip too"), "{p:#?}");
+        assert!(
+            problems(&format!("{LINKS}\n[ha]\nlan_vip = \"224.0.0.18\"\n"))[0]
+                .2
+                .contains("unicast")
+        );
+        assert!(problems(&format!("{LINKS}\n[ha]\nlan_vip = \"gw\"\n"))[0]
+            .2
+            .contains("not an IP address"));
+        assert!(problems(&format!("{LINKS}\n[ha]\n"))[0]
+            .2
+            .contains("lan_vip"));
+    }
+}
