@@ -233,6 +233,34 @@ def inet_checksum(data):
     return ~total & 0xffff
 
 
+def midstream(args):
+    """Send one mid-stream TCP segment (ACK, no SYN) from SRC to ADDR:PORT, as if a flow the
+    receiver has no state for went on, and print 'rst' if a reset comes back within --wait
+    seconds, else 'silent'."""
+    import select, struct
+    src, dst = socket.inet_aton(args.src), socket.inet_aton(args.addr)
+    sport = 40000 + os.getpid() % 20000
+    tcp = struct.pack("!HHIIBBHHH", sport, args.port, 1000, 2000, 5 << 4, 0x10, 65535, 0, 0)
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + inet_checksum(pseudo + tcp).to_bytes(2, "big") + tcp[18:]
+    rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    tx.bind((args.src, 0))
+    tx.sendto(tcp, (args.addr, 0))
+    deadline = time.time() + args.wait
+    while time.time() < deadline:
+        if not select.select([rx], [], [], max(0.0, deadline - time.time()))[0]:
+            break
+        p = rx.recv(2048)
+        ihl = (p[0] & 0x0f) * 4
+        if p[12:16] == dst and len(p) >= ihl + 14:
+            dport, flags = struct.unpack("!H", p[ihl + 2:ihl + 4])[0], p[ihl + 13]
+            if dport == sport and flags & 0x04:
+                print("rst")
+                return
+    print("silent")
+
+
 def echo(args):
     """Answer ICMP echo requests to ADDRS after --delay seconds, like targets far away on the
     internet (the namespace's kernel must not answer them: net.ipv4.icmp_echo_ignore_all=1;
@@ -445,6 +473,8 @@ def main():
     a.add_argument("--bind", help="local address to connect from")
     a.add_argument("--sport", type=int, default=0, help="local port to connect from")
     a = sub.add_parser("echo"); a.add_argument("addrs", nargs="+"); a.add_argument("--delay", type=float, default=0.03)
+    a = sub.add_parser("midstream"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--src", required=True); a.add_argument("--wait", type=float, default=1)
     a = sub.add_parser("forge-errors"); a.add_argument("--iface", required=True); a.add_argument("--victim", required=True)
     a.add_argument("--watch", required=True); a.add_argument("--targets", required=True)
     a.add_argument("--spread", type=int, default=3); a.add_argument("--random", type=int, default=8)
@@ -466,6 +496,8 @@ def main():
         sys.exit(cmd_whoami(args))
     elif args.cmd == "count":
         sys.exit(cmd_count(args))
+    elif args.cmd == "midstream":
+        midstream(args)
     elif args.cmd == "udpserver":
         udpserver(args)
     elif args.cmd == "udp":

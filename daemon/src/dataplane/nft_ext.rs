@@ -71,6 +71,27 @@ impl Expression for CtReplyDaddr4 {
     }
 }
 
+/// `meta pkttype` into register 1 (one byte: PACKET_HOST, PACKET_BROADCAST, ...); the nftnl
+/// crate has no such key.
+pub struct MetaPktType;
+
+impl Expression for MetaPktType {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for RawLoad.
+        unsafe {
+            let expr = alloc(c"meta");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_META_KEY as u16,
+                libc::NFT_META_PKTTYPE as u32,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_META_DREG as u16, libc::NFT_REG_1 as u32);
+            expr
+        }
+    }
+}
+
 /// `numgen random mod MODULUS` into register 1 (host byte order).
 pub struct NumgenRandom {
     pub modulus: u32,

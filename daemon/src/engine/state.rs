@@ -21,6 +21,9 @@ pub struct DesiredState {
     pub unreachable_mark: u32,
     /// The router's own new flows are steered too.
     pub steer_router: bool,
+    /// One router of a pair (`[ha]`): LAN steering marks only packets addressed to the router
+    /// (not the peer's VRRP adverts), and a WAN guard drops mid-stream TCP without state.
+    pub ha: bool,
     /// The link whose table the router's own unmarked route lookups use (its sockets pick their
     /// source address there): the default policy's first link; `None` when the router's own
     /// traffic is not steered (`steer_router = false`) or there is no link.
@@ -163,6 +166,7 @@ impl Engine {
         DesiredState {
             unreachable_mark: dp.unreachable_mark(),
             steer_router: dp.steer_router,
+            ha: self.config.ha.is_some(),
             mark_mask: dp.mark_mask,
             tickle_mark: dp.tickle_mark(),
             rule_priority: dp.rule_priority,

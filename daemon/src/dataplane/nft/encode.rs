@@ -25,7 +25,7 @@ use super::{NFPROTO_IPV4, NFPROTO_IPV6, TCP_FLAG_SYN};
 use super::{STALE4, STALE6};
 use crate::config::Prefix;
 use crate::dataplane::nft_ext::{
-    Base, CtReplyDaddr4, Dynset, Hton32, Notrack, NumgenRandom, RawLoad, SnatPrefix6,
+    Base, CtReplyDaddr4, Dynset, Hton32, MetaPktType, Notrack, NumgenRandom, RawLoad, SnatPrefix6,
 };
 
 /// One nftables expression. Loads write register 1 (a payload longer than 16 bytes continues
@@ -109,6 +109,7 @@ pub enum MetaKey {
     L4Proto,
     IifName,
     OifName,
+    PktType,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +145,7 @@ pub fn lower(op: &Op) -> io::Result<Vec<Expr>> {
         Op::OifName(n) => name_is(MetaKey::OifName, n)?,
         Op::CtStateNew => ct_state(States::NEW),
         Op::CtStateInvalid => ct_state(States::INVALID),
+        Op::PktTypeHost => vec![E::Meta(MetaKey::PktType), eq(vec![libc::PACKET_HOST])],
         Op::NfProto(p) => vec![E::Meta(MetaKey::NfProto), eq(vec![*p])],
         Op::L4Proto(p) => vec![E::Meta(MetaKey::L4Proto), eq(vec![*p])],
         Op::Addr { dst, prefix } => addr_is(*dst, prefix),
@@ -410,6 +412,10 @@ fn add_expr(rule: &mut Rule<'_>, e: &Expr, sets: &impl Sets) -> io::Result<()> {
             MetaKey::L4Proto => Meta::L4Proto,
             MetaKey::IifName => Meta::IifName,
             MetaKey::OifName => Meta::OifName,
+            MetaKey::PktType => {
+                rule.add_expr(&MetaPktType);
+                return Ok(());
+            }
         }),
         Expr::SetMetaMark => rule.add_expr(&Meta::Mark { set: true }),
         Expr::Ct(CtKey::Mark) => rule.add_expr(&Conntrack::Mark { set: false }),

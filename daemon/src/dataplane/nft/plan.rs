@@ -104,6 +104,9 @@ pub enum Op {
     },
     RejectTcpReset,
     CtStateInvalid,
+    /// `meta pkttype host`: addressed to this host's link-layer address (not multicast or
+    /// broadcast).
+    PktTypeHost,
     Drop,
     /// `numgen random mod MODULUS < BELOW`
     RandomBelow {
@@ -256,6 +259,15 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             check_nat(d, addrs),
         ),
     ];
+    if d.ha {
+        chains.push(base(
+            "input",
+            Hook::In,
+            ChainType::Filter,
+            PRIO_FILTER,
+            wan_guard(d),
+        ));
+    }
     let mut addr_sets = Vec::new();
     let mut match_sets = Vec::new();
     chains.extend(steering(d, &mut addr_sets, &mut match_sets));
@@ -294,15 +306,38 @@ fn prerouting(d: &DesiredState) -> Vec<Vec<Op>> {
     }
     // New LAN flows get the mark of the link their policy chooses, which routes them to its
     // table (chain `steer`).
+    // In a pair, the peer's VRRP adverts arrive on the LAN too: only packets sent to this
+    // router are steered.
     for lan in &d.lan_interfaces {
-        pre.push(vec![
-            Op::IifName(lan.clone()),
-            Op::CtStateNew,
-            unmarked(d),
-            Op::Jump(STEER.into()),
-        ]);
+        let mut rule = vec![Op::IifName(lan.clone())];
+        rule.extend(d.ha.then_some(Op::PktTypeHost));
+        rule.extend([Op::CtStateNew, unmarked(d), Op::Jump(STEER.into())]);
+        pre.push(rule);
     }
     pre
+}
+
+/// In a pair, the WAN guard: TCP arriving from a WAN that is neither a connection attempt nor
+/// part of a known flow is dropped, never answered. Right after a takeover the new master may
+/// not have a flow's state yet, and a reset from its own stack (the public address just became
+/// local) would kill the flow; a drop makes the sender retransmit instead.
+fn wan_guard(d: &DesiredState) -> Vec<Vec<Op>> {
+    let mut guard = Vec::new();
+    for l in d.links.iter().filter(|_| d.ha) {
+        guard.push(vec![
+            Op::IifName(l.interface.clone()),
+            Op::CtStateInvalid,
+            Op::Drop,
+        ]);
+        guard.push(vec![
+            Op::IifName(l.interface.clone()),
+            Op::L4Proto(IPPROTO_TCP),
+            Op::TcpNotSyn,
+            Op::CtStateNew,
+            Op::Drop,
+        ]);
+    }
+    guard
 }
 
 fn forward(d: &DesiredState) -> Vec<Vec<Op>> {
@@ -335,6 +370,7 @@ fn forward(d: &DesiredState) -> Vec<Vec<Op>> {
     for lan in &d.lan_interfaces {
         forward.push(vec![Op::IifName(lan.clone()), Op::CtStateInvalid, Op::Drop]);
     }
+    forward.extend(wan_guard(d));
     forward
 }
 

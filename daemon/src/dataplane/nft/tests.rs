@@ -623,3 +623,54 @@ fn an_update_writes_only_the_chains_and_intervals_that_changed() {
     let repair = messages(&batch::build(&r1, Some((&r1, true))).unwrap());
     assert_eq!(repair, fresh - 2 + 1 + r1.chains.len());
 }
+
+#[test]
+fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_address() {
+    let addrs = [
+        vec!["100.64.1.2".parse().unwrap()],
+        vec!["100.64.2.2".parse().unwrap()],
+    ];
+    let mut d = state(r#""lan0""#, "[ha]\nlan_vip = \"10.99.0.254\"\n", &[(0, 1)]);
+    d.links[0].public_vip = Some("192.0.2.6".parse().unwrap());
+    let r = render(&d, &addrs);
+    assert!(
+        chain(&r, "prerouting")
+            .contains(&r#"iifname "lan0" meta pkttype host ct state new meta mark & 0xff00 == 0x0 jump steer"#.into()),
+        "{:#?}",
+        chain(&r, "prerouting")
+    );
+    let guard: Vec<String> = ["wan1", "wan2"]
+        .iter()
+        .flat_map(|w| {
+            [
+                format!(r#"iifname "{w}" ct state invalid drop"#),
+                format!(r#"iifname "{w}" meta l4proto tcp tcp flags & syn == 0 ct state new drop"#),
+            ]
+        })
+        .collect();
+    assert_eq!(chain(&r, "input"), guard);
+    assert!(
+        chain(&r, "forward").ends_with(&guard),
+        "{:#?}",
+        chain(&r, "forward")
+    );
+    let post = chain(&r, "postrouting");
+    assert_eq!(
+        post[0],
+        r#"oifname "wan1" meta nfproto ipv4 snat ip to 192.0.2.6"#
+    );
+    assert_eq!(
+        post[2],
+        r#"oifname "wan2" meta nfproto ipv4 snat ip to 100.64.2.2"#
+    );
+    // The text reads back as written (what `nft list` shows is what was meant).
+    let text = r.to_string();
+    assert!(
+        text.contains("chain input { type filter hook input priority 0; policy accept;"),
+        "{text}"
+    );
+    // A single router has none of it.
+    let single = render(&state(r#""lan0""#, "", &[(0, 1)]), &addrs);
+    assert!(!single.chains.iter().any(|c| c.name == "input"));
+    assert!(!single.to_string().contains("pkttype"));
+}

@@ -81,6 +81,8 @@ fn meta(e: &[Expr]) -> Phrase {
         (MetaKey::L4Proto, [IPPROTO_TCP]) => "meta l4proto tcp".into(),
         (MetaKey::L4Proto, [IPPROTO_UDP]) => "meta l4proto udp".into(),
         (MetaKey::L4Proto, [p]) => format!("meta l4proto {p}"),
+        (MetaKey::PktType, [0]) => "meta pkttype host".into(),
+        (MetaKey::PktType, [t]) => format!("meta pkttype {t}"),
         (MetaKey::IifName | MetaKey::OifName, _) => {
             let name = CStr::from_bytes_with_nul(data).ok()?.to_str().ok()?;
             let key = if *key == MetaKey::IifName {
