@@ -182,7 +182,7 @@ def cmd_hold(args):
     otherwise it waits in recv(). Prints 'seen ADDR port P' (the server saw ADDR; P is the local
     port, which --sport picks, e.g. to reuse a killed flow's), then how the connection ended with
     the wall-clock time: 'reset T' (ECONNRESET), 'closed T', 'error T ERRNO' or 'alive' at
-    --within."""
+    --within (with --talk followed by 'maxgap MS', the longest wait between two answers)."""
     source = (args.bind or "", args.sport) if args.bind or args.sport else None
     c = socket.socket(socket.AF_INET6 if ":" in args.addr else socket.AF_INET)
     c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -199,6 +199,7 @@ def hold(c, args):
     print("seen", f.readline().split()[1].decode(), "port", c.getsockname()[1], flush=True)
     c.settimeout(None)
     deadline = time.time() + args.within
+    last, gap = time.time(), 0.0
     try:
         while time.time() < deadline:
             if args.talk:
@@ -207,6 +208,8 @@ def hold(c, args):
                 if not c.recv(64):
                     print(f"closed {time.time():.3f}", flush=True)
                     return 1
+                now = time.time()
+                gap, last = max(gap, now - last), now
                 time.sleep(0.1)
             else:
                 c.settimeout(max(0.01, deadline - time.time()))
@@ -220,6 +223,9 @@ def hold(c, args):
         print(f"{what} {time.time():.3f}", flush=True)
         return 0
     print("alive", flush=True)
+    if args.talk:
+        # The longest wait between two answers (100 ms when nothing went wrong).
+        print(f"maxgap {gap * 1000:.0f}", flush=True)
     return 1
 
 

@@ -477,16 +477,19 @@ fn check_nat(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
         let Some(a) = first_v4(addrs, i) else {
             continue;
         };
-        out.push(vec![
+        let mut rule = vec![
             Op::OifName(l.interface.clone()),
             Op::CtStateNew,
             Op::NfProto(NFPROTO_IPV4),
             Op::NatNot(a),
-            Op::RecordNat {
-                set: foreign_nat_set(i),
-                timeout_ms: FOREIGN_NAT_TIMEOUT_MS,
-            },
-        ]);
+        ];
+        // In a pair, LAN flows are translated to the shared address: ours too.
+        rule.extend(l.public_vip.map(Op::NatNot));
+        rule.push(Op::RecordNat {
+            set: foreign_nat_set(i),
+            timeout_ms: FOREIGN_NAT_TIMEOUT_MS,
+        });
+        out.push(rule);
     }
     out
 }
@@ -496,12 +499,26 @@ fn check_nat(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
 /// address goes away (a DHCP lease lost, a renumber), the kernel deletes masqueraded flows'
 /// entries itself, and their clients could no longer be found to reset; SNATed ones stay until
 /// uplinkd purges them. Masquerade covers the rest (IPv6, a link without an IPv4 address).
-/// With `[ha]`, a link's `public_vip` replaces its own address: the peer router can carry the
-/// flow after a takeover only if it was translated to an address that moves with mastership.
+/// With `[ha]`, LAN traffic is translated to the link's `public_vip` instead: the peer router
+/// can carry a flow after a takeover only if it was translated to an address that moves with
+/// mastership. The router's own traffic (its probes) keeps its own address, which the backup
+/// has too.
 fn postrouting(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
     let mut post = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
-        if let Some(a) = l.public_vip.or_else(|| first_v4(addrs, i)) {
+        for (lan, vip) in d
+            .lan_interfaces
+            .iter()
+            .flat_map(|n| l.public_vip.map(|v| (n, v)))
+        {
+            post.push(vec![
+                Op::IifName(lan.clone()),
+                Op::OifName(l.interface.clone()),
+                Op::NfProto(NFPROTO_IPV4),
+                Op::Snat4(vip),
+            ]);
+        }
+        if let Some(a) = first_v4(addrs, i) {
             post.push(vec![
                 Op::OifName(l.interface.clone()),
                 Op::NfProto(NFPROTO_IPV4),

@@ -654,15 +654,24 @@ fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_addre
         "{:#?}",
         chain(&r, "forward")
     );
+    // LAN flows take the shared address; the router's own (its probes) keep its address.
     let post = chain(&r, "postrouting");
     assert_eq!(
-        post[0],
-        r#"oifname "wan1" meta nfproto ipv4 snat ip to 192.0.2.6"#
+        post[..3],
+        [
+            r#"iifname "lan0" oifname "wan1" meta nfproto ipv4 snat ip to 192.0.2.6"#,
+            r#"oifname "wan1" meta nfproto ipv4 snat ip to 100.64.1.2"#,
+            r#"oifname "wan1" masquerade"#,
+        ]
     );
     assert_eq!(
-        post[2],
+        post[3],
         r#"oifname "wan2" meta nfproto ipv4 snat ip to 100.64.2.2"#
     );
+    // Neither is another table's NAT.
+    assert!(chain(&r, "check_nat")[0].contains(
+        "ct reply ip daddr != 100.64.1.2 ct reply ip daddr != 192.0.2.6 add @foreign_nat_1"
+    ));
     // The text reads back as written (what `nft list` shows is what was meant).
     let text = r.to_string();
     assert!(
