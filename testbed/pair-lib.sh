@@ -149,6 +149,7 @@ socket = "$d/control.sock"
 lan_vip = "10.99.0.1"
 weight_file = "$d/vrrp-weight"
 fault_file = "$d/vrrp-fault"
+${PAIR_HA_EXTRA:-}
 EOT
         if [ $r = ra ]; then prio=101; else prio=100; fi
         cat >"$d/notify.sh" <<EOT

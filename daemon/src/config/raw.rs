@@ -41,6 +41,7 @@ pub(super) struct RawHa {
     pub(super) lan_vip: Spanned<String>,
     pub(super) weight_file: Option<Spanned<String>>,
     pub(super) fault_file: Option<Spanned<String>>,
+    pub(super) handover: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

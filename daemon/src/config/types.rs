@@ -42,6 +42,9 @@ pub struct Ha {
     /// when none is or uplinkd is stopped (0 otherwise).
     pub weight_file: PathBuf,
     pub fault_file: PathBuf,
+    /// How long a master holds back the purge of a dead link's flows: keepalived may hand the
+    /// LAN to the peer meanwhile (its links weigh more now), and the flows live on there.
+    pub handover: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -55,6 +55,12 @@ pub enum Event {
     LeftToMaster {
         link: String,
     },
+    /// With `[ha]`: a master holds back the purge of a dead link's flows this long, for the
+    /// peer to take over.
+    HandingOver {
+        link: String,
+        ms: u64,
+    },
     /// A link lost addresses while keeping another: the flows translated to them are reset.
     AddressGone {
         link: String,
@@ -191,6 +197,10 @@ impl fmt::Display for Event {
                 } else {
                     ": the master acts on flows, this router only probes and reports"
                 }
+            ),
+            Event::HandingOver { link, ms } => write!(
+                f,
+                "link {link}: its flows are reset in {ms} ms unless the peer router takes over"
             ),
             Event::LeftToMaster { link } => write!(
                 f,

@@ -5,6 +5,7 @@
 //! The supervisor executes the [`Action`]s in order and reports back what the kernel did
 //! ([`Engine::applied`], [`Engine::purged`]); the engine never waits for anything itself.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::{DesiredState, Engine, LinkId, LinkState, Transition};
@@ -41,6 +42,9 @@ pub enum Why {
     /// It lost addresses while keeping another (renumbered): the flows translated to the lost
     /// ones ([`PurgeOrder::nat_to`]) are dead.
     Renumbered,
+    /// With `[ha]`: this router just became the master and the link is down here: the flows it
+    /// inherited on it are dead (no handover wait: the peer just gave the LAN up).
+    Inherited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +161,7 @@ impl Engine {
         }
         if self.target.as_ref() == Some(&state) {
             for (link, why) in std::mem::take(&mut self.waiting) {
-                self.release(&state, link, why);
+                self.release(now, &state, link, why);
             }
         }
     }
@@ -267,7 +271,7 @@ impl Engine {
     /// A waiting purge, now that `live` is in the kernel. A backup leaves flows alone: the
     /// master carries them, on the same LAN, and the replicated entries are what the next
     /// takeover needs.
-    fn release(&mut self, live: &DesiredState, link: LinkId, why: Why) {
+    fn release(&mut self, now: Instant, live: &DesiredState, link: LinkId, why: Why) {
         let Some(l) = live.links.get(link) else {
             return;
         };
@@ -279,7 +283,26 @@ impl Engine {
         }
         let mut nat_to = Vec::new();
         match why {
-            Why::Down => {}
+            Why::Inherited => {}
+            Why::Down => {
+                // A master gives keepalived time to hand the LAN to the peer, whose link may
+                // work: then the flows live on there.
+                let wait = self
+                    .config
+                    .ha
+                    .as_ref()
+                    .map_or(Duration::ZERO, |h| h.handover);
+                if self.master == Some(true) && !wait.is_zero() {
+                    if !self.handover.iter().any(|&(_, l)| l == link) {
+                        self.handover.push((now + wait, link));
+                        self.emit(Event::HandingOver {
+                            link: l.name.clone(),
+                            ms: wait.as_millis() as u64,
+                        });
+                    }
+                    return;
+                }
+            }
             Why::Renumbered => {
                 let gone = std::mem::take(&mut self.gone[link]);
                 if gone.is_empty() {
@@ -305,6 +328,14 @@ impl Engine {
                 }
             }
         }
+        self.emit_purge(live, link, why, nat_to);
+    }
+
+    /// Order the purge of `link`'s flows (those translated to `nat_to`, if any).
+    fn emit_purge(&mut self, live: &DesiredState, link: LinkId, why: Why, nat_to: Vec<IpAddr>) {
+        let Some(l) = live.links.get(link) else {
+            return;
+        };
         self.actions.push_back(Action::Purge(PurgeOrder {
             link,
             name: l.name.clone(),
@@ -315,6 +346,27 @@ impl Engine {
             lan_interfaces: live.lan_interfaces.clone(),
             nat_to,
         }));
+    }
+
+    /// Handover waits that ended by `now`: a router still the master purges the flows of the
+    /// link if it is still dead.
+    pub(super) fn handovers_due(&mut self, now: Instant) {
+        let (due, rest) = std::mem::take(&mut self.handover)
+            .into_iter()
+            .partition(|&(t, _)| t <= now);
+        self.handover = rest;
+        let Some(live) = self.applied.clone() else {
+            return;
+        };
+        for (_, link) in due {
+            let dead = live.links.get(link).is_some_and(|l| !l.usable);
+            if dead && self.master == Some(true) {
+                self.emit_purge(&live, link, Why::Down, Vec::new());
+            } else if dead {
+                let link = live.links[link].name.clone();
+                self.emit(Event::LeftToMaster { link });
+            }
+        }
     }
 
     /// With `[ha]`: whether this router is the master now (the LAN virtual address is one of
@@ -334,8 +386,8 @@ impl Engine {
         if master {
             let d = self.desired();
             for l in (0..d.links.len()).filter(|&l| !d.links[l].usable && elsewhere(l, &d)) {
-                if !self.waiting.contains(&(l, Why::Down)) {
-                    self.waiting.push((l, Why::Down));
+                if !self.waiting.contains(&(l, Why::Inherited)) {
+                    self.waiting.push((l, Why::Inherited));
                 }
             }
             // An apply follows, and the purges once it is live.

@@ -138,6 +138,8 @@ pub struct Engine {
     last_apply_ms: Option<f64>,
     /// With `[ha]`: whether this router is the master (it holds the LAN virtual address).
     master: Option<bool>,
+    /// Dead links whose flows a master purges at that time, unless the peer took over.
+    handover: Vec<(Instant, LinkId)>,
 }
 
 impl Engine {
@@ -176,6 +178,7 @@ impl Engine {
             applies: 0,
             last_apply_ms: None,
             master,
+            handover: Vec::new(),
         }
     }
 
@@ -223,6 +226,7 @@ impl Engine {
         // Link ids may have changed: what waited for the old ones is dropped.
         self.waiting.clear();
         self.kept.clear();
+        self.handover.clear();
         self.unsteered.clear();
         self.fresh.clear();
         self.verify = true;
@@ -327,7 +331,16 @@ impl Engine {
             .min()
             .map(|t| (t, "probe round due"));
         let retry = self.retry_at.map(|t| (t, "apply retry due"));
-        probe.into_iter().chain(retry).min_by_key(|(t, _)| *t)
+        let handover = self
+            .handover
+            .iter()
+            .map(|&(t, _)| (t, "a handover wait ends"))
+            .min();
+        probe
+            .into_iter()
+            .chain(retry)
+            .chain(handover)
+            .min_by_key(|(t, _)| *t)
     }
 
     /// The probes due at `now`: one round (every target) of each link whose round is due. A
@@ -337,6 +350,7 @@ impl Engine {
             self.retry_at = None;
             self.verify = true;
         }
+        self.handovers_due(now);
         let mut out = Vec::new();
         for (link, h) in self.links.iter_mut().enumerate() {
             if h.start_round(now, &self.config) {

@@ -86,6 +86,8 @@ impl Sim {
                         };
                         self.pending.insert((arrival, self.sent), outcome);
                     }
+                    // As the supervisor does after every wake-up (a handover wait may end).
+                    self.act();
                 }
                 (_, Some(_)) => {
                     let Some(((at, _), outcome)) = self.pending.pop_first() else {

@@ -80,6 +80,7 @@ mod tests {
             lan_vip: "10.98.0.1".parse().unwrap(),
             weight_file: dir.join("vrrp-weight"),
             fault_file: dir.join("vrrp-fault"),
+            handover: std::time::Duration::ZERO,
         };
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
         let mut t = Track::default();
@@ -116,6 +117,7 @@ mod tests {
             lan_vip: "10.98.0.1".parse().unwrap(),
             weight_file: dir.join("vrrp-weight"),
             fault_file: dir.join("vrrp-fault"),
+            handover: std::time::Duration::ZERO,
         };
         let mut t = Track::default();
         t.update(&ha, (1, false));

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -13,6 +14,9 @@ use crate::config::{Ha, Link};
 /// Where keepalived's track files go by default: the unit's runtime directory.
 pub const WEIGHT_FILE: &str = "/run/uplinkd/vrrp-weight";
 pub const FAULT_FILE: &str = "/run/uplinkd/vrrp-fault";
+/// A master's wait before it resets a dead link's flows: keepalived moves mastership in
+/// 3 × advert_int (0.9 s at the recommended 0.3 s) when the peer's links weigh more.
+pub const HANDOVER: Duration = Duration::from_millis(1500);
 
 /// `[ha]`, checked against the links (their `public_vip` needs it, and no two may share one).
 pub(super) fn ha(
@@ -78,10 +82,18 @@ pub(super) fn ha(
             c.err(f.span(), "ha.fault_file", "must differ from ha.weight_file");
         }
     }
+    let handover = c.duration(&raw.handover, "ha.handover", HANDOVER, |d| {
+        if d <= Duration::from_secs(60) {
+            Ok(())
+        } else {
+            Err("must be at most 60s".into())
+        }
+    });
     Some(Ha {
         lan_vip: lan_vip?,
         weight_file,
         fault_file,
+        handover,
     })
 }
 

@@ -477,7 +477,7 @@ fn a_new_master_purges_at_once_the_inherited_flows_of_links_it_considers_down() 
         [
             "event this router is the master of its pair: it purges and resets the flows of dead links",
             "apply via lte",
-            "purge fiber (Down)",
+            "purge fiber (Inherited)",
         ],
         "{w:#?}"
     );
@@ -521,4 +521,74 @@ fn keepalived_is_told_the_usable_links_and_a_fault_when_none_is_left() {
     sim.engine.undrain("fiber").unwrap();
     sim.event(Input::Carrier { link: 0, up: false });
     assert_eq!(sim.engine.ha_track(), Some((0, true)));
+}
+
+fn run_for(sim: &mut Sim, ms: u64) {
+    let until = sim.now + Duration::from_millis(ms);
+    sim.run(until, |_, _, _| Some(Duration::from_millis(5)));
+}
+
+#[test]
+fn a_master_gives_the_peer_time_to_take_over_before_it_resets_a_dead_links_flows() {
+    let mut sim = up(HA);
+    role(&mut sim, true);
+    sim.actions.clear();
+    sim.event(Input::Carrier { link: 0, up: false });
+    let w = words(&sim);
+    assert!(purges(&sim).is_empty(), "{w:#?}");
+    assert!(
+        w.contains(
+            &"event link fiber: its flows are reset in 1500 ms unless the peer router takes over"
+                .to_owned()
+        ),
+        "{w:#?}"
+    );
+    run_for(&mut sim, 1400);
+    assert!(purges(&sim).is_empty(), "{:#?}", words(&sim));
+    // Still the master, the link still dead: the purge.
+    run_for(&mut sim, 200);
+    assert_eq!(purges(&sim), ["purge fiber (Down)"]);
+    let at = sim
+        .actions
+        .iter()
+        .find(|(_, a)| matches!(a, Action::Purge(_)))
+        .unwrap()
+        .0;
+    assert!(
+        at >= sim.now - Duration::from_millis(200),
+        "purged before the wait ended"
+    );
+}
+
+#[test]
+fn a_master_that_hands_over_or_whose_link_recovers_during_the_wait_resets_nothing() {
+    let mut sim = up(HA);
+    role(&mut sim, true);
+    sim.event(Input::Carrier { link: 0, up: false });
+    run_for(&mut sim, 500);
+    role(&mut sim, false);
+    sim.actions.clear();
+    run_for(&mut sim, 2000);
+    assert!(purges(&sim).is_empty(), "{:#?}", words(&sim));
+    assert!(words(&sim).contains(
+        &"event link fiber: its flows are left to the master (this router is a backup)".to_owned()
+    ));
+
+    // A link back in service before the wait ends (its flap damping included) keeps its flows.
+    let mut sim = up(&format!("{HA}handover = \"10s\"\n"));
+    role(&mut sim, true);
+    sim.event(Input::Carrier { link: 0, up: false });
+    run_for(&mut sim, 500);
+    sim.event(Input::Carrier { link: 0, up: true });
+    run_for(&mut sim, 12_000);
+    assert_eq!(sim.engine.link(0).state, LinkState::Up);
+    // (lte's flows are drained on failback, as configured.)
+    assert_eq!(purges(&sim), ["purge lte (Failback)"]);
+
+    // With no wait configured, at once.
+    let mut sim = up(&format!("{HA}handover = \"0s\"\n"));
+    role(&mut sim, true);
+    sim.actions.clear();
+    sim.event(Input::Carrier { link: 0, up: false });
+    assert_eq!(purges(&sim), ["purge fiber (Down)"]);
 }
