@@ -191,6 +191,9 @@ vrrp_instance GW {
     virtual_router_id 99
     priority $prio
     advert_int $ADVERT
+    # A router that comes back waits before it takes the LAN back: its conntrackd has
+    # resynchronised by then.
+    preempt_delay ${PREEMPT_DELAY:-5}
     virtual_ipaddress {
         10.99.0.1/24 dev lan0
         100.64.1.6/29 dev wan1
