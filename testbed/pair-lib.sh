@@ -28,7 +28,7 @@ pair_deps() {
     if [ ! -e "$rcd" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$rcd" && chmod +x "$rcd" && ours=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     local rc=$?
     [ -z "$ours" ] || rm -f "$rcd"
     [ $rc = 0 ] || tb_die "cannot install ${missing[*]}"

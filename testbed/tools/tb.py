@@ -267,6 +267,31 @@ def midstream(args):
     print("silent")
 
 
+def pingcost(args):
+    """Send ROUNDS rounds of ICMP echo requests to ADDRS through --iface (one request per
+    address, then their replies, 5 ms apart) and print the system and user CPU time this
+    process spent per probe: what the kernel charges a prober in this namespace."""
+    import resource, struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, args.iface.encode() + b"\0")
+    s.settimeout(1)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    for i in range(args.rounds):
+        for a in args.addrs:
+            icmp = struct.pack("!BBHHH", 8, 0, 0, os.getpid() & 0xffff, i & 0xffff) + b"uplinkd"
+            icmp = icmp[:2] + inet_checksum(icmp).to_bytes(2, "big") + icmp[4:]
+            s.sendto(icmp, (a, 0))
+        got = 0
+        while got < len(args.addrs):
+            p = s.recv(2048)
+            got += p[(p[0] & 0x0f) * 4] == 0
+        time.sleep(0.005)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    n = args.rounds * len(args.addrs)
+    print("per probe: system %.1f us, user %.1f us (%d probes)" % (
+        (r1.ru_stime - r0.ru_stime) / n * 1e6, (r1.ru_utime - r0.ru_utime) / n * 1e6, n))
+
+
 def echo(args):
     """Answer ICMP echo requests to ADDRS after --delay seconds, like targets far away on the
     internet (the namespace's kernel must not answer them: net.ipv4.icmp_echo_ignore_all=1;
@@ -479,6 +504,8 @@ def main():
     a.add_argument("--bind", help="local address to connect from")
     a.add_argument("--sport", type=int, default=0, help="local port to connect from")
     a = sub.add_parser("echo"); a.add_argument("addrs", nargs="+"); a.add_argument("--delay", type=float, default=0.03)
+    a = sub.add_parser("pingcost"); a.add_argument("addrs", nargs="+"); a.add_argument("--iface", required=True)
+    a.add_argument("--rounds", type=int, default=2000)
     a = sub.add_parser("midstream"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--src", required=True); a.add_argument("--wait", type=float, default=1)
     a = sub.add_parser("forge-errors"); a.add_argument("--iface", required=True); a.add_argument("--victim", required=True)
@@ -502,6 +529,8 @@ def main():
         sys.exit(cmd_whoami(args))
     elif args.cmd == "count":
         sys.exit(cmd_count(args))
+    elif args.cmd == "pingcost":
+        pingcost(args)
     elif args.cmd == "midstream":
         midstream(args)
     elif args.cmd == "udpserver":
