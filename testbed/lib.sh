@@ -25,6 +25,8 @@ SERVER6=2001:db8:ff::20
 PORT=8080
 WAN1_ADDR=100.64.1.2
 WAN2_ADDR=100.64.2.2
+# The testbed's hosts (network namespaces), removed by tb_down.
+TB_HOSTS="rtr lan isp1 isp2 inet"
 
 tb_log() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*" >&2; }
 tb_die() { tb_log "FATAL: $*"; exit 1; }
@@ -72,7 +74,7 @@ tb_up() {
     trap tb_down EXIT
     trap 'exit 130' INT TERM
     local h
-    for h in lan rtr isp1 isp2 inet; do ip netns add "$(ns $h)"; on $h ip link set lo up; done
+    for h in $TB_HOSTS; do ip netns add "$(ns $h)"; on $h ip link set lo up; done
     veth lan eth0 rtr lan0
     veth rtr wan1 isp1 cpe
     veth rtr wan2 isp2 cpe
@@ -145,13 +147,13 @@ tb_down() {
     local rc=$?
     [ -n "${TB_ID:-}" ] || return $rc
     local h pids
-    for h in rtr lan isp1 isp2 inet; do
+    for h in $TB_HOSTS; do
         pids=$(ip netns pids "$(ns $h)" 2>/dev/null)
         # SIGTERM first so uplinkd can clean up, then make sure.
         [ -n "$pids" ] && kill $pids 2>/dev/null
     done
     sleep 0.3
-    for h in rtr lan isp1 isp2 inet; do
+    for h in $TB_HOSTS; do
         pids=$(ip netns pids "$(ns $h)" 2>/dev/null)
         [ -n "$pids" ] && kill -9 $pids 2>/dev/null
         ip netns del "$(ns $h)" 2>/dev/null

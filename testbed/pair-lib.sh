@@ -2,7 +2,7 @@
 # Two-router testbed: routers ra and rb share a LAN switch and one hand-off switch per ISP, run
 # keepalived (VRRPv3) and conntrackd (FTFW over a dedicated link) from Debian, and uplinkd with
 # [ha]. Every file of the three daemons lives in the run directory; nothing is started outside
-# the namespaces created here, and pair_down removes them on every exit path.
+# the namespaces created here, and tb_down removes them on every exit path.
 #
 #   cli 10.99.0.100 ── [lsw: br0] ── lan0 ra 10.99.0.2 / rb 10.99.0.3, LAN VIP 10.99.0.1
 #   ra, rb wan1 100.64.1.2 / .3 ── [wsw: br1] ── isp1 100.64.1.1 ── inet (203.0.113.10-12, server)
@@ -12,7 +12,7 @@
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PAIR_HOSTS="cli lsw wsw ra rb isp1 isp2 inet"
+TB_HOSTS="cli lsw wsw ra rb isp1 isp2 inet"
 ADVERT=${ADVERT:-0.3}
 # Port 8080 flows follow the default policy (wan1 first), port 8082 a policy with wan2 first.
 PORT2=8082
@@ -38,10 +38,10 @@ pair_up() {
     [ "$(id -u)" = 0 ] || tb_die "the testbed needs root (network namespaces)"
     TB_ID="ulp$(printf '%04x' $((RANDOM % 65536)))$$"
     TB_TMP=$(mktemp -d "/tmp/uplinkd-pair.XXXXXX")
-    trap pair_down EXIT
+    trap tb_down EXIT
     trap 'exit 130' INT TERM
     local h r i
-    for h in $PAIR_HOSTS; do ip netns add "$(ns $h)"; on $h ip link set lo up; done
+    for h in $TB_HOSTS; do ip netns add "$(ns $h)"; on $h ip link set lo up; done
     on lsw ip link add br0 type bridge
     on wsw ip link add br1 type bridge
     on wsw ip link add br2 type bridge
@@ -88,25 +88,6 @@ pair_up() {
     tb_wait 5 "server listening" on inet python3 "$TB_TOOL" whoami $SERVER $PORT >/dev/null
     for r in ra rb; do mkdir -p "$TB_TMP/$r"; done
     tb_log "pair testbed $TB_ID up in $TB_TMP"
-}
-
-pair_down() {
-    local rc=$?
-    [ -n "${TB_ID:-}" ] || return $rc
-    local h pids
-    for h in $PAIR_HOSTS; do
-        pids=$(ip netns pids "$(ns $h)" 2>/dev/null)
-        [ -n "$pids" ] && kill $pids 2>/dev/null
-    done
-    sleep 0.3
-    for h in $PAIR_HOSTS; do
-        pids=$(ip netns pids "$(ns $h)" 2>/dev/null)
-        [ -n "$pids" ] && kill -9 $pids 2>/dev/null
-        ip netns del "$(ns $h)" 2>/dev/null
-    done
-    [ -n "${TB_KEEP_TMP:-}" ] || rm -rf "$TB_TMP"
-    TB_ID=
-    return $rc
 }
 
 # pair_configs: uplinkd, keepalived and conntrackd configurations of both routers.
