@@ -351,6 +351,10 @@ impl Engine {
     /// Handover waits that ended by `now`: a router still the master purges the flows of the
     /// link if it is still dead.
     pub(super) fn handovers_due(&mut self, now: Instant) {
+        // Called on every wake-up: nothing to do (and nothing copied) in the steady state.
+        if !self.handover.iter().any(|&(t, _)| t <= now) {
+            return;
+        }
         let (due, rest) = std::mem::take(&mut self.handover)
             .into_iter()
             .partition(|&(t, _)| t <= now);
@@ -359,11 +363,13 @@ impl Engine {
             return;
         };
         for (_, link) in due {
-            let dead = live.links.get(link).is_some_and(|l| !l.usable);
-            if dead && self.master == Some(true) {
+            let Some(l) = live.links.get(link).filter(|l| !l.usable) else {
+                continue;
+            };
+            if self.master == Some(true) {
                 self.emit_purge(&live, link, Why::Down, Vec::new());
-            } else if dead {
-                let link = live.links[link].name.clone();
+            } else {
+                let link = l.name.clone();
                 self.emit(Event::LeftToMaster { link });
             }
         }
@@ -372,14 +378,18 @@ impl Engine {
     /// With `[ha]`: whether this router is the master now (the LAN virtual address is one of
     /// its own). A new master purges at once the inherited flows of links it considers down.
     pub(super) fn update_role(&mut self) {
-        let now = self.config.ha.as_ref().map(|h| {
-            let vip = h.lan_vip.to_canonical();
-            self.local.contains(&vip)
-        });
-        let Some(master) = now.filter(|_| now != self.master) else {
+        let now = self
+            .config
+            .ha
+            .as_ref()
+            .map(|h| self.local.contains(&h.lan_vip.to_canonical()));
+        if now == self.master {
+            return;
+        }
+        self.master = now;
+        let Some(master) = now else {
             return;
         };
-        self.master = now;
         self.emit(Event::Role {
             role: if master { "master" } else { "backup" }.into(),
         });
