@@ -67,14 +67,20 @@ veth() { # veth HOST_A IF_A HOST_B IF_B
     on "$3" ip link set "$4" up
 }
 
-tb_up() {
+# tb_hosts PREFIX NAME: a run id (PREFIX, random, pid), a run directory /tmp/uplinkd-NAME.*,
+# teardown on every exit path, and the namespaces of $TB_HOSTS with loopback up.
+tb_hosts() {
     [ "$(id -u)" = 0 ] || tb_die "the testbed needs root (network namespaces)"
-    TB_ID="ulk$(printf '%04x' $((RANDOM % 65536)))$$"
-    TB_TMP=$(mktemp -d "/tmp/uplinkd-testbed.XXXXXX")
+    TB_ID="$1$(printf '%04x' $((RANDOM % 65536)))$$"
+    TB_TMP=$(mktemp -d "/tmp/uplinkd-$2.XXXXXX")
     trap tb_down EXIT
     trap 'exit 130' INT TERM
     local h
     for h in $TB_HOSTS; do ip netns add "$(ns $h)"; on $h ip link set lo up; done
+}
+
+tb_up() {
+    tb_hosts ulk testbed
     veth lan eth0 rtr lan0
     veth rtr wan1 isp1 cpe
     veth rtr wan2 isp2 cpe

@@ -35,13 +35,8 @@ pair_deps() {
 }
 
 pair_up() {
-    [ "$(id -u)" = 0 ] || tb_die "the testbed needs root (network namespaces)"
-    TB_ID="ulp$(printf '%04x' $((RANDOM % 65536)))$$"
-    TB_TMP=$(mktemp -d "/tmp/uplinkd-pair.XXXXXX")
-    trap tb_down EXIT
-    trap 'exit 130' INT TERM
+    tb_hosts ulp pair
     local h r i
-    for h in $TB_HOSTS; do ip netns add "$(ns $h)"; on $h ip link set lo up; done
     on lsw ip link add br0 type bridge
     on wsw ip link add br1 type bridge
     on wsw ip link add br2 type bridge
