@@ -196,13 +196,12 @@ pub fn purge(
             if !nat_to.is_empty() {
                 batch.retain(|f| f.reply_dst.is_some_and(|a| nat_to.contains(&a)));
             }
+            let start = r.tickle_flows.len();
+            r.tickle_flows
+                .extend(batch.iter().filter(|f| resettable(f, scope)).cloned());
             if inserted.is_ok() {
                 let (mut v4, mut v6) = (Vec::new(), Vec::new());
-                for k in batch
-                    .iter()
-                    .filter(|f| resettable(f, scope))
-                    .filter_map(stale_key)
-                {
+                for k in r.tickle_flows[start..].iter().filter_map(stale_key) {
                     match k {
                         Ok(k) => v4.push(k),
                         Err(k) => v6.push(k),
@@ -222,18 +221,13 @@ pub fn purge(
     r.dump = dumped;
     r.stale = t.elapsed().saturating_sub(dumped);
     r.flows = flows.len();
-    // Deleted one by one when only some of the link's flows go (kept only then).
-    let doomed = if nat_to.is_empty() {
-        Vec::new()
-    } else {
-        flows.clone()
-    };
     let own: Vec<sockets::Tuple> = flows
         .iter()
         .filter(|f| f.tcp_open() && scope.local.contains(&f.src))
         .map(|f| (f.src, f.sport, f.dst, f.dport))
         .collect();
-    r.tickle_flows = flows.into_iter().filter(|f| resettable(f, scope)).collect();
+    // Deleted one by one when only some of the link's flows go (kept only then).
+    let doomed = if nat_to.is_empty() { Vec::new() } else { flows };
     r.tickle_flows.sort();
     r.tickle_flows.dedup();
     r.tcp_reset = r.tickle_flows.len();

@@ -230,9 +230,6 @@ impl Engine {
         self.unsteered.clear();
         self.fresh.clear();
         self.verify = true;
-        if self.config.ha.is_none() {
-            self.master = None;
-        }
         self.update_role();
         self.emit(Event::Reload {
             ok: true,

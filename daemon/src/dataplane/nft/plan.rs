@@ -323,7 +323,10 @@ fn prerouting(d: &DesiredState) -> Vec<Vec<Op>> {
 /// local) would kill the flow; a drop makes the sender retransmit instead.
 fn wan_guard(d: &DesiredState) -> Vec<Vec<Op>> {
     let mut guard = Vec::new();
-    for l in d.links.iter().filter(|_| d.ha) {
+    if !d.ha {
+        return guard;
+    }
+    for l in &d.links {
         guard.push(vec![
             Op::IifName(l.interface.clone()),
             Op::CtStateInvalid,
