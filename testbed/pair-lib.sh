@@ -85,11 +85,14 @@ pair_up() {
     tb_log "pair testbed $TB_ID up in $TB_TMP"
 }
 
-# pair_configs: uplinkd, keepalived and conntrackd configurations of both routers.
+# pair_configs: each router's uplinkd configuration, and keepalived's and conntrackd's rendered
+# from it on that router (uplinkd --render-ha), every file in the router's run directory.
 pair_configs() {
-    local r d prio peer_sync own_sync n=2
+    local r d prio peer_sync advert_ms
+    advert_ms=$(awk -v a="$ADVERT" 'BEGIN { printf "%d", a * 1000 }')
     for r in ra rb; do
         d=$TB_TMP/$r
+        if [ $r = ra ]; then prio=101 peer_sync=10.98.255.2; else prio=100 peer_sync=10.98.255.1; fi
         cat >"$d/uplinkd.toml" <<EOT
 [[link]]
 name = "wan1"
@@ -125,115 +128,15 @@ socket = "$d/control.sock"
 lan_vip = "10.99.0.1"
 weight_file = "$d/vrrp-weight"
 fault_file = "$d/vrrp-fault"
-${PAIR_HA_EXTRA:-}
+vrid = 99
+priority = $prio
+advert = "${advert_ms}ms"
+preempt_delay = "${PREEMPT_DELAY:-5}s"
+sync_interface = "sync0"
+sync_peer = "$peer_sync"
 EOT
-        if [ $r = ra ]; then prio=101; else prio=100; fi
-        cat >"$d/notify.sh" <<EOT
-#!/bin/sh
-# keepalived's notify: conntrackd's primary-backup actions (with DisableExternalCache the
-# commit has nothing to do, the resyncs still matter).
-c="conntrackd -C $d/conntrackd.conf"
-echo "\$(date +%s.%N) \$3" >>"$d/vrrp-states"
-case \$3 in
-MASTER) \$c -c; \$c -f; \$c -R; \$c -B ;;
-BACKUP) \$c -t; \$c -n ;;
-FAULT) \$c -t ;;
-esac
-exit 0
-EOT
-        chmod +x "$d/notify.sh"
-        cat >"$d/keepalived.conf" <<EOT
-global_defs {
-    router_id $r
-    enable_script_security
-    script_user root
-    vrrp_version 3
-    vrrp_garp_master_delay 1
-    vrrp_garp_master_repeat 3
-}
-track_file uplink_health {
-    file "$d/vrrp-weight"
-    weight 20
-    init_file 0
-}
-track_file uplink_fault {
-    file "$d/vrrp-fault"
-    weight 0
-    init_file 1
-}
-vrrp_instance GW {
-    state BACKUP
-    interface lan0
-    virtual_router_id 99
-    priority $prio
-    advert_int $ADVERT
-    # A router that comes back waits before it takes the LAN back: its conntrackd has
-    # resynchronised by then.
-    preempt_delay ${PREEMPT_DELAY:-5}
-    virtual_ipaddress {
-        10.99.0.1/24 dev lan0
-        100.64.1.6/29 dev wan1
-        100.64.2.6/29 dev wan2
-    }
-    track_file {
-        uplink_health
-        uplink_fault
-    }
-    notify "$d/notify.sh"
-}
-EOT
-        own_sync="10.98.255.$((n - 1))"
-        if [ $r = ra ]; then peer_sync=10.98.255.2; else peer_sync=10.98.255.1; fi
-        cat >"$d/conntrackd.conf" <<EOT
-Sync {
-    Mode FTFW {
-        DisableExternalCache yes
-        StartupResync yes
-        PurgeTimeout 5
-    }
-    UDP {
-        IPv4_address $own_sync
-        IPv4_Destination_Address $peer_sync
-        Port 3780
-        Interface sync0
-        SndSocketBuffer 1249280
-        RcvSocketBuffer 1249280
-        Checksum on
-    }
-}
-General {
-    Systemd no
-    HashSize 32768
-    HashLimit 131072
-    LogFile $d/conntrackd.log
-    Syslog no
-    LockFile $d/conntrackd.lock
-    UNIX {
-        Path $d/conntrackd.ctl
-    }
-    NetlinkBufferSize 2097152
-    NetlinkBufferSizeMaxGrowth 8388608
-    Filter From Userspace {
-        Protocol Accept {
-            TCP
-            UDP
-            ICMP
-        }
-        Address Ignore {
-            IPv4_address 127.0.0.1
-            IPv4_address 10.99.0.1
-            IPv4_address 10.99.0.2
-            IPv4_address 10.99.0.3
-            IPv4_address 100.64.1.2
-            IPv4_address 100.64.1.3
-            IPv4_address 100.64.2.2
-            IPv4_address 100.64.2.3
-            IPv4_address 10.98.255.0/30
-        }
-    }
-}
-EOT
-        n=$((n + 1))
+        on $r "$UPLINKD" --config "$d/uplinkd.toml" --render-ha "$d" >"$d/render.out" 2>&1 ||
+            tb_die "$r: uplinkd --render-ha failed: $(cat "$d/render.out")"
     done
 }
 

@@ -160,3 +160,34 @@ fn log_format_takes_text_or_json_only() {
         .expect("run uplinkd");
     assert_eq!(bad.status.code(), Some(2), "clap refuses an unknown format");
 }
+
+#[test]
+fn the_pair_commands_without_ha_say_so_or_do_nothing() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.toml");
+    let dir = std::env::temp_dir().join(format!("uplinkd-cli-{}-render", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .args(["--config", example, "--render-ha"])
+        .arg(&dir)
+        .output()
+        .expect("run uplinkd");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot render the pair's configuration: the configuration has no [ha]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.exists(), "nothing is written");
+    // The unit's ExecStopPost on a single router: nothing to say, success.
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .args(["--config", example, "--ha-fault"])
+        .output()
+        .expect("run uplinkd");
+    assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty());
+    // Both need the configuration.
+    let out = Command::new(env!("CARGO_BIN_EXE_uplinkd"))
+        .args(["--ha-fault"])
+        .output()
+        .expect("run uplinkd");
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -9,6 +9,7 @@
 mod check;
 pub mod fence;
 mod raw;
+pub mod render;
 mod types;
 
 use std::path::Path;

@@ -42,6 +42,12 @@ pub(super) struct RawHa {
     pub(super) weight_file: Option<Spanned<String>>,
     pub(super) fault_file: Option<Spanned<String>>,
     pub(super) handover: Option<Spanned<String>>,
+    pub(super) vrid: Option<Spanned<u32>>,
+    pub(super) priority: Option<Spanned<u32>>,
+    pub(super) advert: Option<Spanned<String>>,
+    pub(super) preempt_delay: Option<Spanned<String>>,
+    pub(super) sync_interface: Option<Spanned<String>>,
+    pub(super) sync_peer: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

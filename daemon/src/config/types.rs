@@ -45,6 +45,16 @@ pub struct Ha {
     /// How long a master holds back the purge of a dead link's flows: keepalived may hand the
     /// LAN to the peer meanwhile (its links weigh more now), and the flows live on there.
     pub handover: std::time::Duration,
+    /// What `uplinkd --render-ha` writes into keepalived's configuration: the VRRP instance's
+    /// id, this router's base priority (the preferred master's is higher), the advert
+    /// interval and how long a returning router waits before it takes the LAN back.
+    pub vrid: u8,
+    pub priority: u8,
+    pub advert: std::time::Duration,
+    pub preempt_delay: std::time::Duration,
+    /// conntrackd's dedicated link to the peer, and the peer's address on it (`None`: not
+    /// configured; `--render-ha` needs both).
+    pub sync: Option<(String, Ipv4Addr)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -52,6 +52,12 @@ impl Track {
     }
 }
 
+/// Say fault (1) in `ha.fault_file`, whatever uplinkd said last: `uplinkd --ha-fault`, which
+/// the unit runs after uplinkd ended however it did (a kill or a crash cannot write it).
+pub fn fault(ha: &Ha) -> io::Result<()> {
+    replace(&ha.fault_file, 1)
+}
+
 /// Replace `path` by a file holding `value`: written beside it, then renamed over it, so
 /// keepalived (inotify) never reads a half-written file.
 fn replace(path: &Path, value: u32) -> io::Result<()> {
@@ -72,16 +78,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A pair whose track files are in `dir`.
+    fn ha(dir: &Path) -> Ha {
+        let text = format!(
+            "[[link]]\nname = \"wan1\"\ninterface = \"wan1\"\ntargets = [\"203.0.113.10\"]\n\
+             [lan]\ninterfaces = [\"lan0\"]\n[ha]\nlan_vip = \"10.98.0.1\"\n\
+             weight_file = {:?}\nfault_file = {:?}\n",
+            dir.join("vrrp-weight"),
+            dir.join("vrrp-fault")
+        );
+        crate::config::parse(&text).unwrap().ha.unwrap()
+    }
+
     #[test]
     fn the_files_are_replaced_only_when_their_values_change_and_say_fault_at_stop() {
         let dir = std::env::temp_dir().join(format!("uplinkd-track-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ha = Ha {
-            lan_vip: "10.98.0.1".parse().unwrap(),
-            weight_file: dir.join("vrrp-weight"),
-            fault_file: dir.join("vrrp-fault"),
-            handover: std::time::Duration::ZERO,
-        };
+        let ha = ha(&dir);
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
         let mut t = Track::default();
         t.update(&ha, (2, false));
@@ -113,12 +126,7 @@ mod tests {
     fn a_missing_directory_is_an_error_retried_later() {
         let dir =
             std::env::temp_dir().join(format!("uplinkd-track-missing-{}", std::process::id()));
-        let ha = Ha {
-            lan_vip: "10.98.0.1".parse().unwrap(),
-            weight_file: dir.join("vrrp-weight"),
-            fault_file: dir.join("vrrp-fault"),
-            handover: std::time::Duration::ZERO,
-        };
+        let ha = ha(&dir);
         let mut t = Track::default();
         t.update(&ha, (1, false));
         assert!(t.error.as_ref().unwrap().contains("vrrp-weight"));

@@ -2,7 +2,7 @@
 //! executes the actions it returns on the dataplane, the probes and the control socket. It
 //! decides nothing itself.
 
-mod ha;
+pub mod ha;
 mod hooks;
 mod memory;
 mod probing;

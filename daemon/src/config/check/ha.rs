@@ -14,9 +14,16 @@ use crate::config::{Ha, Link};
 /// Where keepalived's track files go by default: the unit's runtime directory.
 pub const WEIGHT_FILE: &str = "/run/uplinkd/vrrp-weight";
 pub const FAULT_FILE: &str = "/run/uplinkd/vrrp-fault";
-/// A master's wait before it resets a dead link's flows: keepalived moves mastership in
-/// 3 × advert_int (0.9 s at the recommended 0.3 s) when the peer's links weigh more.
-pub const HANDOVER: Duration = Duration::from_millis(1500);
+/// keepalived settings `--render-ha` writes unless `[ha]` says otherwise: VRRPv3 adverts every
+/// 300 ms (a dead master is replaced in about 1 s), and a returning router waits 5 s (its
+/// conntrackd has resynchronised by then) before it takes the LAN back. A master whose link
+/// died waits `handover`, by default 5 adverts (1.5 s), before it resets that link's flows:
+/// keepalived moves mastership in 3 adverts and the skew (less than one) when the peer's links
+/// weigh more, and the flows live on there.
+pub const VRID: u8 = 51;
+pub const PRIORITY: u8 = 100;
+pub const ADVERT: Duration = Duration::from_millis(300);
+pub const PREEMPT_DELAY: Duration = Duration::from_secs(5);
 
 /// `[ha]`, checked against the links (their `public_vip` needs it, and no two may share one).
 pub(super) fn ha(
@@ -82,18 +89,81 @@ pub(super) fn ha(
             c.err(f.span(), "ha.fault_file", "must differ from ha.weight_file");
         }
     }
-    let handover = c.duration(&raw.handover, "ha.handover", HANDOVER, |d| {
+    // keepalived's limits: VRID 1-255, priority 1-254 (255 is an address owner's), VRRPv3
+    // adverts in centiseconds up to 40.95 s, preempt_delay up to 1000 s.
+    let vrid = c.int(&raw.vrid, "ha.vrid", VRID.into(), 1..=255) as u8;
+    let priority = c.int(&raw.priority, "ha.priority", PRIORITY.into(), 1..=254) as u8;
+    let advert = c.duration(&raw.advert, "ha.advert", ADVERT, |d| {
+        if d.as_millis() % 10 != 0
+            || d < Duration::from_millis(10)
+            || d > Duration::from_millis(40_950)
+        {
+            Err("must be 10ms-40950ms in steps of 10ms (VRRPv3 counts centiseconds)".into())
+        } else {
+            Ok(())
+        }
+    });
+    let preempt_delay = c.duration(&raw.preempt_delay, "ha.preempt_delay", PREEMPT_DELAY, |d| {
+        if d <= Duration::from_secs(1000) {
+            Ok(())
+        } else {
+            Err("must be at most 1000s".into())
+        }
+    });
+    let handover = c.duration(&raw.handover, "ha.handover", advert * 5, |d| {
         if d <= Duration::from_secs(60) {
             Ok(())
         } else {
             Err("must be at most 60s".into())
         }
     });
+    // A master that gives up before keepalived can have moved the LAN resets flows that would
+    // have lived on at the peer.
+    if !handover.is_zero() && handover <= advert * 3 {
+        if let Some(h) = &raw.handover {
+            c.err(
+                h.span(),
+                "ha.handover",
+                format!(
+                    "must be longer than keepalived's takeover time, 3 x ha.advert ({} ms), or 0s",
+                    (advert * 3).as_millis()
+                ),
+            );
+        }
+    }
+    let sync = match (&raw.sync_interface, &raw.sync_peer) {
+        (Some(i), Some(p)) => {
+            c.ifname(i, "ha.sync_interface");
+            unicast_v4(c, p, "ha.sync_peer").map(|p| (i.get_ref().clone(), p))
+        }
+        (None, None) => None,
+        (Some(i), None) => {
+            c.err(
+                i.span(),
+                "ha.sync_interface",
+                "needs ha.sync_peer (the peer's address on it)",
+            );
+            None
+        }
+        (None, Some(p)) => {
+            c.err(
+                p.span(),
+                "ha.sync_peer",
+                "needs ha.sync_interface (the link to the peer)",
+            );
+            None
+        }
+    };
     Some(Ha {
         lan_vip: lan_vip?,
         weight_file,
         fault_file,
         handover,
+        vrid,
+        priority,
+        advert,
+        preempt_delay,
+        sync,
     })
 }
 
@@ -164,6 +234,78 @@ interfaces = ["lan0"]
             Some("192.0.2.6")
         );
         assert_eq!(c.links[1].public_vip, None);
+    }
+
+    #[test]
+    fn keepalived_settings_default_to_fast_adverts_and_a_handover_of_five() {
+        let ha = parse(&format!("{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\n"))
+            .unwrap()
+            .ha
+            .unwrap();
+        assert_eq!(
+            (
+                ha.vrid,
+                ha.priority,
+                ha.advert,
+                ha.preempt_delay,
+                ha.handover
+            ),
+            (51, 100, ms(300), ms(5000), ms(1500))
+        );
+        assert_eq!(ha.sync, None);
+        let ha = parse(&format!(
+            "{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\nvrid = 7\npriority = 101\nadvert = \"1s\"\n\
+             preempt_delay = \"0s\"\nsync_interface = \"sync0\"\nsync_peer = \"10.98.255.2\"\n"
+        ))
+        .unwrap()
+        .ha
+        .unwrap();
+        assert_eq!(
+            (
+                ha.vrid,
+                ha.priority,
+                ha.advert,
+                ha.preempt_delay,
+                ha.handover
+            ),
+            (7, 101, ms(1000), ms(0), ms(5000))
+        );
+        assert_eq!(
+            ha.sync,
+            Some(("sync0".into(), "10.98.255.2".parse().unwrap()))
+        );
+    }
+
+    fn ms(n: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(n)
+    }
+
+    #[test]
+    fn keepalived_settings_out_of_its_range_are_refused_at_their_line() {
+        let text = format!(
+            "{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\nvrid = 0\npriority = 255\nadvert = \"15ms\"\n\
+             preempt_delay = \"20m\"\nsync_interface = \"sync0\"\n"
+        );
+        let p = problems(&text);
+        let keys: Vec<(usize, &str)> = p.iter().map(|(l, k, _)| (*l, k.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                (17, "ha.vrid"),
+                (18, "ha.priority"),
+                (19, "ha.advert"),
+                (20, "ha.preempt_delay"),
+                (21, "ha.sync_interface"),
+            ],
+            "{p:#?}"
+        );
+        assert!(p[4].2.contains("needs ha.sync_peer"), "{p:#?}");
+        // A handover shorter than keepalived's takeover would reset flows the peer could carry.
+        let p = problems(&format!(
+            "{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\nadvert = \"500ms\"\nhandover = \"1s\"\n"
+        ));
+        assert_eq!((p[0].0, p[0].1.as_str()), (18, "ha.handover"), "{p:#?}");
+        assert!(p[0].2.contains("1500 ms"), "{p:#?}");
     }
 
     #[test]
