@@ -265,8 +265,16 @@ fn table(s: &Status) -> String {
             ),
             _ => "no verdict yet (keepalived keeps its initial state)".into(),
         };
+        let peer = match ha.peer.as_ref().map(|p| &p.marks) {
+            None => String::new(),
+            Some(None) => " (the peer's uplinkd not heard)".into(),
+            Some(Some(m)) if *m == ha.marks => " (the peer's: the same)".into(),
+            Some(Some(m)) => {
+                format!(" (the peer's DIFFER: {m}; replicated flows would take the wrong link)")
+            }
+        };
         out.push_str(&format!(
-            "ha: {} (LAN {}), {track}; marks {}\n",
+            "ha: {} (LAN {}), {track}; marks {}{peer}\n",
             ha.role, ha.lan_vip, ha.marks
         ));
     }

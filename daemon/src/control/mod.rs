@@ -85,6 +85,15 @@ pub struct HaStatus {
     /// A fingerprint of the links' marks and tables: both routers of a pair must show the same
     /// (committed flows route by their replicated mark).
     pub marks: String,
+    /// With a sync link: what the peer's uplinkd says over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    /// The peer's fingerprint; `None` when it was not heard in the last 10 s.
+    pub marks: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

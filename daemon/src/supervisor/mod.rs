@@ -172,6 +172,8 @@ pub struct Supervisor<D, P> {
     memory_dirty: bool,
     /// With `[ha]`: keepalived's track files.
     track: ha::Track,
+    /// With `[ha]` and a sync link: the peer's uplinkd.
+    peer: Option<ha::Peer>,
     /// When the status was last rebuilt, and whether something not seen by the engine's actions
     /// (a command, a purge's result, a kernel event) wants it rebuilt now.
     status_at: Option<Instant>,
@@ -219,10 +221,12 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             memory_saved: None,
             memory_dirty: true,
             track: ha::Track::default(),
+            peer: None,
             status_at: None,
             status_due: true,
         };
         sup.resume(now.into_std());
+        sup.open_peer();
         let links = sup
             .dp
             .interfaces()
@@ -256,6 +260,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         check.tick().await;
         let mut checks = 0u32;
+        let mut peer_buf = [0u8; 64];
         loop {
             let next = self.engine.poll_timeout().map(|(t, why)| {
                 debug!("next wake-up: {why}");
@@ -280,6 +285,9 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     self.status_due = true;
                 }
                 _ = check.tick() => {
+                    if let Some(p) = &self.peer {
+                        p.say(&self.marks());
+                    }
                     checks = (checks + 1) % RECONCILE_CHECKS;
                     if checks == 0 || self.dp.ruleset_changed().await {
                         self.engine.reconcile();
@@ -287,6 +295,12 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     self.memory_dirty |= self.memory_saved.is_none_or(|t| t.elapsed() >= memory::REFRESH);
                 }
                 () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
+                n = peer_recv(self.peer.as_ref(), &mut peer_buf) => {
+                    let own = self.marks();
+                    if let Some(p) = &mut self.peer {
+                        self.status_due |= p.heard(&peer_buf[..n], &own, Instant::now().into_std());
+                    }
+                }
                 Some((cmd, reply)) = inputs.commands.recv() => {
                     let answer = match cmd {
                         Command::Reload => {
@@ -356,13 +370,46 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         let due = std::mem::take(&mut self.status_due);
         if acted || due || self.status_at.is_none_or(|t| now >= t + STATUS_EVERY) {
             self.status_at = Some(now);
-            self.status
-                .send_replace(status::build(&self.engine, now.into_std()));
+            let mut status = status::build(&self.engine, now.into_std());
+            if let (Some(ha), Some(p)) = (&mut status.ha, &self.peer) {
+                ha.peer = Some(crate::control::PeerStatus {
+                    marks: p.view(now.into_std()),
+                });
+            }
+            self.status.send_replace(status);
         }
         self.remember();
         if let (Some(ha), Some(t)) = (&self.engine.config().ha, self.engine.ha_track()) {
             self.track.update(ha, t);
         }
+    }
+
+    /// With a sync link: listen for the peer's uplinkd on it. Without (or if the link cannot
+    /// be bound) the pair works, unchecked.
+    fn open_peer(&mut self) {
+        let Some((iface, peer)) = self
+            .engine
+            .config()
+            .ha
+            .as_ref()
+            .and_then(|h| h.sync.clone())
+        else {
+            return;
+        };
+        match ha::Peer::open(&iface, peer) {
+            Ok(p) => self.peer = Some(p),
+            Err(e) => warn!(
+                "cannot listen for the peer's uplinkd on {iface} port {}: {e}; its marks go \
+                 unchecked",
+                ha::PEER_PORT
+            ),
+        }
+    }
+
+    /// The fingerprint of this router's marks and tables.
+    fn marks(&self) -> String {
+        let c = self.engine.config();
+        crate::config::fence::fingerprint(c.dataplane.mark_mask, &c.links)
     }
 
     /// Start links as they were before a restart, if the memory of them is recent.
@@ -513,6 +560,8 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     if n == 1 { "" } else { "s" }
                 );
                 self.probes.reconfigure(&new);
+                let sync = |c: &Config| c.ha.as_ref().and_then(|h| h.sync.clone());
+                let reopen = sync(&new) != sync(self.engine.config());
                 let now = Instant::now().into_std();
                 self.engine.reconfigure(new, now, message.clone());
                 // Links kept their health; new ones learn carrier and addresses like at start.
@@ -522,6 +571,10 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     }
                 }
                 self.addresses().await;
+                if reopen {
+                    self.peer = None;
+                    self.open_peer();
+                }
                 Ok(message)
             }
         };
@@ -577,6 +630,14 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 }
 
 /// Wait for the next tick, or forever without an interval.
+/// The peer's next datagram; never, without a peer.
+async fn peer_recv(peer: Option<&ha::Peer>, buf: &mut [u8]) -> usize {
+    match peer {
+        Some(p) => p.recv(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn tick(i: &mut Option<tokio::time::Interval>) {
     match i {
         Some(i) => {

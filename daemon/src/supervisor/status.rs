@@ -32,6 +32,7 @@ pub fn build(engine: &Engine, now: Instant) -> Status {
             weight: track.map(|t| t.0),
             fault: track.map(|t| t.1),
             marks: crate::config::fence::fingerprint(cfg.dataplane.mark_mask, &cfg.links),
+            peer: None,
         }
     });
     Status {
