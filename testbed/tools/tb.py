@@ -480,6 +480,19 @@ def cmd_silent(args):
     return 0
 
 
+def ra(args):
+    """Send one router advertisement (router lifetime --lifetime s, no prefix) on --iface to
+    all nodes, from the interface's link-local address, as an ISP's router does."""
+    import struct
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, args.iface.encode())
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    # type 134, code 0, checksum (the kernel's), hop limit 64, no flags, lifetime, reachable
+    # and retransmission timers unspecified.
+    msg = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, args.lifetime, 0, 0)
+    s.sendto(msg, ("ff02::1", 0, 0, socket.if_nametoindex(args.iface)))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -516,6 +529,7 @@ def main():
     for kind in ("idle", "slowloris", "floods", "watches"):
         a.add_argument(f"--{kind}", type=int, default=0)
     a = sub.add_parser("silent"); a.add_argument("socket"); a.add_argument("--within", type=float, default=10)
+    a = sub.add_parser("ra"); a.add_argument("--iface", required=True); a.add_argument("--lifetime", type=int, default=1800)
     args = p.parse_args()
     if args.cmd == "server":
         server(args)
@@ -531,6 +545,8 @@ def main():
         sys.exit(cmd_count(args))
     elif args.cmd == "pingcost":
         pingcost(args)
+    elif args.cmd == "ra":
+        ra(args)
     elif args.cmd == "midstream":
         midstream(args)
     elif args.cmd == "udpserver":

@@ -60,8 +60,11 @@ fn main() -> ExitCode {
                     let vip = l
                         .public_vip
                         .map_or(String::new(), |v| format!(", SNAT to {v}"));
+                    let gw6 = l
+                        .gateway6
+                        .map_or(String::new(), |g| format!(", IPv6 via {g}"));
                     println!(
-                        "  link {}: interface {}, mark {:#x}, table {}{vip}",
+                        "  link {}: interface {}, mark {:#x}, table {}{vip}{gw6}",
                         l.name, l.interface, l.mark, l.table
                     );
                 }

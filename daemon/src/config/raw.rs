@@ -56,6 +56,7 @@ pub(super) struct RawLink {
     pub(super) name: Spanned<String>,
     pub(super) interface: Spanned<String>,
     pub(super) gateway: Option<Spanned<String>>,
+    pub(super) gateway6: Option<Spanned<String>>,
     #[serde(default = "default_priority")]
     pub(super) priority: u32,
     pub(super) weight: Option<Spanned<u32>>,

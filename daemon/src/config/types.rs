@@ -63,6 +63,9 @@ pub struct Link {
     pub interface: String,
     /// `None`: learned from the kernel (a default route via this interface in the main table).
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 next hop (link-local or global). `None`: the main table's IPv6 default route via
+    /// this interface, if any (router advertisements put one there).
+    pub gateway6: Option<Ipv6Addr>,
     /// Lower is preferred.
     pub priority: u32,
     /// Share of new flows among usable links of the same priority (1 ..= 1000).

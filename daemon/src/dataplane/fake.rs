@@ -83,6 +83,12 @@ pub fn render(d: &DesiredState) -> String {
             "ip route replace table {} default{via} dev {}\n",
             l.table, l.interface
         ));
+        if let Some(g) = l.gateway6 {
+            out.push_str(&format!(
+                "ip -6 route replace table {} default via {g} dev {}\n",
+                l.table, l.interface
+            ));
+        }
     }
     out
 }

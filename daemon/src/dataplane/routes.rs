@@ -156,8 +156,8 @@ pub struct Converged {
 }
 
 /// Converge the default routes of every link's table: IPv4 via the configured or learned
-/// gateway (on-link without one), IPv6 like the main table's IPv6 default route via the link,
-/// when there is one. A link whose interface does not exist is skipped, and any stale route in
+/// gateway (on-link without one), IPv6 via the configured IPv6 gateway, else like the main
+/// table's IPv6 default route via the link, when there is one. A link whose interface does not exist is skipped, and any stale route in
 /// its table removed; a route the kernel refuses is reported for its link. Neither stops the
 /// other links.
 pub async fn converge_routes(
@@ -187,7 +187,16 @@ pub async fn converge_routes(
                 gateway,
             },
         ));
-        if let Some(r6) = main_default(&routes, oif, true) {
+        let r6 = match l.gateway6 {
+            Some(g) => Some(RouteSpec {
+                v6: true,
+                table: l.table,
+                oif,
+                gateway: Some(IpAddr::V6(g)),
+            }),
+            None => main_default(&routes, oif, true),
+        };
+        if let Some(r6) = r6 {
             want.push((
                 l,
                 RouteSpec {

@@ -1,7 +1,7 @@
 //! `[[link]]` and `[lan]`: the WAN links and the LAN interfaces.
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use toml::Spanned;
 use uplinkd_probes::Target;
@@ -82,6 +82,7 @@ pub(super) fn links(
             );
         }
         let gateway = gateway(c, l.gateway.as_ref(), &key("gateway"));
+        let gateway6 = gateway6(c, l.gateway6.as_ref(), &key("gateway6"));
         let targets = targets(c, &l.targets, &key("targets"));
         let quorum = quorum(c, l, targets.len() as u32, detection_quorum, &key("quorum"));
         let nptv6 = nptv6(c, l.nptv6.as_ref(), &key("nptv6"));
@@ -97,6 +98,7 @@ pub(super) fn links(
             failback: l.failback,
             interface: l.interface.get_ref().clone(),
             gateway,
+            gateway6,
             priority: l.priority,
             weight: c.int(&l.weight, &key("weight"), 1, 1..=1000),
             targets,
@@ -106,6 +108,22 @@ pub(super) fn links(
         });
     }
     out
+}
+
+/// An IPv6 next hop: unicast, not loopback or unspecified. A link-local one (what router
+/// advertisements announce) is fine: the route names its interface.
+fn gateway6(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str) -> Option<Ipv6Addr> {
+    raw.and_then(|g| match g.get_ref().parse::<Ipv6Addr>() {
+        Ok(a) if !a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && a.to_ipv4_mapped().is_none() => Some(a),
+        _ => {
+            c.err(
+                g.span(),
+                key,
+                format!("{:?} is not a usable IPv6 unicast address (link-local like \"fe80::1\" or global)", g.get_ref()),
+            );
+            None
+        }
+    })
 }
 
 /// A next hop the kernel could take: not 0.0.0.0/8 or 255.255.255.255 (the kernel's
@@ -320,6 +338,32 @@ mod tests {
             let p = problems(&link(bad), "lan0");
             assert_eq!(p.len(), 1, "{bad}: {p:?}");
             assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_gateways_are_link_local_or_global_unicast() {
+        let link = |gw: &str| {
+            format!("interface = \"wan0\"\ntargets = [\"192.0.2.1\"]\ngateway6 = {gw:?}")
+        };
+        for ok in ["fe80::1", "2001:db8:1::1", "fd00::1"] {
+            assert_eq!(problems(&link(ok), "lan0"), [], "{ok}");
+        }
+        for bad in [
+            "::1",
+            "::",
+            "ff02::2",
+            "::ffff:192.0.2.1",
+            "192.0.2.1",
+            "fe80::1%wan0",
+        ] {
+            let p = problems(&link(bad), "lan0");
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway6"), "{bad}");
+            assert!(
+                p[0].2.contains("not a usable IPv6 unicast address"),
+                "{p:?}"
+            );
         }
     }
 
