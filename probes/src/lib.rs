@@ -1,4 +1,4 @@
-//! Probes that leave through one WAN only: ICMP/ICMPv6 echo, TCP connect, HTTP GET and DNS.
+//! Probes that leave through one WAN only: ICMP/ICMPv6 echo, TCP connect, HTTP(S) GET and DNS.
 //!
 //! Every probe socket is bound to the WAN's device (SO_BINDTODEVICE) *and* carries the WAN's
 //! mark (SO_MARK). The device binding alone is not enough: with no route for that device in the
@@ -7,13 +7,17 @@
 
 mod icmp;
 mod target;
+pub mod tls;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 pub use icmp::{checksum, IcmpSocket};
@@ -33,6 +37,9 @@ pub enum ProbeError {
     /// The target answered, but not as expected (connection refused, HTTP status, DNS error).
     #[error("rejected: {0}")]
     Rejected(String),
+    /// An HTTPS server's certificate did not verify (unknown issuer, wrong name, expired).
+    #[error("certificate: {0}")]
+    Certificate(String),
     #[error("cannot send: {0}")]
     Send(#[source] io::Error),
     #[error("{0}")]
@@ -57,11 +64,12 @@ pub fn bound_socket(domain: Domain, ty: Type, proto: Protocol, b: &Binding) -> i
 }
 
 /// All probes of one link. ICMP sockets are opened on first use and kept; TCP, HTTP and DNS
-/// probes open a socket each.
+/// probes open a socket each. HTTPS probes share a TLS client per CA file, read when opened.
 pub struct Prober {
     binding: Binding,
     icmp4: Option<IcmpSocket>,
     icmp6: Option<IcmpSocket>,
+    tls: HashMap<Option<PathBuf>, Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Prober {
@@ -70,12 +78,19 @@ impl Prober {
             binding,
             icmp4: None,
             icmp6: None,
+            tls: HashMap::new(),
         }
     }
 
-    /// Open the ICMP sockets `targets` need (inside a tokio runtime).
+    /// Open the ICMP sockets `targets` need (inside a tokio runtime), and read the CA files of
+    /// its HTTPS targets (one that cannot be read fails that target's probes, saying why).
     pub fn open(&mut self, targets: &[Target]) -> io::Result<()> {
         for t in targets {
+            if let Target::Https { ca_file, .. } = t {
+                self.tls
+                    .entry(ca_file.clone())
+                    .or_insert_with(|| tls::client_config(ca_file.as_deref()));
+            }
             if let Target::Icmp(a) = t {
                 let slot = if a.is_ipv6() {
                     &mut self.icmp6
@@ -123,17 +138,39 @@ impl Prober {
             Target::Icmp(_) => Err(ProbeError::Other("not a transaction".into())),
             Target::Tcp(addr) => self.connect(*addr).await.map(drop),
             Target::Http { addr, host, path } => {
-                let mut s = self.connect(*addr).await?;
-                let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: uplinkd-probe\r\nConnection: close\r\n\r\n");
-                s.write_all(req.as_bytes())
+                let s = self.connect(*addr).await?;
+                http_get(s, host, path).await
+            }
+            Target::Https {
+                addr,
+                host,
+                path,
+                server_name,
+                ca_file,
+            } => {
+                let config = match self.tls.get(ca_file) {
+                    Some(Ok(c)) => c.clone(),
+                    Some(Err(e)) => return Err(ProbeError::Certificate(e.clone())),
+                    None => return Err(ProbeError::Other("TLS not set up".into())),
+                };
+                let (name, host) = match server_name {
+                    Some(n) => (
+                        rustls::pki_types::ServerName::try_from(n.clone())
+                            .map_err(|e| ProbeError::Other(format!("{n:?}: {e}")))?,
+                        if addr.port() == 443 {
+                            n.clone()
+                        } else {
+                            format!("{n}:{}", addr.port())
+                        },
+                    ),
+                    None => (addr.ip().into(), host.clone()),
+                };
+                let tcp = self.connect(*addr).await?;
+                let s = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
                     .await
-                    .map_err(|e| ProbeError::Rejected(format!("write: {e}")))?;
-                let status = read_status(&mut s).await?;
-                if (200..400).contains(&status) {
-                    Ok(())
-                } else {
-                    Err(ProbeError::Rejected(format!("HTTP status {status}")))
-                }
+                    .map_err(tls::handshake_error)?;
+                http_get(s, &host, path).await
             }
             Target::Dns { server, name } => self.dns(*server, name).await,
         }
@@ -195,8 +232,28 @@ impl Prober {
     }
 }
 
+/// GET `path` from `host` over `s`: a status of 200-399 passes.
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    host: &str,
+    path: &str,
+) -> Result<(), ProbeError> {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: uplinkd-probe\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| ProbeError::Rejected(format!("write: {e}")))?;
+    let status = read_status(&mut s).await?;
+    if (200..400).contains(&status) {
+        Ok(())
+    } else {
+        Err(ProbeError::Rejected(format!("HTTP status {status}")))
+    }
+}
+
 /// Read an HTTP status line ("HTTP/1.1 200 OK") and return the status code.
-async fn read_status(s: &mut TcpStream) -> Result<u16, ProbeError> {
+async fn read_status<S: AsyncRead + Unpin>(s: &mut S) -> Result<u16, ProbeError> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.contains(&b'\n') && buf.len() < 1024 {

@@ -6,6 +6,7 @@
 //! | `icmp://203.0.113.10`                    | the same                                           |
 //! | `tcp://203.0.113.10:443`                 | TCP connect; a refused connection fails the probe  |
 //! | `http://203.0.113.10:8080/health`        | HTTP GET; status 200-399 passes                    |
+//! | `https://203.0.113.10/health`            | TLS handshake, certificate verified, then HTTP GET |
 //! | `dns://203.0.113.53/example.com`         | DNS A query (port 53 unless given); needs an answer|
 //!
 //! Addresses are literals: a probe must not depend on name resolution through the link it tests.
@@ -27,13 +28,26 @@ pub enum Target {
         server: SocketAddr,
         name: String,
     },
+    /// The certificate is verified for `server_name` (a DNS name; `None`: the address, which
+    /// the certificate must then name) against `ca_file`'s certificates (PEM; `None`: the
+    /// system's store), and the Host header names the same.
+    Https {
+        addr: SocketAddr,
+        host: String,
+        path: String,
+        server_name: Option<String>,
+        ca_file: Option<std::path::PathBuf>,
+    },
 }
 
 impl Target {
     pub fn addr(&self) -> IpAddr {
         match self {
             Target::Icmp(a) => *a,
-            Target::Tcp(s) | Target::Http { addr: s, .. } | Target::Dns { server: s, .. } => s.ip(),
+            Target::Tcp(s)
+            | Target::Http { addr: s, .. }
+            | Target::Https { addr: s, .. }
+            | Target::Dns { server: s, .. } => s.ip(),
         }
     }
 }
@@ -67,7 +81,10 @@ fn usable(target: &Target) -> Result<(), String> {
     }
     match target {
         Target::Icmp(_) => Ok(()),
-        Target::Tcp(s) | Target::Http { addr: s, .. } | Target::Dns { server: s, .. } => {
+        Target::Tcp(s)
+        | Target::Http { addr: s, .. }
+        | Target::Https { addr: s, .. }
+        | Target::Dns { server: s, .. } => {
             if s.port() == 0 {
                 Err(format!("{target}: port 0 cannot be probed"))
             } else {
@@ -100,14 +117,22 @@ impl FromStr for Target {
                     .map_err(|_| format!("{rest:?} is not an IP address (host names are not resolved; use an address literal)"))?,
             ),
             "tcp" => Target::Tcp(socket_addr(rest, None)?),
-            "http" => {
+            "http" | "https" => {
                 let (hostport, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-                let addr = socket_addr(hostport, Some(80))?;
+                let tls = scheme == "https";
+                let addr = socket_addr(hostport, Some(if tls { 443 } else { 80 }))?;
                 http_path(path)?;
-                Target::Http {
-                    addr,
-                    host: hostport.to_owned(),
-                    path: path.to_owned(),
+                let (host, path) = (hostport.to_owned(), path.to_owned());
+                if tls {
+                    Target::Https {
+                        addr,
+                        host,
+                        path,
+                        server_name: None,
+                        ca_file: None,
+                    }
+                } else {
+                    Target::Http { addr, host, path }
                 }
             }
             "dns" => {
@@ -125,8 +150,7 @@ impl FromStr for Target {
                     name: name.trim_end_matches('.').to_owned(),
                 }
             }
-            "https" => return Err("https probes are not supported (no TLS in this build); use http:// or tcp://HOST:443".into()),
-            other => return Err(format!("unknown probe kind {other:?}: use an address, icmp://, tcp://, http:// or dns://")),
+            other => return Err(format!("unknown probe kind {other:?}: use an address, icmp://, tcp://, http://, https:// or dns://")),
         };
         usable(&t)?;
         Ok(t)
@@ -139,6 +163,18 @@ impl fmt::Display for Target {
             Target::Icmp(a) => write!(f, "{a}"),
             Target::Tcp(s) => write!(f, "tcp://{s}"),
             Target::Http { host, path, .. } => write!(f, "http://{host}{path}"),
+            Target::Https {
+                host,
+                path,
+                server_name,
+                ..
+            } => {
+                write!(f, "https://{host}{path}")?;
+                match server_name {
+                    Some(n) => write!(f, " (as {n})"),
+                    None => Ok(()),
+                }
+            }
             Target::Dns { server, name } => write!(f, "dns://{server}/{name}"),
         }
     }
@@ -222,6 +258,16 @@ mod tests {
             "http://203.0.113.10/"
         );
         assert_eq!(
+            t("https://203.0.113.10/health"),
+            Ok(Target::Https {
+                addr: "203.0.113.10:443".parse().unwrap(),
+                host: "203.0.113.10".into(),
+                path: "/health".into(),
+                server_name: None,
+                ca_file: None,
+            })
+        );
+        assert_eq!(
             t("dns://203.0.113.53/example.com."),
             Ok(Target::Dns {
                 server: "203.0.113.53:53".parse().unwrap(),
@@ -236,7 +282,8 @@ mod tests {
             "example.com",
             "tcp://203.0.113.10",
             "http://example.com/",
-            "https://203.0.113.10/",
+            "https://example.com/",
+            "https://203.0.113.10:0/",
             "dns://203.0.113.53",
             "dns://203.0.113.53/bad..name",
             "gopher://203.0.113.10",

@@ -64,7 +64,7 @@ def cmd_udp(args):
 
 
 def http(args):
-    """HTTP server: 200 for /health, 404 for anything else."""
+    """HTTP(S) server: 200 for /health, 404 for anything else."""
     import http.server
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -76,7 +76,15 @@ def http(args):
         def log_message(self, *a):
             pass
 
-    http.server.ThreadingHTTPServer((args.addr, args.port), Handler).serve_forever()
+    server = http.server.ThreadingHTTPServer((args.addr, args.port), Handler)
+    if args.cert:
+        # HTTPS: the handshake happens on accept; a client that refuses the certificate only
+        # fails its own connection.
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.cert, args.key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
 
 
 def dns(args):
@@ -498,6 +506,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("server"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("http"); a.add_argument("addr"); a.add_argument("port", type=int)
+    a.add_argument("--cert", help="serve HTTPS with this certificate (PEM)"); a.add_argument("--key")
     a = sub.add_parser("dns"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("whoami"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--bind")

@@ -60,7 +60,8 @@ pub(super) struct RawLink {
     #[serde(default = "default_priority")]
     pub(super) priority: u32,
     pub(super) weight: Option<Spanned<u32>>,
-    pub(super) targets: Spanned<Vec<Spanned<String>>>,
+    /// Each a string, or a table (`url`, `server_name`, `ca_file`) for an HTTPS target.
+    pub(super) targets: Spanned<Vec<Spanned<toml::Value>>>,
     pub(super) quorum: Option<Spanned<u32>>,
     #[serde(default)]
     pub(super) failback: Failback,

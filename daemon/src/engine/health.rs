@@ -394,6 +394,7 @@ impl LinkHealth {
             ProbeFailure::SendError => "could not be sent",
             ProbeFailure::OwnAddress => "went to this router's own address",
             ProbeFailure::Rejected => "was rejected",
+            ProbeFailure::Certificate => "failed certificate verification",
         };
         let reason = format!(
             "{silent}/{} targets silent, {} probes lost in a row each (quorum {}; last probe {what})",

@@ -40,6 +40,9 @@ pub enum ProbeFailure {
     /// The target answered, but not as the probe expects (TCP refused, HTTP status, DNS error):
     /// the path may work, the check does not.
     Rejected,
+    /// An HTTPS server's certificate did not verify: the path works, but what answered is not
+    /// the server the probe is for (an ISP's captive portal, an interception proxy).
+    Certificate,
 }
 
 /// A probe the engine wants sent now: target `target` (index into the link's targets).

@@ -1,7 +1,8 @@
 //! Sending the probes the engine asks for, each through its own link.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -55,6 +56,9 @@ struct LinkProber {
     open: bool,
     reopen: Arc<AtomicBool>,
     warned: bool,
+    /// The certificate error last logged per target (logged again only when it changes, or
+    /// after the target verified again).
+    cert_errors: Arc<Mutex<HashMap<usize, String>>>,
 }
 
 impl LinkProber {
@@ -70,6 +74,7 @@ impl LinkProber {
             open: false,
             reopen: Arc::new(AtomicBool::new(false)),
             warned: false,
+            cert_errors: Arc::default(),
         }
     }
 
@@ -96,19 +101,38 @@ impl LinkProber {
             }
             self.inner = Arc::new(fresh);
         }
-        let (prober, targets, reopen) = (
+        let (prober, targets, reopen, cert_errors) = (
             self.inner.clone(),
             self.targets.clone(),
             self.reopen.clone(),
+            self.cert_errors.clone(),
         );
+        let interface = self.binding.interface.clone();
         tokio::spawn(async move {
             let target = &targets[req.target];
-            let result = prober.probe(target, timeout).await.map_err(|e| {
+            let result = prober.probe(target, timeout).await;
+            {
+                let mut seen = cert_errors.lock().unwrap_or_else(|e| e.into_inner());
+                match &result {
+                    Err(ProbeError::Certificate(m)) => {
+                        if seen.get(&req.target) != Some(m) {
+                            warn!("probe {target} via {interface}: certificate not accepted: {m}");
+                            seen.insert(req.target, m.clone());
+                        }
+                    }
+                    Ok(_) => {
+                        seen.remove(&req.target);
+                    }
+                    Err(_) => {}
+                }
+            }
+            let result = result.map_err(|e| {
                 debug!("probe {target} via link {}: {e}", req.link);
                 match e {
                     ProbeError::Timeout(_) => ProbeFailure::Timeout,
                     ProbeError::IcmpError { .. } => ProbeFailure::IcmpError,
                     ProbeError::Rejected(_) => ProbeFailure::Rejected,
+                    ProbeError::Certificate(_) => ProbeFailure::Certificate,
                     ProbeError::Send(_) | ProbeError::Other(_) => {
                         reopen.store(true, Ordering::Relaxed);
                         ProbeFailure::SendError

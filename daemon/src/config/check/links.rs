@@ -152,14 +152,14 @@ fn gateway(c: &mut Checker, raw: Option<&Spanned<String>>, key: &str) -> Option<
     })
 }
 
-fn targets(c: &mut Checker, raw: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<Target> {
+fn targets(c: &mut Checker, raw: &Spanned<Vec<Spanned<toml::Value>>>, key: &str) -> Vec<Target> {
     if raw.get_ref().is_empty() {
         c.err(raw.span(), key, "must list at least one address to probe");
     }
     let mut targets: Vec<Target> = Vec::new();
     let mut seen = HashSet::new();
     for t in raw.get_ref() {
-        match t.get_ref().parse::<Target>() {
+        match target(t.get_ref()) {
             Ok(target) if !seen.insert(target.clone()) => {
                 c.err(t.span(), key, format!("{target} is listed twice"));
             }
@@ -168,6 +168,79 @@ fn targets(c: &mut Checker, raw: &Spanned<Vec<Spanned<String>>>, key: &str) -> V
         }
     }
     targets
+}
+
+/// A target: its URL, or a table with the URL of an HTTPS target and how to verify it.
+fn target(v: &toml::Value) -> Result<Target, String> {
+    let table = match v {
+        toml::Value::String(s) => return s.parse(),
+        toml::Value::Table(t) => t,
+        other => {
+            return Err(format!(
+                "a target is a string, or a table with url, server_name and ca_file; not a {}",
+                other.type_str()
+            ))
+        }
+    };
+    if let Some(k) = table
+        .keys()
+        .find(|k| !["url", "server_name", "ca_file"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown key {k:?} in a target (url, server_name, ca_file)"
+        ));
+    }
+    let text = |k: &str| match table.get(k) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("{k} must be a string")),
+    };
+    let url = text("url")?.ok_or("a target table needs a url")?;
+    let Target::Https {
+        addr, host, path, ..
+    } = url.parse()?
+    else {
+        return Err(format!(
+            "{url}: server_name and ca_file are for https:// targets"
+        ));
+    };
+    let server_name = text("server_name")?;
+    if let Some(n) = &server_name {
+        dns_name(n)?;
+    }
+    let ca_file = text("ca_file")?.map(std::path::PathBuf::from);
+    if let Some(f) = &ca_file {
+        if !f.is_absolute() {
+            return Err(format!("ca_file {f:?} must be an absolute path"));
+        }
+        // Read now: a file that cannot be used is an error of this line, not of every probe.
+        uplinkd_probes::tls::client_config(Some(f))?;
+    }
+    Ok(Target::Https {
+        addr,
+        host,
+        path,
+        server_name,
+        ca_file,
+    })
+}
+
+/// A server name a certificate can be checked against: a DNS name (an address goes in the
+/// url).
+fn dns_name(n: &str) -> Result<(), String> {
+    let valid = !n.is_empty()
+        && n.len() <= 253
+        && n.parse::<std::net::IpAddr>().is_err()
+        && n.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("server_name {n:?} is not a DNS name"))
+    }
 }
 
 /// The link's own quorum, or else `detection.quorum`, or else all of its `n` targets.
@@ -339,6 +412,74 @@ mod tests {
             assert_eq!(p.len(), 1, "{bad}: {p:?}");
             assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway"), "{bad}");
         }
+    }
+
+    /// A CA certificate (EC P-256, self-signed, valid until 2126) for the HTTPS target tests.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBizCCATGgAwIBAgIUL9QFnwDWOZDa97jwF8FJr2Tlft8wCgYIKoZIzj0EAwIw\nGjEYMBYGA1UEAwwPdXBsaW5rZCB0ZXN0IENBMCAXDTI2MTIwMjIwMTQxOVoYDzIx\nMjYxMTA4MjAxNDE5WjAaMRgwFgYDVQQDDA91cGxpbmtkIHRlc3QgQ0EwWTATBgcq\nhkjOPQIBBggqhkjOPQMBBwNCAAST1zjRLvc9aH2sF7Bbb6yeCMKFzyFfUYPr5xd3\nefatlIdfmmT2etMPI4iYfi7Au6F5cuWAl2EWViTEFY2R2p1Fo1MwUTAdBgNVHQ4E\nFgQUQjg180GYgQDtA10MvQ1k5wccYuUwHwYDVR0jBBgwFoAUQjg180GYgQDtA10M\nvQ1k5wccYuUwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA7f3L\nEQET6igMvgNs83rTE1kjHpDdLfiS5MqiFtBrwx4CIBLLWjkpeP30ks3ogVvV13p9\nzC2/PH9huFNr7shr6mH9\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn https_targets_take_a_server_name_and_a_ca_file_of_their_own() {
+        let ca = std::env::temp_dir().join(format!("uplinkd-test-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, TEST_CA).unwrap();
+        let link = |t: &str| format!("interface = \"wan0\"\ntargets = [\"192.0.2.1\",\n  {t}]");
+        let ok = format!(
+            "{{ url = \"https://203.0.113.10:8443/health\", server_name = \"health.example\", ca_file = {:?} }}",
+            ca.display().to_string()
+        );
+        let c = crate::config::parse(&format!(
+            "[[link]]\nname = \"l\"\n{}\n[lan]\ninterfaces = [\"lan0\"]\n",
+            link(&ok)
+        ))
+        .unwrap();
+        assert_eq!(
+            c.links[0].targets[1],
+            uplinkd_probes::Target::Https {
+                addr: "203.0.113.10:8443".parse().unwrap(),
+                host: "203.0.113.10:8443".into(),
+                path: "/health".into(),
+                server_name: Some("health.example".into()),
+                ca_file: Some(ca.clone()),
+            }
+        );
+        assert_eq!(problems(&link("\"https://203.0.113.10/\""), "lan0"), []);
+        let missing = ca.with_extension("missing");
+        for (bad, why) in [
+            (
+                "{ url = \"https://203.0.113.10/\", ca = \"/x\" }".to_string(),
+                "unknown key \"ca\"",
+            ),
+            (
+                "{ url = \"http://203.0.113.10/\", server_name = \"a.example\" }".into(),
+                "are for https:// targets",
+            ),
+            ("{ server_name = \"a.example\" }".into(), "needs a url"),
+            (
+                "{ url = \"https://203.0.113.10/\", server_name = \"203.0.113.10\" }".into(),
+                "is not a DNS name",
+            ),
+            (
+                "{ url = \"https://203.0.113.10/\", ca_file = \"ca.pem\" }".into(),
+                "must be an absolute path",
+            ),
+            (
+                format!(
+                    "{{ url = \"https://203.0.113.10/\", ca_file = {:?} }}",
+                    missing.display().to_string()
+                ),
+                "CA file",
+            ),
+            (
+                "{ url = \"https://203.0.113.10/\", server_name = 7 }".into(),
+                "server_name must be a string",
+            ),
+            ("42".into(), "not a integer"),
+        ] {
+            let p = problems(&link(&bad), "lan0");
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].targets"), "{bad}");
+            assert!(p[0].2.contains(why), "{bad}: {p:?}");
+        }
+        std::fs::remove_file(&ca).unwrap();
     }
 
     #[test]

@@ -328,7 +328,7 @@ targets = []
 [[link]]
 name = "lte"
 interface = "wan1"
-targets = ["https://203.0.113.1/", "300.1.1.1"]
+targets = ["gopher://203.0.113.1/", "300.1.1.1"]
 
 [lan]
 interfaces = ["wan1"]
