@@ -216,6 +216,7 @@ interfaces = ["lan0"]
 
 [control]
 socket = "$TB_TMP/control.sock"
+history = "$TB_TMP/history.json"
 ${TB_CONFIG_EXTRA:-}
 ${1:-}
 EOT

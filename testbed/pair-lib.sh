@@ -123,6 +123,7 @@ dport = [$PORT2]
 
 [control]
 socket = "$d/control.sock"
+history = "$d/history.json"
 
 [ha]
 lan_vip = "10.99.0.1"

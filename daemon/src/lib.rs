@@ -4,4 +4,5 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod engine;
+pub mod history;
 pub mod supervisor;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use uplinkd::control::{Connection, Event, Status};
+use uplinkd::history::report;
 
 /// Query and steer a running uplinkd over its control socket.
 ///
@@ -41,6 +42,32 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Each link's quality over time: RTT and loss sparklines with the down and degraded spells
+    /// marked, sized to the terminal (10 s per bucket for the last hour, 1 min for a day, 15 min
+    /// for a week).
+    History {
+        /// Only this link.
+        link: Option<String>,
+        /// How far back: 1h, 24h, 7d (or a number with s, m, h or d).
+        #[arg(long, default_value = "1h", value_parser = since)]
+        since: u64,
+        /// Plain ASCII instead of Unicode blocks.
+        #[arg(long)]
+        ascii: bool,
+        /// Print the daemon's JSON buckets instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every outage: link, start, duration, reason and the flows it cost; then each link's
+    /// count, downtime and availability.
+    Outages {
+        /// How far back: 1h, 24h, 7d (or a number with s, m, h or d).
+        #[arg(long, default_value = "7d", value_parser = since)]
+        since: u64,
+        /// Print the daemon's JSON list instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the metrics in Prometheus text format.
     Metrics,
     /// Re-read the configuration file; on any error the running configuration stays (root only).
@@ -73,6 +100,12 @@ fn main() -> ExitCode {
         Cmd::Status { .. } => serde_json::json!({"v": 1, "cmd": "status"}),
         Cmd::Watch { .. } => serde_json::json!({"v": 1, "cmd": "watch"}),
         Cmd::Metrics => serde_json::json!({"v": 1, "cmd": "metrics"}),
+        Cmd::History { link, since, .. } => {
+            serde_json::json!({"v": 1, "cmd": "history", "link": link, "since_s": since})
+        }
+        Cmd::Outages { since, .. } => {
+            serde_json::json!({"v": 1, "cmd": "outages", "since_s": since})
+        }
         Cmd::Reload => serde_json::json!({"v": 1, "cmd": "reload"}),
         Cmd::Drain { link, reset } => {
             serde_json::json!({"v": 1, "cmd": "drain", "link": link, "reset": reset})
@@ -134,6 +167,52 @@ fn main() -> ExitCode {
                 None => return ExitCode::from(1),
             },
             Cmd::Metrics => print!("{}", reply.metrics.unwrap_or_default()),
+            Cmd::History { json, ascii, .. } => {
+                let series = reply.history.unwrap_or_default();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&series).unwrap_or_default()
+                    );
+                } else {
+                    let width = terminal_width();
+                    let charts: Vec<String> = series
+                        .iter()
+                        .map(|s| report::chart(s, width, ascii))
+                        .collect();
+                    print!("{}", charts.join("\n"));
+                }
+            }
+            Cmd::Outages { json, since } => {
+                let list = reply.outages.unwrap_or_default();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).unwrap_or_default()
+                    );
+                } else {
+                    // The links to sum up: those of the status, then any other with an outage.
+                    let mut links: Vec<String> = match conn
+                        .request(&serde_json::json!({"v": 1, "cmd": "status"}))
+                        .await
+                    {
+                        Ok(r) => r
+                            .status
+                            .map(|s| s.links.into_iter().map(|l| l.name).collect())
+                            .unwrap_or_default(),
+                        Err(_) => Vec::new(),
+                    };
+                    for o in &list {
+                        if !links.contains(&o.link) {
+                            links.push(o.link.clone());
+                        }
+                    }
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    print!("{}", report::outages(&list, &links, since as f64, now));
+                }
+            }
             Cmd::Watch { json } => {
                 while let Ok(Some(line)) = conn.line().await {
                     if json {
@@ -149,6 +228,30 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// `--since`: 1h, 24h, 7d...
+fn since(s: &str) -> Result<u64, String> {
+    report::parse_since(s)
+}
+
+/// Columns of the terminal on standard output; 80 when it is not one.
+#[allow(unsafe_code)]
+fn terminal_width() -> usize {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` into the buffer it is given, which lives
+    // for the call; on any error it writes nothing and ws_col stays 0.
+    let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    if r == 0 && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
+    }
 }
 
 /// A positive number of seconds.

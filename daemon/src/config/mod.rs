@@ -18,7 +18,8 @@ pub use check::parse_duration;
 pub use fence::MAX_LINKS;
 pub use types::{
     Config, ConfigError, Control, DataplaneOptions, Detection, Failback, Ha, Hooks, LastResort,
-    Link, Member, Metrics, Policy, Prefix, Probe, Problem, Rule, DEFAULT_POLICY, DEFAULT_SOCKET,
+    Link, Member, Metrics, Policy, Prefix, Probe, Problem, Rule, DEFAULT_HISTORY, DEFAULT_POLICY,
+    DEFAULT_SOCKET,
 };
 pub use uplinkd_probes::Target;
 

@@ -84,6 +84,7 @@ pub(super) struct RawLan {
 pub(super) struct RawControl {
     pub(super) socket: Option<Spanned<String>>,
     pub(super) group: Option<Spanned<String>>,
+    pub(super) history: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,6 +9,8 @@ use uplinkd_probes::Target;
 
 /// Default control socket (DESIGN.md §4).
 pub const DEFAULT_SOCKET: &str = "/run/uplinkd/control.sock";
+/// The unit's state directory (StateDirectory=uplinkd): survives reboots.
+pub const DEFAULT_HISTORY: &str = "/var/lib/uplinkd/history.json";
 
 /// A validated configuration. Everything the daemon needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,6 +261,9 @@ pub struct Control {
     pub group: Option<String>,
     /// Its numeric id, resolved when the configuration is loaded.
     pub gid: Option<u32>,
+    /// Where the links' quality history and outages are kept across restarts; `None`: in
+    /// memory only.
+    pub history: Option<PathBuf>,
 }
 
 /// Commands run on every link transition, with the details in the environment (UPLINKD_EVENT,

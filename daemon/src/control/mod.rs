@@ -1,8 +1,10 @@
 //! The status socket: newline-delimited JSON over a Unix stream socket (DESIGN.md §5).
 //!
 //! Request, one line: `{"v":1,"cmd":"status"}`; `cmd` is one of `status`, `metrics`, `watch`,
-//! `reload`, `drain` / `undrain` (with `"link":NAME`, and for drain optionally `"reset":true`).
-//! Reply, one line: `{"ok":true,...}` with `status`, `metrics` or `message`, or
+//! `history` (optionally `"link":NAME`, and `"since_s":SECONDS`, default an hour), `outages`
+//! (optionally `"since_s"`, default a week), `reload`, `drain` / `undrain` (with `"link":NAME`,
+//! and for drain optionally `"reset":true`).
+//! Reply, one line: `{"ok":true,...}` with `status`, `metrics`, `history`, `outages` or `message`, or
 //! `{"ok":false,"error":"..."}`. `watch` answers once and then streams one `{"event":{...}}`
 //! line per transition or action until the client goes away. A connection may send any number
 //! of requests, each within [`REQUEST_TIMEOUT`] of connecting or of the previous reply, and
@@ -198,6 +200,8 @@ pub struct Shared {
     /// Events, for `watch`.
     pub events: broadcast::Sender<Event>,
     pub commands: mpsc::Sender<(Command, oneshot::Sender<CommandReply>)>,
+    /// The links' quality history and outages.
+    pub history: Arc<Mutex<crate::history::History>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +214,8 @@ struct Request {
     link: Option<String>,
     #[serde(default)]
     reset: bool,
+    #[serde(default)]
+    since_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -219,6 +225,10 @@ pub struct Reply {
     pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<crate::history::Series>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outages: Option<Vec<crate::history::Outage>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -245,6 +255,14 @@ pub enum Parsed {
     Status,
     Metrics,
     Watch,
+    /// Each link's (or one's) history over the last `since_s` seconds.
+    History {
+        link: Option<String>,
+        since_s: u64,
+    },
+    Outages {
+        since_s: u64,
+    },
     Command(Command),
 }
 
@@ -269,6 +287,13 @@ pub fn parse(line: &str, root: bool) -> Result<Parsed, String> {
         "status" => Parsed::Status,
         "metrics" => Parsed::Metrics,
         "watch" => Parsed::Watch,
+        "history" => Parsed::History {
+            link: req.link.clone(),
+            since_s: since(req.since_s, 3600)?,
+        },
+        "outages" => Parsed::Outages {
+            since_s: since(req.since_s, 7 * 86400)?,
+        },
         "reload" => Parsed::Command(Command::Reload),
         "drain" => Parsed::Command(Command::Drain {
             link: link()?,
@@ -284,6 +309,21 @@ pub fn parse(line: &str, root: bool) -> Result<Parsed, String> {
         ));
     }
     Ok(parsed)
+}
+
+/// A look back: whole seconds, at most the week the history keeps.
+fn since(s: Option<f64>, default: u64) -> Result<u64, String> {
+    match s {
+        None => Ok(default),
+        Some(s) if (1.0..=7.0 * 86400.0).contains(&s) => Ok(s as u64),
+        Some(s) => Err(format!("\"since_s\" must be 1 to 604800 seconds, got {s}")),
+    }
+}
+
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Bind the socket: create its directory, replace a stale socket file (never another kind of
@@ -420,11 +460,9 @@ impl Drop for Slot {
     }
 }
 
-/// The counts stay consistent even if a holder panicked: each update is one step.
-fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
-    slots
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The lock of a mutex whose holder panicked is taken over: what they guard are counters.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Tell a refused client why, without waiting: its socket is new, so the send buffer is empty
@@ -488,6 +526,21 @@ async fn client(stream: UnixStream, shared: Shared, root: bool) -> io::Result<()
                 ..ok()
             },
             Ok(Parsed::Watch) => return watch_events(r, w, shared.events.subscribe()).await,
+            Ok(Parsed::History { link, since_s }) => {
+                let now = epoch_now();
+                let h = lock(&shared.history).series(link.as_deref(), since_s as f64, now);
+                match h {
+                    Some(h) => Reply {
+                        history: Some(h),
+                        ..ok()
+                    },
+                    None => error(format!("no link named {:?}", link.unwrap_or_default())),
+                }
+            }
+            Ok(Parsed::Outages { since_s }) => Reply {
+                outages: Some(lock(&shared.history).outages(epoch_now() - since_s as f64)),
+                ..ok()
+            },
             Ok(Parsed::Command(c)) => {
                 let (tx, rx) = oneshot::channel();
                 match shared.commands.send((c, tx)).await {

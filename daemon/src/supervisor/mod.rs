@@ -13,6 +13,7 @@ mod trim;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -23,10 +24,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, DEFAULT_POLICY};
 use crate::control::event::Level;
-use crate::control::{self, Command, CommandReply, Event, Status};
+use crate::control::{self, lock, Command, CommandReply, Event, Status};
 use crate::dataplane::monitor::{self, KernelEvent};
 use crate::dataplane::{Dataplane, Kernel};
 use crate::engine::{Action, Engine, Input, ProbeOutcome, Purged};
+use crate::history::{self, History};
 pub use probing::{LinkProbes, Probes};
 
 /// How often the nftables ruleset generation is read (one netlink round trip): when it moved,
@@ -83,12 +85,15 @@ async fn serve(
     let probes = LinkProbes::new(&config);
     let (events, _) = broadcast::channel::<Event>(256);
     let memory = memory::path(&config.control.socket);
+    let history_file = config.control.history.clone();
     let mut sup = Supervisor::start(config, path, Some(memory), dp, probes, events.clone()).await?;
+    sup.keep_history(history_file);
     let (cmd_tx, commands) = mpsc::channel(8);
     let shared = control::Shared {
         status: sup.status.subscribe(),
         events,
         commands: cmd_tx,
+        history: sup.history.clone(),
     };
     let control = tokio::spawn(control::serve(listener, shared));
     let metrics = metrics.map(|l| {
@@ -142,6 +147,10 @@ fn unix_signals() -> anyhow::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
+/// The history is written where it is kept this often (and at stop): a router's flash is
+/// spared a write per probe.
+const HISTORY_EVERY: Duration = Duration::from_secs(300);
+
 /// Without any event, the status (RTT, loss) is rebuilt at most this often.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
@@ -174,6 +183,11 @@ pub struct Supervisor<D, P> {
     track: ha::Track,
     /// With `[ha]` and a sync link: the peer's uplinkd.
     peer: Option<ha::Peer>,
+    /// The links' quality history and outages (the control socket reads it too), where it is
+    /// kept across restarts (`None`: not kept), and when it was last written there.
+    pub history: Arc<Mutex<History>>,
+    history_file: Option<PathBuf>,
+    history_saved: Option<Instant>,
     /// When the status was last rebuilt, and whether something not seen by the engine's actions
     /// (a command, a purge's result, a kernel event) wants it rebuilt now.
     status_at: Option<Instant>,
@@ -201,6 +215,12 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         let (purge_tx, purge_rx) = mpsc::channel(16);
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let status = watch::Sender::new(status::build(&engine, now.into_std()));
+        let names: Vec<String> = engine
+            .config()
+            .links
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
         let mut sup = Supervisor {
             engine,
             dp,
@@ -222,6 +242,9 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             memory_dirty: true,
             track: ha::Track::default(),
             peer: None,
+            history: Arc::new(Mutex::new(History::new(&names))),
+            history_file: None,
+            history_saved: None,
             status_at: None,
             status_due: true,
         };
@@ -273,9 +296,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                         self.probes.send(req, &self.probe_tx);
                     }
                 }
-                Some(p) = self.probe_rx.recv() => {
-                    self.engine.handle(now(), Input::Probe(p));
-                }
+                Some(p) = self.probe_rx.recv() => self.probed(now(), p),
                 Some(ev) = inputs.kernel.recv() => {
                     self.kernel_event(ev).await;
                     self.status_due = true;
@@ -293,6 +314,9 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                         self.engine.reconcile();
                     }
                     self.memory_dirty |= self.memory_saved.is_none_or(|t| t.elapsed() >= memory::REFRESH);
+                    if self.history_saved.is_none_or(|t| t.elapsed() >= HISTORY_EVERY) {
+                        self.save_history();
+                    }
                 }
                 () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
                 n = peer_recv(self.peer.as_ref(), &mut peer_buf) => {
@@ -448,12 +472,82 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         self.memory_saved = Some(now);
     }
 
+    /// A probe's outcome: to the engine, then to the history (dated by when it was sent, with
+    /// the link's state after it).
+    fn probed(&mut self, now: std::time::Instant, p: ProbeOutcome) {
+        let (link, sent, rtt) = (p.link, p.sent_at, p.result.ok());
+        self.engine.handle(now, Input::Probe(p));
+        if link < self.engine.config().links.len() {
+            let state = history::state_code(self.engine.link(link).state.as_str());
+            let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
+            lock(&self.history).probe(link, self.engine.epoch_secs(sent), rtt_ms, state);
+        }
+    }
+
+    /// Keep the history at `history_file` from now on: what it holds now is read first (a file
+    /// that cannot be used is left aside with a warning; the history starts empty).
+    pub fn keep_history(&mut self, path: Option<PathBuf>) {
+        self.history_file = path;
+        let Some(path) = &self.history_file else {
+            return;
+        };
+        let names: Vec<String> = self
+            .engine
+            .config()
+            .links
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        match History::load(path, &names) {
+            Ok(h) => *lock(&self.history) = h,
+            Err(e) if !path.exists() => debug!("no history at {}: {e}", path.display()),
+            Err(e) => warn!(
+                "ignoring the history in {}: {e}; starting a new one",
+                path.display()
+            ),
+        }
+        self.history_saved = Some(Instant::now());
+    }
+
+    /// Write the history where it is kept; a failure is logged, and tried again later.
+    fn save_history(&mut self) {
+        self.history_saved = Some(Instant::now());
+        let Some(path) = &self.history_file else {
+            return;
+        };
+        if let Err(e) = lock(&self.history).save(path) {
+            warn!("cannot save the link history to {}: {e}", path.display());
+        }
+    }
+
     /// Log an event, stream it to `watch`, and keep systemd's status line current.
     fn emit(&self, e: Event) {
         match e.level() {
             Level::Info => info!("{e}"),
             Level::Warn => warn!("{e}"),
             Level::Error => error!("{e}"),
+        }
+        match &e {
+            Event::Transition {
+                link,
+                to,
+                reason,
+                at,
+                ..
+            } => {
+                if let Some(id) = self.engine.link_id(link) {
+                    lock(&self.history).transition(id, *at, to, reason);
+                }
+            }
+            Event::Purge {
+                link,
+                flows,
+                tcp_reset,
+                ..
+            } => {
+                lock(&self.history).purged(link, *flows as u64, *tcp_reset as u64);
+            }
+            _ => {}
         }
         if let Event::Steer { policy, to, .. } = &e {
             if policy == DEFAULT_POLICY {
@@ -560,6 +654,12 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     if n == 1 { "" } else { "s" }
                 );
                 self.probes.reconfigure(&new);
+                let names: Vec<String> = new.links.iter().map(|l| l.name.clone()).collect();
+                lock(&self.history).reconfigure(&names);
+                if self.history_file.is_some() && new.control.history != self.history_file {
+                    self.save_history();
+                    self.history_file = new.control.history.clone();
+                }
                 let sync = |c: &Config| c.ha.as_ref().and_then(|h| h.sync.clone());
                 let reopen = sync(&new) != sync(self.engine.config());
                 let now = Instant::now().into_std();
@@ -586,6 +686,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         notify(&[sd_notify::NotifyState::Stopping]);
         self.memory_dirty = true;
         self.remember();
+        self.save_history();
         if let Some(ha) = &self.engine.config().ha {
             self.track.stop(ha);
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::super::raw::{RawControl, RawHooks, RawMetrics};
-use super::super::{Control, Hooks, Metrics, DEFAULT_SOCKET};
+use super::super::{Control, Hooks, Metrics, DEFAULT_HISTORY, DEFAULT_SOCKET};
 use super::{range, Checker};
 
 pub(super) fn control(c: &mut Checker, raw: &RawControl) -> Control {
@@ -24,7 +24,21 @@ pub(super) fn control(c: &mut Checker, raw: &RawControl) -> Control {
                 None
             }
         });
+    let history = match &raw.history {
+        None => Some(PathBuf::from(DEFAULT_HISTORY)),
+        Some(h) if h.get_ref().is_empty() => None,
+        Some(h) if !h.get_ref().starts_with('/') || h.get_ref().ends_with('/') => {
+            c.err(
+                h.span(),
+                "control.history",
+                "must be an absolute path to a file, or \"\" (kept in memory only)",
+            );
+            None
+        }
+        Some(h) => Some(PathBuf::from(h.get_ref())),
+    };
     Control {
+        history,
         group: raw.group.as_ref().map(|g| g.get_ref().clone()),
         gid,
         socket: match &raw.socket {

@@ -28,6 +28,32 @@ fn requests_are_parsed_and_mutations_need_root() {
     assert!(parse(r#"{"cmd":"undrain","link":"x"}"#, false).is_err());
 }
 
+#[test]
+fn history_and_outages_are_read_by_anyone_for_at_most_a_week() {
+    assert_eq!(
+        parse(r#"{"cmd":"history"}"#, false),
+        Ok(Parsed::History {
+            link: None,
+            since_s: 3600
+        })
+    );
+    assert_eq!(
+        parse(r#"{"cmd":"history","link":"lte","since_s":86400}"#, false),
+        Ok(Parsed::History {
+            link: Some("lte".into()),
+            since_s: 86400
+        })
+    );
+    assert_eq!(
+        parse(r#"{"cmd":"outages"}"#, false),
+        Ok(Parsed::Outages { since_s: 604800 })
+    );
+    for bad in ["0", "-5", "604801", "1e300"] {
+        let e = parse(&format!(r#"{{"cmd":"outages","since_s":{bad}}}"#), false).unwrap_err();
+        assert!(e.contains("since_s"), "{bad}: {e}");
+    }
+}
+
 /// Every bad request gets the error that names what is wrong with it.
 #[test]
 fn bad_requests_get_errors() {
@@ -74,7 +100,7 @@ fn bad_requests_get_errors() {
             r#"{"cmd":"status","x":1}"#,
             true,
             malformed(
-                "unknown field `x`, expected one of `v`, `cmd`, `link`, `reset` at line 1 column 19",
+                "unknown field `x`, expected one of `v`, `cmd`, `link`, `reset`, `since_s` at line 1 column 19",
             ),
         ),
         (
@@ -193,6 +219,12 @@ fn request_for(p: &Parsed) -> serde_json::Value {
         }
         Parsed::Command(Command::Undrain { link }) => {
             serde_json::json!({"v": 1, "cmd": "undrain", "link": link})
+        }
+        Parsed::History { link, since_s } => {
+            serde_json::json!({"v": 1, "cmd": "history", "link": link, "since_s": since_s})
+        }
+        Parsed::Outages { since_s } => {
+            serde_json::json!({"v": 1, "cmd": "outages", "since_s": since_s})
         }
     }
 }

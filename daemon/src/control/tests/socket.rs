@@ -21,6 +21,7 @@ fn shared() -> (
             status,
             events,
             commands,
+            history: Default::default(),
         },
         rx,
     )

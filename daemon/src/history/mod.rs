@@ -1,0 +1,701 @@
+//! Link quality history: each link's RTT, jitter, loss and state at three resolutions (10 s for
+//! the last hour, 1 min for the last day, 15 min for the last week), and its outages. Bounded:
+//! fixed rings of [`Bucket`]s (17 bytes each), at most [`MAX_OUTAGES`] outages. Kept across
+//! restarts in one file, replaced by rename; a file that cannot be read is left aside.
+
+pub mod report;
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// (seconds per bucket, buckets): an hour, a day and a week.
+pub const TIERS: [(u32, usize); 3] = [(10, 360), (60, 1440), (900, 672)];
+/// Outages kept (and none older than the longest tier).
+pub const MAX_OUTAGES: usize = 1000;
+/// A history file larger than this is not read.
+const MAX_FILE: u64 = 16 << 20;
+const FILE_VERSION: u32 = 1;
+
+/// The probes of one link within one bucket's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bucket {
+    pub sent: u32,
+    pub lost: u32,
+    /// Mean RTT (ms) of the answered probes, and the sum of squared deviations from it
+    /// (Welford), for the jitter.
+    mean: f32,
+    m2: f32,
+    /// The worst state seen: [`NO_DATA`], [`UP`], [`DEGRADED`] or [`DOWN`].
+    pub state: u8,
+}
+
+pub const NO_DATA: u8 = 0;
+pub const UP: u8 = 1;
+pub const DEGRADED: u8 = 2;
+pub const DOWN: u8 = 3;
+
+/// A link state's code (an unknown link has no data yet).
+pub fn state_code(state: &str) -> u8 {
+    match state {
+        "up" => UP,
+        "degraded" => DEGRADED,
+        "down" => DOWN,
+        _ => NO_DATA,
+    }
+}
+
+impl Bucket {
+    fn answered(&self) -> u32 {
+        self.sent - self.lost
+    }
+
+    fn add(&mut self, rtt_ms: Option<f64>) {
+        self.sent += 1;
+        match rtt_ms {
+            None => self.lost += 1,
+            Some(r) => {
+                let r = r as f32;
+                let d = r - self.mean;
+                self.mean += d / self.answered() as f32;
+                self.m2 += d * (r - self.mean);
+            }
+        }
+    }
+
+    /// Both buckets' probes as one (Chan et al.'s combination of means and deviations).
+    pub fn merge(&mut self, o: &Bucket) {
+        let (na, nb) = (self.answered() as f32, o.answered() as f32);
+        if nb > 0.0 {
+            let n = na + nb;
+            let d = o.mean - self.mean;
+            self.mean += d * nb / n;
+            self.m2 += o.m2 + d * d * na * nb / n;
+        }
+        self.sent += o.sent;
+        self.lost += o.lost;
+        self.state = self.state.max(o.state);
+    }
+
+    pub fn rtt_ms(&self) -> Option<f64> {
+        (self.answered() > 0).then_some(f64::from(self.mean))
+    }
+
+    /// The standard deviation of the RTTs.
+    pub fn jitter_ms(&self) -> Option<f64> {
+        (self.answered() > 0).then(|| f64::from((self.m2 / self.answered() as f32).max(0.0).sqrt()))
+    }
+
+    pub fn loss_pct(&self) -> Option<f64> {
+        (self.sent > 0).then(|| 100.0 * f64::from(self.lost) / f64::from(self.sent))
+    }
+}
+
+/// One resolution: a ring of buckets, the newest numbered `newest` (its start time / step).
+#[derive(Debug, Clone, PartialEq)]
+struct Tier {
+    step: u32,
+    newest: u64,
+    ring: Vec<Bucket>,
+}
+
+impl Tier {
+    fn new(step: u32, len: usize) -> Self {
+        Tier {
+            step,
+            newest: 0,
+            ring: vec![Bucket::default(); len],
+        }
+    }
+
+    /// The bucket of time `epoch`, the ring moved on to it; `None` if it is older than the ring.
+    fn at(&mut self, epoch: f64) -> Option<&mut Bucket> {
+        let k = (epoch.max(0.0) / f64::from(self.step)) as u64;
+        let len = self.ring.len() as u64;
+        if k + len <= self.newest {
+            return None;
+        }
+        if k > self.newest {
+            // Buckets between are times without probes (uplinkd was not running).
+            let from = (self.newest + 1).max(k.saturating_sub(len - 1));
+            for j in from..=k {
+                self.ring[(j % len) as usize] = Bucket::default();
+            }
+            self.newest = k;
+        }
+        Some(&mut self.ring[(k % len) as usize])
+    }
+
+    /// The buckets from time `from` (epoch) to the newest, oldest first, from the first with
+    /// data, with that one's start time.
+    fn since(&self, from: f64) -> (f64, Vec<Bucket>) {
+        let len = self.ring.len() as u64;
+        let bucket = |j: u64| self.ring[(j % len) as usize];
+        let first = ((from.max(0.0) / f64::from(self.step)) as u64)
+            .max((self.newest + 1).saturating_sub(len));
+        let first = (first..=self.newest)
+            .find(|&j| bucket(j) != Bucket::default())
+            .unwrap_or(self.newest + 1);
+        let out = (first..=self.newest).map(bucket).collect();
+        (first as f64 * f64::from(self.step), out)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct LinkHistory {
+    name: String,
+    tiers: Vec<Tier>,
+    /// When the current run of lost probes began, and the current run of answered ones: an
+    /// outage is dated by what the probes saw, not by the decisions (which come a detection
+    /// time later, and a hold time later).
+    losing_since: Option<f64>,
+    answering_since: Option<f64>,
+}
+
+impl LinkHistory {
+    fn new(name: &str) -> Self {
+        LinkHistory {
+            name: name.to_owned(),
+            tiers: TIERS.iter().map(|&(s, n)| Tier::new(s, n)).collect(),
+            losing_since: None,
+            answering_since: None,
+        }
+    }
+}
+
+/// A spell of a link down: when, for how long, why, and the flows it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    pub link: String,
+    /// Seconds since the Unix epoch.
+    pub start: f64,
+    /// `None`: still down.
+    pub end: Option<f64>,
+    pub reason: String,
+    /// Flows purged from the connection table and TCP clients reset for it.
+    pub flows: u64,
+    pub tcp_resets: u64,
+}
+
+/// Every link's history and the outages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    links: Vec<LinkHistory>,
+    outages: VecDeque<Outage>,
+}
+
+/// One link's buckets at one resolution, as the control socket serves them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Series {
+    pub link: String,
+    pub step_s: u32,
+    /// Start of the first bucket, seconds since the Unix epoch.
+    pub start: f64,
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Probes sent and lost.
+    pub sent: u32,
+    pub lost: u32,
+    /// Mean and standard deviation of the answered probes' RTT.
+    pub rtt_ms: Option<f32>,
+    pub jitter_ms: Option<f32>,
+    pub loss_pct: Option<f32>,
+    /// [`NO_DATA`], [`UP`], [`DEGRADED`] or [`DOWN`].
+    pub state: u8,
+}
+
+impl From<&Point> for Bucket {
+    fn from(p: &Point) -> Self {
+        let answered = p.sent.saturating_sub(p.lost) as f32;
+        let sd = p.jitter_ms.unwrap_or(0.0);
+        Bucket {
+            sent: p.sent,
+            lost: p.lost.min(p.sent),
+            mean: p.rtt_ms.unwrap_or(0.0),
+            m2: sd * sd * answered,
+            state: p.state.min(DOWN),
+        }
+    }
+}
+
+impl From<&Bucket> for Point {
+    fn from(b: &Bucket) -> Self {
+        Point {
+            sent: b.sent,
+            lost: b.lost,
+            rtt_ms: b.rtt_ms().map(|v| v as f32),
+            jitter_ms: b.jitter_ms().map(|v| v as f32),
+            loss_pct: b.loss_pct().map(|v| v as f32),
+            state: b.state,
+        }
+    }
+}
+
+impl History {
+    pub fn new(links: &[String]) -> Self {
+        let mut h = History::default();
+        h.reconfigure(links);
+        h
+    }
+
+    /// The links are now `links`: each keeps its history by name; new ones start empty.
+    pub fn reconfigure(&mut self, links: &[String]) {
+        let mut old = std::mem::take(&mut self.links);
+        self.links = links
+            .iter()
+            .map(|n| match old.iter().position(|l| l.name == *n) {
+                Some(i) => old.swap_remove(i),
+                None => LinkHistory::new(n),
+            })
+            .collect();
+    }
+
+    /// A probe of link `link` (its index) sent at `epoch`: answered in `rtt_ms`, or lost; the
+    /// link's state after it.
+    pub fn probe(&mut self, link: usize, epoch: f64, rtt_ms: Option<f64>, state: u8) {
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        if rtt_ms.is_some() {
+            l.losing_since = None;
+            l.answering_since.get_or_insert(epoch);
+        } else {
+            l.answering_since = None;
+            l.losing_since.get_or_insert(epoch);
+        }
+        for t in &mut l.tiers {
+            if let Some(b) = t.at(epoch) {
+                b.add(rtt_ms);
+                b.state = b.state.max(state);
+            }
+        }
+    }
+
+    /// A link changed state at `epoch`: its buckets show it, and an outage starts or ends. The
+    /// outage starts when the probes' losses began (else now: a carrier or address lost) and
+    /// ends when they were answered again (else now).
+    pub fn transition(&mut self, link: usize, epoch: f64, to: &str, reason: &str) {
+        let Some(l) = self.links.get_mut(link) else {
+            return;
+        };
+        for t in &mut l.tiers {
+            if let Some(b) = t.at(epoch) {
+                b.state = b.state.max(state_code(to));
+            }
+        }
+        let began = l.losing_since.map_or(epoch, |t| t.min(epoch));
+        let ended = l.answering_since.map_or(epoch, |t| t.min(epoch));
+        if to == "down" {
+            // Answers from before do not end it (a carrier lost stops the probes).
+            l.answering_since = None;
+        }
+        let name = l.name.clone();
+        let open = self
+            .outages
+            .iter_mut()
+            .rev()
+            .find(|o| o.link == name && o.end.is_none());
+        match (to, open) {
+            ("down", None) => {
+                self.outages.push_back(Outage {
+                    link: name,
+                    start: began,
+                    end: None,
+                    reason: reason.to_owned(),
+                    flows: 0,
+                    tcp_resets: 0,
+                });
+                let week = f64::from(TIERS[2].0) * TIERS[2].1 as f64;
+                while self.outages.len() > MAX_OUTAGES
+                    || self
+                        .outages
+                        .front()
+                        .is_some_and(|o| o.end.is_some_and(|e| e < epoch - week))
+                {
+                    self.outages.pop_front();
+                }
+            }
+            ("down", Some(_)) => {}
+            (_, Some(o)) => o.end = Some(ended.max(o.start)),
+            (_, None) => {}
+        }
+    }
+
+    /// A purge of link `name`'s flows finished: counted to its latest outage.
+    pub fn purged(&mut self, name: &str, flows: u64, tcp_resets: u64) {
+        if let Some(o) = self.outages.iter_mut().rev().find(|o| o.link == name) {
+            o.flows += flows;
+            o.tcp_resets += tcp_resets;
+        }
+    }
+
+    /// Each link's (or only `link`'s) buckets of the last `since_s` seconds before `now`, at the
+    /// finest resolution that reaches back that far. `None`: no such link.
+    pub fn series(&self, link: Option<&str>, since_s: f64, now: f64) -> Option<Vec<Series>> {
+        let tier = TIERS
+            .iter()
+            .position(|&(s, n)| f64::from(s) * n as f64 >= since_s)
+            .unwrap_or(TIERS.len() - 1);
+        let out: Vec<Series> = self
+            .links
+            .iter()
+            .filter(|l| link.is_none_or(|n| n == l.name))
+            .map(|l| {
+                let t = &l.tiers[tier];
+                let (start, buckets) = if t.newest == 0 {
+                    (now, Vec::new())
+                } else {
+                    t.since(now - since_s)
+                };
+                Series {
+                    link: l.name.clone(),
+                    step_s: t.step,
+                    start,
+                    points: buckets.iter().map(Point::from).collect(),
+                }
+            })
+            .collect();
+        (link.is_none() || !out.is_empty()).then_some(out)
+    }
+
+    /// The outages that ended after `from` (or have not ended), oldest first.
+    pub fn outages(&self, from: f64) -> Vec<Outage> {
+        self.outages
+            .iter()
+            .filter(|o| o.end.is_none_or(|e| e >= from))
+            .cloned()
+            .collect()
+    }
+
+    /// Write the history to `path` (beside it, then renamed over it).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let saved = Saved {
+            version: FILE_VERSION,
+            links: self
+                .links
+                .iter()
+                .map(|l| SavedLink {
+                    name: l.name.clone(),
+                    tiers: l
+                        .tiers
+                        .iter()
+                        .map(|t| SavedTier {
+                            step: t.step,
+                            newest: t.newest,
+                            buckets: t
+                                .ring
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, b)| b.sent > 0 || b.state != NO_DATA)
+                                .map(|(i, b)| (i as u32, b.sent, b.lost, b.mean, b.m2, b.state))
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            outages: self.outages.iter().cloned().collect(),
+        };
+        let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The history saved at `path`, for the links `links` (others' are dropped). An error says
+    /// why the file cannot be used; the caller starts empty then.
+    pub fn load(path: &Path, links: &[String]) -> Result<Self, String> {
+        let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        if len > MAX_FILE {
+            return Err(format!("{len} bytes, more than a history can be"));
+        }
+        let text = std::fs::read(path).map_err(|e| e.to_string())?;
+        let saved: Saved = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        if saved.version != FILE_VERSION {
+            return Err(format!("version {}, not {FILE_VERSION}", saved.version));
+        }
+        let mut h = History {
+            links: Vec::new(),
+            outages: saved
+                .outages
+                .into_iter()
+                .rev()
+                .take(MAX_OUTAGES)
+                .rev()
+                .collect(),
+        };
+        for sl in saved.links {
+            let mut l = LinkHistory::new(&sl.name);
+            for (t, st) in l.tiers.iter_mut().zip(sl.tiers) {
+                if st.step != t.step {
+                    return Err(format!(
+                        "link {}: a tier of {} s, not {} s",
+                        sl.name, st.step, t.step
+                    ));
+                }
+                t.newest = st.newest;
+                for (i, sent, lost, mean, m2, state) in st.buckets {
+                    let b = t
+                        .ring
+                        .get_mut(i as usize)
+                        .ok_or_else(|| format!("link {}: bucket {i} out of range", sl.name))?;
+                    if lost > sent || state > DOWN || !mean.is_finite() || !m2.is_finite() {
+                        return Err(format!("link {}: bucket {i} is not a bucket", sl.name));
+                    }
+                    *b = Bucket {
+                        sent,
+                        lost,
+                        mean,
+                        m2,
+                        state,
+                    };
+                }
+            }
+            h.links.push(l);
+        }
+        h.reconfigure(links);
+        Ok(h)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    version: u32,
+    links: Vec<SavedLink>,
+    outages: Vec<Outage>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedLink {
+    name: String,
+    tiers: Vec<SavedTier>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedTier {
+    step: u32,
+    newest: u64,
+    /// The buckets with something in them: (ring index, sent, lost, mean, m2, state).
+    buckets: Vec<(u32, u32, u32, f32, f32, u8)>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const T0: f64 = 1_796_000_000.0;
+
+    fn names() -> Vec<String> {
+        vec!["wan1".into(), "wan2".into()]
+    }
+
+    #[test]
+    fn buckets_average_rtt_and_loss_and_keep_the_worst_state() {
+        let mut h = History::new(&names());
+        for (i, rtt) in [Some(10.0), Some(20.0), None, Some(30.0)]
+            .into_iter()
+            .enumerate()
+        {
+            h.probe(0, T0 + i as f64, rtt, UP);
+        }
+        h.transition(0, T0 + 5.0, "degraded", "loss");
+        let s = h.series(Some("wan1"), 3600.0, T0 + 9.0).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].step_s, 10);
+        let p = s[0].points.last().unwrap();
+        assert_eq!(p.rtt_ms, Some(20.0));
+        assert_eq!(p.loss_pct, Some(25.0));
+        assert!((p.jitter_ms.unwrap() - 8.165).abs() < 0.01, "{p:?}");
+        assert_eq!(p.state, DEGRADED);
+        // wan2 has nothing yet; an unknown link is None.
+        assert!(h.series(Some("wan2"), 3600.0, T0).unwrap()[0]
+            .points
+            .is_empty());
+        assert_eq!(h.series(Some("lte"), 3600.0, T0), None);
+    }
+
+    #[test]
+    fn merged_buckets_are_the_buckets_of_all_their_probes() {
+        let rtts = [3.0, 9.0, 4.0, 12.0, 7.0];
+        let mut all = Bucket::default();
+        let (mut a, mut b) = (Bucket::default(), Bucket::default());
+        for (i, r) in rtts.iter().enumerate() {
+            all.add(Some(*r));
+            if i < 2 {
+                a.add(Some(*r))
+            } else {
+                b.add(Some(*r))
+            }
+        }
+        b.add(None);
+        all.add(None);
+        a.merge(&b);
+        assert_eq!((a.sent, a.lost), (all.sent, all.lost));
+        assert!((a.rtt_ms().unwrap() - all.rtt_ms().unwrap()).abs() < 1e-4);
+        assert!((a.jitter_ms().unwrap() - all.jitter_ms().unwrap()).abs() < 1e-4);
+    }
+
+    #[test]
+    fn each_resolution_reaches_back_its_own_time_and_a_gap_is_empty() {
+        let mut h = History::new(&names());
+        // Two days of one probe a minute, then nothing for 20 minutes, then one probe.
+        let mut t = T0;
+        while t < T0 + 2.0 * 86400.0 {
+            h.probe(0, t, Some(5.0), UP);
+            t += 60.0;
+        }
+        let now = t + 1200.0;
+        h.probe(0, now, None, DOWN);
+        let hour = &h.series(Some("wan1"), 3600.0, now).unwrap()[0];
+        // A probe a minute: the hour starts at its first bucket with one.
+        assert_eq!(hour.step_s, 10);
+        assert!(
+            (355..=360).contains(&hour.points.len()),
+            "{}",
+            hour.points.len()
+        );
+        assert_ne!(hour.points[0].state, NO_DATA);
+        // The last 20 minutes: empty buckets, then the lost probe.
+        let gap = &hour.points[hour.points.len() - 121..hour.points.len() - 1];
+        assert!(gap
+            .iter()
+            .all(|p| p.state == NO_DATA && p.loss_pct.is_none()));
+        assert_eq!(hour.points.last().unwrap().loss_pct, Some(100.0));
+        let day = &h.series(Some("wan1"), 86400.0, now).unwrap()[0];
+        assert_eq!((day.step_s, day.points.len()), (60, 1440));
+        let week = &h.series(Some("wan1"), 7.0 * 86400.0, now).unwrap()[0];
+        assert_eq!(week.step_s, 900);
+        // From the first bucket with data: two days and the gap.
+        let first = (T0 / 900.0).floor();
+        assert_eq!(
+            week.points.len(),
+            ((now / 900.0).floor() - first) as usize + 1
+        );
+        assert_eq!(week.start, first * 900.0);
+        // A probe older than the finest ring still counts in the coarser ones.
+        let before = h.clone();
+        h.probe(0, now - 7200.0, Some(1.0), UP);
+        let hour_of = |h: &History| h.series(Some("wan1"), 3600.0, now).unwrap();
+        assert_eq!(hour_of(&h), hour_of(&before));
+        let at = |h: &History| {
+            let d = &h.series(Some("wan1"), 86400.0, now).unwrap()[0];
+            let i = ((now - 7200.0 - d.start) / 60.0) as usize;
+            d.points[i].rtt_ms
+        };
+        assert_eq!((at(&before), at(&h)), (Some(5.0), Some(3.0)));
+    }
+
+    #[test]
+    fn outages_open_on_down_close_on_up_and_count_their_flows() {
+        let mut h = History::new(&names());
+        h.transition(0, T0, "up", "probes answered");
+        h.transition(0, T0 + 10.0, "down", "3/3 targets silent");
+        h.purged("wan1", 12, 3);
+        h.transition(0, T0 + 11.0, "down", "carrier lost");
+        h.transition(0, T0 + 70.5, "up", "good again");
+        h.transition(1, T0 + 80.0, "down", "carrier lost");
+        let o = h.outages(T0);
+        assert_eq!(o.len(), 2);
+        assert_eq!(
+            o[0],
+            Outage {
+                link: "wan1".into(),
+                start: T0 + 10.0,
+                end: Some(T0 + 70.5),
+                reason: "3/3 targets silent".into(),
+                flows: 12,
+                tcp_resets: 3,
+            }
+        );
+        assert_eq!((o[1].link.as_str(), o[1].end), ("wan2", None));
+        assert_eq!(h.outages(T0 + 75.0).len(), 1, "the first ended before");
+    }
+
+    #[test]
+    fn an_outage_is_dated_by_what_the_probes_saw() {
+        let mut h = History::new(&names());
+        // Answers, then losses from T0 + 4 (detected at T0 + 5), answers again from T0 + 9
+        // (the link is trusted again at T0 + 11), with one loss in between.
+        for (t, rtt) in [
+            (1.0, Some(5.0)),
+            (2.0, Some(5.0)),
+            (4.0, None),
+            (4.4, None),
+            (5.0, None),
+            (7.0, Some(5.0)),
+            (7.4, None),
+            (9.0, Some(5.0)),
+            (9.4, Some(5.0)),
+            (10.0, Some(5.0)),
+        ] {
+            h.probe(0, T0 + t, rtt, UP);
+            if t == 5.0 {
+                h.transition(0, T0 + 5.0, "down", "3/3 targets silent");
+            }
+        }
+        h.transition(0, T0 + 11.0, "up", "good again");
+        let o = &h.outages(T0)[0];
+        assert_eq!((o.start - T0, o.end.map(|e| e - T0)), (4.0, Some(9.0)));
+        // A carrier lost while probes still answered, and no probe sent until it is back:
+        // the decisions' times.
+        h.probe(1, T0 + 19.0, Some(5.0), UP);
+        h.transition(1, T0 + 20.0, "down", "carrier lost");
+        h.transition(1, T0 + 30.0, "up", "carrier back");
+        let o = &h.outages(T0)[1];
+        assert_eq!((o.start - T0, o.end.map(|e| e - T0)), (20.0, Some(30.0)));
+    }
+
+    #[test]
+    fn the_history_survives_a_save_and_load_and_a_bad_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("uplinkd-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("history.json");
+        let mut h = History::new(&names());
+        for i in 0..100 {
+            h.probe(
+                i % 2,
+                T0 + f64::from(i as u32) * 7.0,
+                (i % 5 != 0).then_some(4.0 + i as f64),
+                UP,
+            );
+        }
+        h.transition(1, T0 + 500.0, "down", "blackhole");
+        h.save(&path).unwrap();
+        let back = History::load(&path, &names()).unwrap();
+        for since in [3600.0, 86400.0, 604_800.0] {
+            assert_eq!(
+                back.series(None, since, T0 + 700.0),
+                h.series(None, since, T0 + 700.0)
+            );
+        }
+        assert_eq!(back.outages(0.0), h.outages(0.0));
+        // Reconfigured: a renamed link starts empty, the kept one keeps its history.
+        let other = History::load(&path, &["wan2".into(), "lte".into()]).unwrap();
+        assert_eq!(
+            other.series(Some("wan2"), 3600.0, T0 + 700.0),
+            h.series(Some("wan2"), 3600.0, T0 + 700.0)
+        );
+        assert!(other.series(Some("lte"), 3600.0, T0).unwrap()[0]
+            .points
+            .is_empty());
+        for bad in ["", "{\"version\":1}", "{\"version\":2,\"links\":[],\"outages\":[]}",
+            "{\"version\":1,\"links\":[{\"name\":\"wan1\",\"tiers\":[{\"step\":10,\"newest\":5,\"buckets\":[[999,1,0,1.0,0.0,1]]}]}],\"outages\":[]}",
+            "{\"version\":1,\"links\":[{\"name\":\"wan1\",\"tiers\":[{\"step\":10,\"newest\":5,\"buckets\":[[1,1,2,1.0,0.0,1]]}]}],\"outages\":[]}"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(History::load(&path, &names()).is_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sixteen_full_links_take_under_a_megabyte() {
+        let per_link: usize =
+            TIERS.iter().map(|&(_, n)| n).sum::<usize>() * std::mem::size_of::<Bucket>();
+        assert!(16 * per_link < 1 << 20, "{per_link} bytes per link");
+    }
+}
