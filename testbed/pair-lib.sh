@@ -92,7 +92,7 @@ pair_configs() {
     advert_ms=$(awk -v a="$ADVERT" 'BEGIN { printf "%d", a * 1000 }')
     for r in ra rb; do
         d=$TB_TMP/$r
-        if [ $r = ra ]; then prio=101 peer_sync=10.98.255.2; else prio=100 peer_sync=10.98.255.1; fi
+        if [ $r = ra ]; then prio=201 peer_sync=10.98.255.2; else prio=200 peer_sync=10.98.255.1; fi
         cat >"$d/uplinkd.toml" <<EOT
 [[link]]
 name = "wan1"

@@ -75,9 +75,18 @@ fn main() {
     assert!(back.outages(0.0).iter().any(|o| o.end.is_none()));
     let _ = DOWN;
     std::fs::remove_dir_all(&dir).expect("clean up");
-    println!("history of {LINKS} links, a week of probes ({n} records, one per link every {EVERY} s):");
+    println!(
+        "history of {LINKS} links, a week of probes ({n} records, one per link every {EVERY} s):"
+    );
     println!("  heap, empty rings:             {:>9} bytes", empty);
-    println!("  heap, full week and outages:   {:>9} bytes ({:.0} KB)", full, full as f64 / 1024.0);
-    println!("  per probe recorded:            {:>9.0} ns", per_probe * 1e9);
+    println!(
+        "  heap, full week and outages:   {:>9} bytes ({:.0} KB)",
+        full,
+        full as f64 / 1024.0
+    );
+    println!(
+        "  per probe recorded:            {:>9.0} ns",
+        per_probe * 1e9
+    );
     println!("  file:                          {:>9} bytes, written in {save_ms:.1} ms, read in {load_ms:.1} ms", size);
 }

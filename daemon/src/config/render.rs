@@ -22,8 +22,11 @@ pub struct File {
 pub type Own = (String, IpAddr, u8);
 
 /// Points a keepalived `track_file` adds per usable link: one link more outweighs the
-/// routers' base priorities (which differ by a few points), within keepalived's 1-254.
+/// routers' base priorities (which differ by a few points). All links together add at most
+/// [`LINKS_WEIGHT`], so a base priority up to 204 stays within keepalived's 254, and both
+/// routers (same links) weigh a link alike.
 const TRACK_WEIGHT: u32 = 20;
+pub const LINKS_WEIGHT: u32 = 50;
 
 /// keepalived.conf, conntrackd.conf and the notify script keepalived runs on a state change
 /// (conntrackd's primary-backup actions), for files in `dir`. `own` is every address of this
@@ -105,7 +108,7 @@ pub fn ha(
     let notify = dir.join("notify.sh");
     let conntrackd_conf = dir.join("conntrackd.conf");
     let weight = TRACK_WEIGHT
-        .min((254 - u32::from(ha.priority)) / c.links.len().max(1) as u32)
+        .min(LINKS_WEIGHT / c.links.len().max(1) as u32)
         .max(1);
     let keepalived = format!(
         "{comment}\n\
@@ -135,6 +138,10 @@ pub fn ha(
         \x20   virtual_router_id {vrid}\n\
         \x20   priority {priority}\n\
         \x20   advert_int {advert}\n\
+        \x20   # A master is taken for dead after 2 missed adverts (and the skew, short with a high\n\
+        \x20   # priority), not 3: before a stalled TCP sender's second backed-off retransmission\n\
+        \x20   # (about 0.85 s after its lost segment), so a talking flow resumes within a second.\n\
+        \x20   down_timer_adverts 2\n\
         \x20   # A router that comes back waits before it takes the LAN back: its conntrackd has\n\
         \x20   # resynchronised by then.\n\
         \x20   preempt_delay {preempt}\n\
@@ -309,7 +316,7 @@ interfaces = ["lan0"]
 
 [ha]
 lan_vip = "10.98.0.1"
-priority = 101
+priority = 201
 sync_interface = "sync0"
 sync_peer = "10.98.255.2"
 "#;
@@ -358,7 +365,8 @@ sync_peer = "10.98.255.2"
             "vrrp_version 3",
             "file \"/run/uplinkd/vrrp-weight\"\n    weight 20\n    init_file 0",
             "file \"/run/uplinkd/vrrp-fault\"\n    weight 0\n    init_file 1",
-            "interface lan0\n    virtual_router_id 51\n    priority 101\n    advert_int 0.3\n",
+            "interface lan0\n    virtual_router_id 51\n    priority 201\n    advert_int 0.3\n",
+            "down_timer_adverts 2\n",
             "preempt_delay 5\n",
             "        10.98.0.1/24 dev lan0\n        192.0.2.6/29 dev wan1\n        198.51.100.6/29 dev wan2\n    }",
             "notify \"/run/uplinkd-ha/notify.sh\"",

@@ -21,7 +21,9 @@ pub const FAULT_FILE: &str = "/run/uplinkd/vrrp-fault";
 /// keepalived moves mastership in 3 adverts and the skew (less than one) when the peer's links
 /// weigh more, and the flows live on there.
 pub const VRID: u8 = 51;
-pub const PRIORITY: u8 = 100;
+/// High: VRRPv3's skew is (256 - priority) / 256 adverts, so a backup at 200 and more waits
+/// a fifth of an advert beyond the master-down time, not half of one.
+pub const PRIORITY: u8 = 200;
 pub const ADVERT: Duration = Duration::from_millis(300);
 pub const PREEMPT_DELAY: Duration = Duration::from_secs(5);
 
@@ -89,10 +91,17 @@ pub(super) fn ha(
             c.err(f.span(), "ha.fault_file", "must differ from ha.weight_file");
         }
     }
-    // keepalived's limits: VRID 1-255, priority 1-254 (255 is an address owner's), VRRPv3
-    // adverts in centiseconds up to 40.95 s, preempt_delay up to 1000 s.
+    // keepalived's limits: VRID 1-255, priority up to 254 (255 is an address owner's) less
+    // what the usable links add (render::LINKS_WEIGHT), VRRPv3 adverts in centiseconds up to
+    // 40.95 s, preempt_delay up to 1000 s.
     let vrid = c.int(&raw.vrid, "ha.vrid", VRID.into(), 1..=255) as u8;
-    let priority = c.int(&raw.priority, "ha.priority", PRIORITY.into(), 1..=254) as u8;
+    let max_priority = 254 - crate::config::render::LINKS_WEIGHT;
+    let priority = c.int(
+        &raw.priority,
+        "ha.priority",
+        PRIORITY.into(),
+        1..=max_priority,
+    ) as u8;
     let advert = c.duration(&raw.advert, "ha.advert", ADVERT, |d| {
         if d.as_millis() % 10 != 0
             || d < Duration::from_millis(10)
@@ -250,7 +259,7 @@ interfaces = ["lan0"]
                 ha.preempt_delay,
                 ha.handover
             ),
-            (51, 100, ms(300), ms(5000), ms(1500))
+            (51, 200, ms(300), ms(5000), ms(1500))
         );
         assert_eq!(ha.sync, None);
         let ha = parse(&format!(
@@ -283,7 +292,7 @@ interfaces = ["lan0"]
     #[test]
     fn keepalived_settings_out_of_its_range_are_refused_at_their_line() {
         let text = format!(
-            "{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\nvrid = 0\npriority = 255\nadvert = \"15ms\"\n\
+            "{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\nvrid = 0\npriority = 205\nadvert = \"15ms\"\n\
              preempt_delay = \"20m\"\nsync_interface = \"sync0\"\n"
         );
         let p = problems(&text);
