@@ -47,12 +47,25 @@ tb_deps() {
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     dpkg -s libnftnl-dev >/dev/null 2>&1 || missing+=(libnftnl-dev)
     dpkg -s libmnl-dev >/dev/null 2>&1 || missing+=(libmnl-dev)
-    if [ ${#missing[@]} -gt 0 ]; then
-        tb_log "installing: ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
-            || tb_die "apt-get install ${missing[*]} failed"
-    fi
+    # (headless, it loads the status page in a scenario)
+    command -v chromium >/dev/null || missing+=(chromium)
+    tb_install "${missing[@]}"
     command -v cargo >/dev/null || tb_die "cargo not found: install a Rust toolchain (https://rustup.rs)"
+}
+
+# tb_install PKG...: install Debian packages, none of whose services may start on the host:
+# policy-rc.d refuses every start for the duration of the install (an existing one is kept).
+tb_install() {
+    [ $# -gt 0 ] || return 0
+    tb_log "installing: $*"
+    local rcd=/usr/sbin/policy-rc.d ours=
+    if [ ! -e "$rcd" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$rcd" && chmod +x "$rcd" && ours=1
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    local rc=$?
+    [ -z "$ours" ] || rm -f "$rcd"
+    [ $rc = 0 ] || tb_die "apt-get install $* failed"
 }
 
 tb_build() {

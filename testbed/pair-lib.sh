@@ -21,17 +21,7 @@ pair_deps() {
     local missing=()
     command -v keepalived >/dev/null || missing+=(keepalived)
     command -v conntrackd >/dev/null || missing+=(conntrackd)
-    [ ${#missing[@]} = 0 ] && return
-    # Installing must not start the host's services: policy-rc.d refuses every start for the
-    # duration of the install (an existing one is kept).
-    local rcd=/usr/sbin/policy-rc.d ours=
-    if [ ! -e "$rcd" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$rcd" && chmod +x "$rcd" && ours=1
-    fi
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    local rc=$?
-    [ -z "$ours" ] || rm -f "$rcd"
-    [ $rc = 0 ] || tb_die "cannot install ${missing[*]}"
+    tb_install "${missing[@]}"
 }
 
 pair_up() {

@@ -176,10 +176,12 @@ const MAX_SCRAPES: usize = 16;
 /// A scraper must send its request head, and take the answer, within this time.
 const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serve the metrics over HTTP on `addr` (any path) until the task is dropped.
+/// Serve over HTTP until the task is dropped: `/` the status page (each link's last hour and
+/// the outages, see [`crate::history::report::page`]), any other path the metrics.
 pub async fn listen(
     listener: tokio::net::TcpListener,
     status: tokio::sync::watch::Receiver<Status>,
+    history: std::sync::Arc<std::sync::Mutex<crate::history::History>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
@@ -196,13 +198,25 @@ pub async fn listen(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
-        let body = render(&status.borrow());
+        let (status, history) = (status.clone(), history.clone());
         tokio::spawn(async move {
-            // Read (and ignore) the request head; answer whatever was asked.
+            // The request head's first line names the path; the rest is ignored.
             let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, conn.read(&mut buf)).await;
+            let n = match tokio::time::timeout(SCRAPE_TIMEOUT, conn.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => 0,
+            };
+            let page = buf[..n].starts_with(b"GET / ") || buf[..n].starts_with(b"GET /index.html ");
+            let (kind, body) = if page {
+                (
+                    "text/html; charset=utf-8",
+                    status_page(&status.borrow(), &history),
+                )
+            } else {
+                ("text/plain; version=0.0.4", render(&status.borrow()))
+            };
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let answer = async {
@@ -213,6 +227,27 @@ pub async fn listen(
             drop(slot);
         });
     }
+}
+
+/// The status page now: the links as the status says, the last hour of their history and the
+/// last week's outages.
+fn status_page(s: &Status, history: &std::sync::Mutex<crate::history::History>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let links: Vec<(String, String, String)> = s
+        .links
+        .iter()
+        .map(|l| (l.name.clone(), l.state.clone(), l.reason.clone()))
+        .collect();
+    let (series, outages) = {
+        let h = super::lock(history);
+        (
+            h.series(None, 3600.0, now).unwrap_or_default(),
+            h.outages(now - 7.0 * 86400.0),
+        )
+    };
+    crate::history::report::page(&links, &series, &outages, now)
 }
 
 /// The fraction (0 to 1) of new flows a share gives `link`.
@@ -274,7 +309,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_tx, status) = tokio::sync::watch::channel(Status::default());
-        let server = tokio::spawn(listen(listener, status));
+        let server = tokio::spawn(listen(listener, status, Default::default()));
         let mut idle = Vec::new();
         for _ in 0..MAX_SCRAPES {
             idle.push(TcpStream::connect(addr).await.unwrap());

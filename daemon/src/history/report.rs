@@ -96,6 +96,145 @@ pub fn chart(s: &Series, width: usize, ascii: bool) -> String {
     out
 }
 
+/// The read-only status page (`/` on the metrics listener): each link's state, an SVG chart of
+/// `series` (RTT line, loss bars, a band of its states) and the outages. One document: no
+/// script, no style sheet or font from elsewhere.
+pub fn page(
+    links: &[(String, String, String)],
+    series: &[Series],
+    list: &[Outage],
+    now: f64,
+) -> String {
+    let mut out = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"30\"><title>uplinkd</title>\
+         <style>body{font-family:sans-serif;margin:1.5em;color:#222}\
+         table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:left}\
+         .up{color:#1a7f37}.degraded{color:#b35900}.down{color:#c62828}</style></head><body>\n",
+    );
+    let _ = writeln!(out, "<h1>uplinkd</h1><p>{} UTC</p>", utc(now));
+    for (name, state, reason) in links {
+        let _ = writeln!(
+            out,
+            "<h2 id=\"link-{n}\">{n} <span class=\"{s}\">{s}</span></h2><p>{r}</p>",
+            n = html(name),
+            s = html(state),
+            r = html(reason)
+        );
+        match series.iter().find(|s| s.link == *name) {
+            Some(s) if !s.points.is_empty() => out.push_str(&svg(s)),
+            _ => out.push_str("<p>no probes yet</p>\n"),
+        }
+    }
+    out.push_str("<h2>Outages</h2>\n");
+    if list.is_empty() {
+        out.push_str("<p>none in the last week</p>\n");
+    } else {
+        out.push_str("<table id=\"outages\"><tr><th>link</th><th>start (UTC)</th><th>duration</th><th>flows</th><th>reason</th></tr>\n");
+        for o in list.iter().rev() {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html(&o.link),
+                utc(o.start),
+                o.end
+                    .map_or(format!("{} so far", span(now - o.start)), |e| span(
+                        e - o.start
+                    )),
+                o.flows,
+                html(&o.reason)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// One link's chart: 720 x 160, RTT as a line scaled to its maximum, loss as bars from the
+/// bottom (0-100 %), and a band of the states below.
+fn svg(s: &Series) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 120.0;
+    let n = s.points.len() as f64;
+    let x = |i: usize| i as f64 * W / n;
+    let max = s
+        .points
+        .iter()
+        .filter_map(|p| p.rtt_ms)
+        .fold(0.0f32, f32::max)
+        .max(0.001);
+    // The RTT line breaks where no probe was answered.
+    let mut lines: Vec<String> = vec![String::new()];
+    let mut bars = String::new();
+    let mut band = String::new();
+    for (i, p) in s.points.iter().enumerate() {
+        match p.rtt_ms {
+            Some(r) => {
+                let y = H - f64::from(r / max) * (H - 10.0);
+                if let Some(l) = lines.last_mut() {
+                    let _ = write!(l, "{:.1},{y:.1} ", x(i) + W / n / 2.0);
+                }
+            }
+            None if lines.last().is_some_and(|l| !l.is_empty()) => lines.push(String::new()),
+            None => {}
+        }
+        if let Some(l) = p.loss_pct.filter(|&l| l > 0.0) {
+            let h = f64::from(l) / 100.0 * H;
+            let _ = write!(
+                bars,
+                "<rect class=\"loss\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#e57373\"/>",
+                x(i),
+                H - h,
+                W / n
+            );
+        }
+        let color = match p.state {
+            UP => "#66bb6a",
+            DEGRADED => "#ffa726",
+            DOWN => "#c62828",
+            _ => continue,
+        };
+        let _ = write!(
+            band,
+            "<rect class=\"state-{}\" x=\"{:.1}\" y=\"{}\" width=\"{:.1}\" height=\"12\" fill=\"{color}\"/>",
+            state_name(p.state),
+            x(i),
+            H + 8.0,
+            W / n + 0.5
+        );
+    }
+    let end = s.start + n * f64::from(s.step_s);
+    format!(
+        "<svg class=\"chart\" data-link=\"{link}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"160\" viewBox=\"0 0 {W} 160\">\
+         <rect width=\"{W}\" height=\"{H}\" fill=\"#f7f7f7\"/>{bars}\
+         {line}{band}\
+         <text x=\"4\" y=\"12\" font-size=\"11\">RTT max {max:.1} ms; loss bars 0-100 %</text>\
+         <text x=\"4\" y=\"154\" font-size=\"11\">{from} UTC</text>\
+         <text x=\"{W}\" y=\"154\" font-size=\"11\" text-anchor=\"end\">{to} UTC, {step} per step</text></svg>\n",
+        link = html(&s.link),
+        line = lines
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| format!(
+                "<polyline class=\"rtt\" points=\"{}\" fill=\"none\" stroke=\"#1565c0\" stroke-width=\"1.5\"/>",
+                l.trim_end()
+            ))
+            .collect::<String>(),
+        from = utc(s.start),
+        to = utc(end),
+        step = span(f64::from(s.step_s)),
+    )
+}
+
+/// Text for HTML (element content and quoted attributes).
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// One line per outage that ended within the last `since_s` seconds before `now` (or has not
 /// ended), then each link's count, downtime and availability over that time.
 pub fn outages(list: &[Outage], links: &[String], since_s: f64, now: f64) -> String {
@@ -314,6 +453,57 @@ mod tests {
         );
         assert!(
             outages(&[], &["wan1".into()], 86400.0, now).starts_with("no outage in the last 1d 0h")
+        );
+    }
+
+    #[test]
+    fn the_page_charts_each_link_and_escapes_what_it_did_not_write() {
+        let s = Series {
+            link: "wan1".into(),
+            step_s: 10,
+            start: 1_796_000_000.0,
+            points: vec![
+                point(Some(10.0), 10, 0, UP),
+                point(None, 10, 10, DOWN),
+                point(Some(20.0), 10, 5, DEGRADED),
+            ],
+        };
+        let links = vec![
+            (
+                "wan1".to_string(),
+                "down".to_string(),
+                "<script>alert(1)</script> & co".to_string(),
+            ),
+            ("wan2".to_string(), "up".to_string(), String::new()),
+        ];
+        let list = vec![Outage {
+            link: "wan1".into(),
+            start: 1_796_000_010.0,
+            end: None,
+            reason: "a \"quoted\" <reason>".into(),
+            flows: 4,
+            tcp_resets: 1,
+        }];
+        let p = page(&links, &[s], &list, 1_796_000_040.0);
+        assert!(p.starts_with("<!DOCTYPE html>"));
+        assert_eq!(
+            p.matches("<svg class=\"chart\"").count(),
+            1,
+            "wan2 has no probes: {p}"
+        );
+        // Broken where no probe was answered.
+        assert_eq!(p.matches("<polyline class=\"rtt\"").count(), 2, "{p}");
+        assert!(p.contains("points=\"120.0,65.0\""), "{p}");
+        assert!(p.contains("points=\"600.0,10.0\""), "{p}");
+        assert_eq!(p.matches("class=\"loss\"").count(), 2);
+        assert!(p.contains("class=\"state-down\""));
+        assert!(p.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"));
+        assert!(!p.contains("<script"));
+        assert!(p.contains("a &quot;quoted&quot; &lt;reason&gt;"));
+        assert!(p.contains("30 s so far"));
+        assert!(
+            !p.contains("http://") || p.matches("http://").count() == 1,
+            "only the SVG namespace"
         );
     }
 

@@ -100,7 +100,11 @@ async fn serve(
         if let Ok(addr) = l.local_addr() {
             info!("metrics on http://{addr}/metrics");
         }
-        tokio::spawn(control::metrics::listen(l, sup.status.subscribe()))
+        tokio::spawn(control::metrics::listen(
+            l,
+            sup.status.subscribe(),
+            sup.history.clone(),
+        ))
     });
     // READY only now: the first apply succeeded and the status socket answers.
     let to = sup.steer_name();
