@@ -160,9 +160,7 @@ fn main() -> ExitCode {
         }
         match args.command {
             Cmd::Status { json } => match reply.status {
-                Some(s) if json => {
-                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default())
-                }
+                Some(s) if json => print_json(&s),
                 Some(s) => print!("{}", table(&s)),
                 None => return ExitCode::from(1),
             },
@@ -170,10 +168,7 @@ fn main() -> ExitCode {
             Cmd::History { json, ascii, .. } => {
                 let series = reply.history.unwrap_or_default();
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&series).unwrap_or_default()
-                    );
+                    print_json(&series);
                 } else {
                     let width = terminal_width();
                     let charts: Vec<String> = series
@@ -186,10 +181,7 @@ fn main() -> ExitCode {
             Cmd::Outages { json, since } => {
                 let list = reply.outages.unwrap_or_default();
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&list).unwrap_or_default()
-                    );
+                    print_json(&list);
                 } else {
                     // The links to sum up: those of the status, then any other with an outage.
                     let mut links: Vec<String> = match conn
@@ -228,6 +220,11 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// What the daemon answered, as indented JSON.
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// `--since`: 1h, 24h, 7d...

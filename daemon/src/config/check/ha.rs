@@ -251,16 +251,7 @@ interfaces = ["lan0"]
             .unwrap()
             .ha
             .unwrap();
-        assert_eq!(
-            (
-                ha.vrid,
-                ha.priority,
-                ha.advert,
-                ha.preempt_delay,
-                ha.handover
-            ),
-            (51, 200, ms(300), ms(5000), ms(1500))
-        );
+        assert_eq!(settings(&ha), (51, 200, ms(300), ms(5000), ms(1500)));
         assert_eq!(ha.sync, None);
         let ha = parse(&format!(
             "{LINKS}\n[ha]\nlan_vip = \"10.98.0.1\"\nvrid = 7\npriority = 101\nadvert = \"1s\"\n\
@@ -269,20 +260,24 @@ interfaces = ["lan0"]
         .unwrap()
         .ha
         .unwrap();
-        assert_eq!(
-            (
-                ha.vrid,
-                ha.priority,
-                ha.advert,
-                ha.preempt_delay,
-                ha.handover
-            ),
-            (7, 101, ms(1000), ms(0), ms(5000))
-        );
+        assert_eq!(settings(&ha), (7, 101, ms(1000), ms(0), ms(5000)));
         assert_eq!(
             ha.sync,
             Some(("sync0".into(), "10.98.255.2".parse().unwrap()))
         );
+    }
+
+    /// What goes into keepalived's configuration, and the handover.
+    fn settings(
+        ha: &crate::config::Ha,
+    ) -> (u8, u8, super::Duration, super::Duration, super::Duration) {
+        (
+            ha.vrid,
+            ha.priority,
+            ha.advert,
+            ha.preempt_delay,
+            ha.handover,
+        )
     }
 
     fn ms(n: u64) -> std::time::Duration {
