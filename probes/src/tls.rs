@@ -29,11 +29,14 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
         return Err(what(&"no usable certificate in it"));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| what(&e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Every probe verifies the certificate: a resumed session would skip it, and a server
+    // whose certificate changed (a portal, a proxy taking over the address) would pass.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -80,10 +80,14 @@ def http(args):
     if args.cert:
         # HTTPS: the handshake happens on accept; a client that refuses the certificate only
         # fails its own connection.
-        import ssl
+        import signal, ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args.cert, args.key)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        if args.then_cert:
+            # SIGUSR1: new connections get the other certificate, with no moment of not
+            # listening in between.
+            signal.signal(signal.SIGUSR1, lambda *_: ctx.load_cert_chain(args.then_cert, args.then_key))
     server.serve_forever()
 
 
@@ -507,6 +511,7 @@ def main():
     a = sub.add_parser("server"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("http"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--cert", help="serve HTTPS with this certificate (PEM)"); a.add_argument("--key")
+    a.add_argument("--then-cert", help="the certificate to serve after SIGUSR1"); a.add_argument("--then-key")
     a = sub.add_parser("dns"); a.add_argument("addr"); a.add_argument("port", type=int)
     a = sub.add_parser("whoami"); a.add_argument("addr"); a.add_argument("port", type=int)
     a.add_argument("--timeout", type=float, default=1.0); a.add_argument("--bind")
