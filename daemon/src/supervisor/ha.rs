@@ -170,6 +170,36 @@ fn replace(path: &Path, value: u32) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
+impl<D: crate::dataplane::Dataplane, P: super::Probes> super::Supervisor<D, P> {
+    /// With a sync link: listen for the peer's uplinkd on it. Without (or if the link cannot
+    /// be bound) the pair works, unchecked.
+    pub(super) fn open_peer(&mut self) {
+        let Some((iface, peer)) = self
+            .engine
+            .config()
+            .ha
+            .as_ref()
+            .and_then(|h| h.sync.clone())
+        else {
+            return;
+        };
+        match Peer::open(&iface, peer) {
+            Ok(p) => self.peer = Some(p),
+            Err(e) => warn!(
+                "cannot listen for the peer's uplinkd on {iface} port {}: {e}; its marks go \
+                 unchecked",
+                PEER_PORT
+            ),
+        }
+    }
+
+    /// The fingerprint of this router's marks and tables.
+    pub(super) fn marks(&self) -> String {
+        let c = self.engine.config();
+        crate::config::fence::fingerprint(c.dataplane.mark_mask, &c.links)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -6,6 +6,7 @@ pub mod ha;
 mod hooks;
 mod memory;
 mod probing;
+mod quality;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -28,7 +29,7 @@ use crate::control::{self, lock, Command, CommandReply, Event, Status};
 use crate::dataplane::monitor::{self, KernelEvent};
 use crate::dataplane::{Dataplane, Kernel};
 use crate::engine::{Action, Engine, Input, ProbeOutcome, Purged};
-use crate::history::{self, History};
+use crate::history::History;
 pub use probing::{LinkProbes, Probes};
 
 /// How often the nftables ruleset generation is read (one netlink round trip): when it moved,
@@ -412,34 +413,6 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         }
     }
 
-    /// With a sync link: listen for the peer's uplinkd on it. Without (or if the link cannot
-    /// be bound) the pair works, unchecked.
-    fn open_peer(&mut self) {
-        let Some((iface, peer)) = self
-            .engine
-            .config()
-            .ha
-            .as_ref()
-            .and_then(|h| h.sync.clone())
-        else {
-            return;
-        };
-        match ha::Peer::open(&iface, peer) {
-            Ok(p) => self.peer = Some(p),
-            Err(e) => warn!(
-                "cannot listen for the peer's uplinkd on {iface} port {}: {e}; its marks go \
-                 unchecked",
-                ha::PEER_PORT
-            ),
-        }
-    }
-
-    /// The fingerprint of this router's marks and tables.
-    fn marks(&self) -> String {
-        let c = self.engine.config();
-        crate::config::fence::fingerprint(c.dataplane.mark_mask, &c.links)
-    }
-
     /// Start links as they were before a restart, if the memory of them is recent.
     fn resume(&mut self, now: std::time::Instant) {
         let Some(path) = &self.memory else { return };
@@ -474,54 +447,6 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             self.memory = None;
         }
         self.memory_saved = Some(now);
-    }
-
-    /// A probe's outcome: to the engine, then to the history (dated by when it was sent, with
-    /// the link's state after it).
-    fn probed(&mut self, now: std::time::Instant, p: ProbeOutcome) {
-        let (link, sent, rtt) = (p.link, p.sent_at, p.result.ok());
-        self.engine.handle(now, Input::Probe(p));
-        if link < self.engine.config().links.len() {
-            let state = history::state_code(self.engine.link(link).state.as_str());
-            let rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
-            lock(&self.history).probe(link, self.engine.epoch_secs(sent), rtt_ms, state);
-        }
-    }
-
-    /// Keep the history at `history_file` from now on: what it holds now is read first (a file
-    /// that cannot be used is left aside with a warning; the history starts empty).
-    pub fn keep_history(&mut self, path: Option<PathBuf>) {
-        self.history_file = path;
-        let Some(path) = &self.history_file else {
-            return;
-        };
-        let names: Vec<String> = self
-            .engine
-            .config()
-            .links
-            .iter()
-            .map(|l| l.name.clone())
-            .collect();
-        match History::load(path, &names) {
-            Ok(h) => *lock(&self.history) = h,
-            Err(e) if !path.exists() => debug!("no history at {}: {e}", path.display()),
-            Err(e) => warn!(
-                "ignoring the history in {}: {e}; starting a new one",
-                path.display()
-            ),
-        }
-        self.history_saved = Some(Instant::now());
-    }
-
-    /// Write the history where it is kept; a failure is logged, and tried again later.
-    fn save_history(&mut self) {
-        self.history_saved = Some(Instant::now());
-        let Some(path) = &self.history_file else {
-            return;
-        };
-        if let Err(e) = lock(&self.history).save(path) {
-            warn!("cannot save the link history to {}: {e}", path.display());
-        }
     }
 
     /// Log an event, stream it to `watch`, and keep systemd's status line current.
