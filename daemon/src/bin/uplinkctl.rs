@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use uplinkd::control::{Connection, Event, Status};
+use uplinkd::control::{epoch_now, Connection, Event, Status};
 use uplinkd::history::report;
 
 /// Query and steer a running uplinkd over its control socket.
@@ -199,10 +199,10 @@ fn main() -> ExitCode {
                             links.push(o.link.clone());
                         }
                     }
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64());
-                    print!("{}", report::outages(&list, &links, since as f64, now));
+                    print!(
+                        "{}",
+                        report::outages(&list, &links, since as f64, epoch_now())
+                    );
                 }
             }
             Cmd::Watch { json } => {
@@ -272,9 +272,7 @@ fn event_line(line: &str) -> String {
 }
 
 fn table(s: &Status) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = epoch_now();
     let mut rows = vec![[
         "LINK",
         "INTERFACE",

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
                         ha.weight_file.display(),
                         ha.fault_file.display(),
                         ha.handover.as_millis(),
-                        uplinkd::config::fence::fingerprint(c.dataplane.mark_mask, &c.links)
+                        uplinkd::config::fence::fingerprint(&c)
                     );
                     println!(
                         "  ha (--render-ha): VRRP id {}, priority {}, advert {} ms, preempt_delay \

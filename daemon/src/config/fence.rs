@@ -94,8 +94,10 @@ fn name_hash(name: &str) -> u32 {
 
 /// A fingerprint of the mark mask and each link's name, mark and table (in name order): two
 /// routers of a pair must show the same, since their flows' replicated marks pick the link.
-pub fn fingerprint(mark_mask: u32, links: &[Link]) -> String {
-    let mut ids: Vec<String> = links
+pub fn fingerprint(c: &super::Config) -> String {
+    let mark_mask = c.dataplane.mark_mask;
+    let mut ids: Vec<String> = c
+        .links
         .iter()
         .map(|l| format!("{}={:#x}/{}", l.name, l.mark, l.table))
         .collect();

@@ -334,6 +334,11 @@ pub struct DataplaneOptions {
 }
 
 impl Config {
+    /// The links' names, in configuration order.
+    pub fn link_names(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.name.clone()).collect()
+    }
+
     /// Worst-case time from a silent blackhole to a `down` decision with these settings. The
     /// first probe lost to the blackhole may be sent up to one calm `interval` after it and is
     /// known lost one `timeout` later; probing then switches to `fast_interval` at once, and the

@@ -232,9 +232,7 @@ pub async fn listen(
 /// The status page now: the links as the status says, the last hour of their history and the
 /// last week's outages.
 fn status_page(s: &Status, history: &std::sync::Mutex<crate::history::History>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = super::epoch_now();
     let links: Vec<(String, String, String)> = s
         .links
         .iter()

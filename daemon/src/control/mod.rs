@@ -320,7 +320,8 @@ fn since(s: Option<f64>, default: u64) -> Result<u64, String> {
     }
 }
 
-fn epoch_now() -> f64 {
+/// The wall clock: seconds since the Unix epoch.
+pub fn epoch_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -492,7 +492,7 @@ impl Engine {
     /// Say what is wrong with a link once, when it starts or changes, and when it stops: what
     /// the last apply found, and targets that are the router's own addresses.
     pub(super) fn report_problems(&mut self) {
-        let names: Vec<String> = self.config.links.iter().map(|l| l.name.clone()).collect();
+        let names = self.config.link_names();
         for (i, link) in names.into_iter().enumerate() {
             let own = self.config.links[i]
                 .targets

@@ -196,7 +196,7 @@ impl<D: crate::dataplane::Dataplane, P: super::Probes> super::Supervisor<D, P> {
     /// The fingerprint of this router's marks and tables.
     pub(super) fn marks(&self) -> String {
         let c = self.engine.config();
-        crate::config::fence::fingerprint(c.dataplane.mark_mask, &c.links)
+        crate::config::fence::fingerprint(c)
     }
 }
 

@@ -5,7 +5,7 @@
 //! ignored with a warning: the daemon then starts as if for the first time.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,12 +33,6 @@ pub fn path(socket: &Path) -> PathBuf {
     socket.with_file_name(FILE)
 }
 
-fn epoch_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// The memory in `path` and its age, or why it is not used (`Ok(None)`: there is none).
 pub fn load(path: &Path) -> Result<Option<(Vec<LinkMemory>, Duration)>, String> {
     let text = match std::fs::read_to_string(path) {
@@ -47,7 +41,7 @@ pub fn load(path: &Path) -> Result<Option<(Vec<LinkMemory>, Duration)>, String> 
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let f: File = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let age = epoch_now() - f.written;
+    let age = crate::control::epoch_now() - f.written;
     if !(0.0..=MAX_AGE.as_secs_f64()).contains(&age) {
         return Err(format!(
             "{}: written {age:.0} s ago, not within the last {} s",
@@ -61,7 +55,7 @@ pub fn load(path: &Path) -> Result<Option<(Vec<LinkMemory>, Duration)>, String> 
 /// Write `links` to `path` atomically.
 pub fn save(path: &Path, links: Vec<LinkMemory>) -> std::io::Result<()> {
     let f = File {
-        written: epoch_now(),
+        written: crate::control::epoch_now(),
         links,
     };
     let tmp = path.with_extension("tmp");
@@ -97,7 +91,7 @@ mod tests {
         assert!(age < Duration::from_secs(5), "{age:?}");
 
         let old = File {
-            written: epoch_now() - 61.0,
+            written: crate::control::epoch_now() - 61.0,
             links: vec![link("down")],
         };
         std::fs::write(&p, serde_json::to_vec(&old).unwrap()).unwrap();

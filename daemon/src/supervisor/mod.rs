@@ -15,7 +15,7 @@ mod trim;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -212,20 +212,12 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
     ) -> anyhow::Result<Self> {
         let now = Instant::now();
         let mut engine = Engine::new(config, now.into_std());
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        engine.set_wall_clock(now.into_std(), epoch);
+        engine.set_wall_clock(now.into_std(), control::epoch_now());
         let (probe_tx, probe_rx) = mpsc::channel(1024);
         let (purge_tx, purge_rx) = mpsc::channel(16);
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let status = watch::Sender::new(status::build(&engine, now.into_std()));
-        let names: Vec<String> = engine
-            .config()
-            .links
-            .iter()
-            .map(|l| l.name.clone())
-            .collect();
+        let history = History::new(&engine.config().link_names());
         let mut sup = Supervisor {
             engine,
             dp,
@@ -247,7 +239,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             memory_dirty: true,
             track: ha::Track::default(),
             peer: None,
-            history: Arc::new(Mutex::new(History::new(&names))),
+            history: Arc::new(Mutex::new(history)),
             history_file: None,
             history_saved: None,
             status_at: None,
@@ -583,8 +575,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     if n == 1 { "" } else { "s" }
                 );
                 self.probes.reconfigure(&new);
-                let names: Vec<String> = new.links.iter().map(|l| l.name.clone()).collect();
-                lock(&self.history).reconfigure(&names);
+                lock(&self.history).reconfigure(&new.link_names());
                 if self.history_file.is_some() && new.control.history != self.history_file {
                     self.save_history();
                     self.history_file = new.control.history.clone();

@@ -31,14 +31,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         let Some(path) = &self.history_file else {
             return;
         };
-        let names: Vec<String> = self
-            .engine
-            .config()
-            .links
-            .iter()
-            .map(|l| l.name.clone())
-            .collect();
-        match History::load(path, &names) {
+        match History::load(path, &self.engine.config().link_names()) {
             Ok(h) => *lock(&self.history) = h,
             Err(e) if !path.exists() => debug!("no history at {}: {e}", path.display()),
             Err(e) => warn!(

@@ -31,7 +31,7 @@ pub fn build(engine: &Engine, now: Instant) -> Status {
             lan_vip: h.lan_vip.to_string(),
             weight: track.map(|t| t.0),
             fault: track.map(|t| t.1),
-            marks: crate::config::fence::fingerprint(cfg.dataplane.mark_mask, &cfg.links),
+            marks: crate::config::fence::fingerprint(cfg),
             peer: None,
         }
     });
