@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 pub use icmp::{checksum, IcmpSocket};
-pub use target::Target;
+pub use target::{dns_name, Target};
 
 /// Why a probe got no usable answer.
 #[derive(Debug, thiserror::Error)]

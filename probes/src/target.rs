@@ -66,6 +66,18 @@ fn socket_addr(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String>
     }
 }
 
+/// Whether `name` is a DNS name as a query carries it: 1-253 bytes of labels of 1-63 letters,
+/// digits and hyphens (a final dot allowed).
+pub fn dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// Whether a probe to `target` could ever say something about a link: a loopback address
 /// answers from the router itself, whatever the link does; port 0 cannot be connected to.
 fn usable(target: &Target) -> Result<(), String> {
@@ -139,10 +151,7 @@ impl FromStr for Target {
                 let (server, name) = rest
                     .split_once('/')
                     .ok_or_else(|| format!("{s:?}: expected dns://SERVER/NAME, like dns://203.0.113.53/example.com"))?;
-                let valid = !name.is_empty()
-                    && name.len() <= 253
-                    && name.trim_end_matches('.').split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-                if !valid {
+                if !dns_name(name) {
                     return Err(format!("{name:?} is not a valid DNS name"));
                 }
                 Target::Dns {

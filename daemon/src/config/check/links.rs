@@ -228,15 +228,7 @@ fn target(v: &toml::Value) -> Result<Target, String> {
 /// A server name a certificate can be checked against: a DNS name (an address goes in the
 /// url).
 fn dns_name(n: &str) -> Result<(), String> {
-    let valid = !n.is_empty()
-        && n.len() <= 253
-        && n.parse::<std::net::IpAddr>().is_err()
-        && n.trim_end_matches('.').split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if valid {
+    if n.parse::<std::net::IpAddr>().is_err() && uplinkd_probes::dns_name(n) {
         Ok(())
     } else {
         Err(format!("server_name {n:?} is not a DNS name"))
