@@ -148,7 +148,8 @@ tb_up() {
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" http $SERVER 8081 >"$TB_TMP/http.log" 2>&1 &
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" dns $SERVER 53 >"$TB_TMP/dns.log" 2>&1 &
     ip netns exec "$(ns inet)" python3 "$TB_TOOL" udpserver $SERVER $PORT >"$TB_TMP/udp.log" 2>&1 &
-    tb_wait 5 "server listening" on inet python3 "$TB_TOOL" whoami $SERVER $PORT >/dev/null
+    tb_wait 5 "server listening" on inet python3 "$TB_TOOL" whoami $SERVER $PORT >/dev/null 2>&1
+    tb_wait 5 "IPv6 server listening" on inet python3 "$TB_TOOL" whoami $SERVER6 $PORT >/dev/null 2>&1
     tb_link_ids
     tb_log "testbed $TB_ID up (wan1: mark $MARK1, table $TABLE1; wan2: mark $MARK2, table $TABLE2)"
 }

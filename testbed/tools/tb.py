@@ -127,20 +127,27 @@ def resolve(args):
     return 0
 
 
-def whoami(addr, port, timeout, bind=None):
-    """Source address the server saw for a new connection, or None."""
+def whoami(addr, port, timeout, bind=None, why=None):
+    """Source address the server saw for a new connection, or None (and the error appended to
+    the list `why`, when given)."""
     try:
         src = (bind, 0) if bind else None
         with socket.create_connection((addr, port), timeout=timeout, source_address=src) as c:
             c.settimeout(timeout)
             line = c.makefile().readline()
             return line.split()[1] if line.startswith("seen ") else None
-    except OSError:
+    except OSError as e:
+        if why is not None:
+            why.append(e)
         return None
 
 
 def cmd_whoami(args):
-    seen = whoami(args.addr, args.port, args.timeout, args.bind)
+    why = []
+    seen = whoami(args.addr, args.port, args.timeout, args.bind, why)
+    for e in why:
+        # For a failed check to show why there was no answer.
+        print(f"whoami {args.addr} port {args.port}: {e}", file=sys.stderr)
     print(seen or "none")
     return 0 if seen else 1
 
