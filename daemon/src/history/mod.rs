@@ -1,6 +1,6 @@
 //! Link quality history: each link's RTT, jitter, loss and state at three resolutions (10 s for
 //! the last hour, 1 min for the last day, 15 min for the last week), and its outages. Bounded:
-//! fixed rings of [`Bucket`]s (17 bytes each), at most [`MAX_OUTAGES`] outages. Kept across
+//! rings of [`Bucket`]s (20 bytes each) that fill as time passes, at most [`MAX_OUTAGES`] outages. Kept across
 //! restarts in one file, replaced by rename; a file that cannot be read is left aside.
 
 pub mod report;
@@ -92,53 +92,88 @@ impl Bucket {
     }
 }
 
-/// One resolution: a ring of buckets, the newest numbered `newest` (its start time / step).
+/// One resolution: the buckets up to the one numbered `newest` (bucket `j` covers `j * step`
+/// seconds of the epoch onwards), oldest first, at most `len` of them. They are added as time
+/// passes, and the ring's room doubles up to `len` as they come: a young history holds only
+/// what it has seen.
 #[derive(Debug, Clone, PartialEq)]
 struct Tier {
     step: u32,
+    len: usize,
     newest: u64,
-    ring: Vec<Bucket>,
+    ring: VecDeque<Bucket>,
 }
 
 impl Tier {
     fn new(step: u32, len: usize) -> Self {
         Tier {
             step,
+            len,
             newest: 0,
-            ring: vec![Bucket::default(); len],
+            ring: VecDeque::new(),
+        }
+    }
+
+    /// Room for one more bucket.
+    fn grow(&mut self) {
+        if self.ring.len() == self.ring.capacity() {
+            let room = (self.ring.capacity() * 2).max(16).min(self.len);
+            self.ring.reserve_exact(room - self.ring.len());
         }
     }
 
     /// The bucket of time `epoch`, the ring moved on to it; `None` if it is older than the ring.
     fn at(&mut self, epoch: f64) -> Option<&mut Bucket> {
-        let k = (epoch.max(0.0) / f64::from(self.step)) as u64;
-        let len = self.ring.len() as u64;
-        if k + len <= self.newest {
-            return None;
+        self.slot((epoch.max(0.0) / f64::from(self.step)) as u64)
+    }
+
+    /// Bucket `j`, the ring moved on to it; `None` if it is older than the ring.
+    fn slot(&mut self, j: u64) -> Option<&mut Bucket> {
+        if self.ring.is_empty() {
+            self.newest = j;
         }
-        if k > self.newest {
+        if j > self.newest {
             // Buckets between are times without probes (uplinkd was not running).
-            let from = (self.newest + 1).max(k.saturating_sub(len - 1));
-            for j in from..=k {
-                self.ring[(j % len) as usize] = Bucket::default();
+            for _ in 0..(j - self.newest).min(self.len as u64) {
+                if self.ring.len() == self.len {
+                    self.ring.pop_front();
+                }
+                self.grow();
+                self.ring.push_back(Bucket::default());
             }
-            self.newest = k;
+            self.newest = j;
         }
-        Some(&mut self.ring[(k % len) as usize])
+        let back = usize::try_from(self.newest - j)
+            .ok()
+            .filter(|&b| b < self.len)?;
+        while self.ring.len() <= back {
+            self.grow();
+            self.ring.push_front(Bucket::default());
+        }
+        let i = self.ring.len() - 1 - back;
+        self.ring.get_mut(i)
+    }
+
+    /// The buckets with their numbers, oldest first.
+    fn numbered(&self) -> impl Iterator<Item = (u64, &Bucket)> {
+        let oldest = (self.newest + 1).saturating_sub(self.ring.len() as u64);
+        (oldest..).zip(&self.ring)
     }
 
     /// The buckets from time `from` (epoch) to the newest, oldest first, from the first with
     /// data, with that one's start time.
     fn since(&self, from: f64) -> (f64, Vec<Bucket>) {
-        let len = self.ring.len() as u64;
-        let bucket = |j: u64| self.ring[(j % len) as usize];
-        let first = ((from.max(0.0) / f64::from(self.step)) as u64)
-            .max((self.newest + 1).saturating_sub(len));
-        let first = (first..=self.newest)
-            .find(|&j| bucket(j) != Bucket::default())
-            .unwrap_or(self.newest + 1);
-        let out = (first..=self.newest).map(bucket).collect();
-        (first as f64 * f64::from(self.step), out)
+        let from = (from.max(0.0) / f64::from(self.step)) as u64;
+        let out: Vec<(u64, Bucket)> = self
+            .numbered()
+            .skip_while(|&(j, b)| j < from || *b == Bucket::default())
+            .map(|(j, b)| (j, *b))
+            .collect();
+        let first = out.first().map_or(self.newest + 1, |&(j, _)| j);
+        (
+            first as f64 * f64::from(self.step),
+            out.into_iter().map(|(_, b)| b).collect(),
+        )
     }
 }
 
@@ -386,12 +421,14 @@ impl History {
                         .map(|t| SavedTier {
                             step: t.step,
                             newest: t.newest,
+                            // A bucket's place in a ring of `len`: its number modulo `len`.
                             buckets: t
-                                .ring
-                                .iter()
-                                .enumerate()
+                                .numbered()
                                 .filter(|(_, b)| b.sent > 0 || b.state != NO_DATA)
-                                .map(|(i, b)| (i as u32, b.sent, b.lost, b.mean, b.m2, b.state))
+                                .map(|(j, b)| {
+                                    let i = (j % t.len as u64) as u32;
+                                    (i, b.sent, b.lost, b.mean, b.m2, b.state)
+                                })
                                 .collect(),
                         })
                         .collect(),
@@ -438,10 +475,21 @@ impl History {
                     ));
                 }
                 t.newest = st.newest;
+                if !st.buckets.is_empty() {
+                    // The newest bucket, so that the ring ends at it.
+                    t.grow();
+                    t.ring.push_back(Bucket::default());
+                }
+                let len = t.len as u64;
                 for (i, sent, lost, mean, m2, state) in st.buckets {
+                    let i = u64::from(i);
+                    if i >= len {
+                        return Err(format!("link {}: bucket {i} out of range", sl.name));
+                    }
+                    // The number of the bucket at place `i`: within `len` of the newest.
+                    let j = t.newest - (t.newest % len + len - i) % len;
                     let b = t
-                        .ring
-                        .get_mut(i as usize)
+                        .slot(j)
                         .ok_or_else(|| format!("link {}: bucket {i} out of range", sl.name))?;
                     if lost > sent || state > DOWN || !mean.is_finite() || !m2.is_finite() {
                         return Err(format!("link {}: bucket {i} is not a bucket", sl.name));

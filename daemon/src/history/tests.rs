@@ -214,3 +214,38 @@ fn sixteen_full_links_take_under_a_megabyte() {
         TIERS.iter().map(|&(_, n)| n).sum::<usize>() * std::mem::size_of::<Bucket>();
     assert!(16 * per_link < 1 << 20, "{per_link} bytes per link");
 }
+
+#[test]
+fn a_ring_holds_only_the_buckets_it_has_seen_and_wraps_at_its_length() {
+    let mut t = Tier::new(10, 6);
+    let b = |t: &mut Tier, j: u64| t.slot(j).map(|b| b.add(Some(j as f64)));
+    b(&mut t, 100);
+    assert_eq!(t.ring.len(), 1, "a young ring holds one bucket");
+    b(&mut t, 102);
+    assert_eq!(t.ring.len(), 3);
+    // An older bucket within the ring's length is added in front of it; one beyond is not.
+    assert!(b(&mut t, 98).is_some());
+    assert_eq!(t.ring.len(), 5);
+    assert!(b(&mut t, 96).is_none());
+    b(&mut t, 110);
+    assert_eq!(t.ring.len(), 6, "full: at most its length");
+    let numbered: Vec<(u64, u32)> = t.numbered().map(|(j, b)| (j, b.sent)).collect();
+    assert_eq!(
+        numbered,
+        [(105, 0), (106, 0), (107, 0), (108, 0), (109, 0), (110, 1)]
+    );
+    // After a wrap, the file places each bucket where it was.
+    let dir = std::env::temp_dir().join(format!("uplinkd-ring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("history.json");
+    let mut h = History::new(&names());
+    for i in 0..1000u32 {
+        h.probe(0, T0 + f64::from(i) * 7.0, Some(f64::from(i % 17)), UP);
+    }
+    h.save(&path).unwrap();
+    let back = History::load(&path, &names()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(back.links[0].tiers, h.links[0].tiers);
+    let full = &h.links[0].tiers[0].ring;
+    assert_eq!((full.len(), full.capacity()), (TIERS[0].1, TIERS[0].1));
+}
