@@ -209,6 +209,32 @@ impl Netlink {
         Ok(self.buf.get(..n).unwrap_or(&self.buf))
     }
 
+    /// Send a batch of messages, whose sequence numbers are `seqs`, each asking for an
+    /// acknowledgement, in one datagram (buffers sized for it and for the acknowledgements, all
+    /// of which the kernel queues before we read the first); wait for every acknowledgement.
+    /// The first error reply is the result.
+    pub fn batch(&mut self, data: &[u8], seqs: &[u32]) -> io::Result<()> {
+        crate::dataplane::nft_ext::set_buffers(
+            &self.socket,
+            data.len() + (64 << 10),
+            seqs.len().saturating_mul(1024) + (256 << 10),
+        )?;
+        if self.socket.send(data, 0)? < data.len() {
+            return Err(io::Error::other("sendto did not send the whole batch"));
+        }
+        let mut left = seqs.len();
+        while left > 0 {
+            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            for m in messages(self.buf.get(..n).unwrap_or(&self.buf)) {
+                let m = m?;
+                if seqs.contains(&m.seq) && m.reply()? == Reply::Ack {
+                    left -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq

@@ -11,7 +11,7 @@ use super::encode::{add_exprs, cstring, lower, Sets};
 use super::plan::{AddrSet, Intervals, MatchKind, MatchSet, Ruleset};
 use super::{StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::{
-    set_buffers, set_dynamic, set_interval, set_size, set_timeout, ConcatKey, Elems, ELEMS_PER_MSG,
+    set_dynamic, set_interval, set_size, set_timeout, ConcatKey, Elems, ELEMS_PER_MSG,
     TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
 };
 
@@ -440,30 +440,10 @@ pub fn delete() -> io::Result<()> {
 }
 
 /// Send a finalized batch in one `sendto` (the kernel applies a batch only when it arrives in one
-/// message; nftnl splits it into 128 KiB pages) and read every acknowledgement. The socket's
-/// buffers are sized for the batch and for one acknowledgement per message, all of which the
-/// kernel queues before we read the first, as nft(8) does.
+/// message; nftnl splits it into 128 KiB pages) and read every acknowledgement, on the daemon's
+/// nf_tables socket.
 pub(in crate::dataplane) fn send(batch: &FinalizedBatch) -> io::Result<()> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
-    let portid = socket.portid();
     let data: Vec<u8> = batch.iter().flatten().copied().collect();
-    let mut expected = batch.sequence_numbers();
-    let acks = expected.len();
-    set_buffers(
-        &socket,
-        data.len() + (64 << 10),
-        acks.saturating_mul(1024) + (256 << 10),
-    )?;
-    if socket.send(&data)? < data.len() {
-        return Err(io::Error::other("sendto did not send the whole batch"));
-    }
-    let mut buf = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
-    while !expected.is_empty() {
-        for message in socket.recv(&mut buf[..])? {
-            let message = message?;
-            let Some(seq) = expected.next() else { break };
-            mnl::cb_run(message, seq, portid)?;
-        }
-    }
-    Ok(())
+    let seqs: Vec<u32> = batch.sequence_numbers().collect();
+    super::with_socket(|s| s.batch(&data, &seqs))
 }

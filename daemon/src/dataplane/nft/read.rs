@@ -7,9 +7,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::net::Ipv4Addr;
 
-use rtnetlink::sys::protocols::NETLINK_NETFILTER;
-
-use super::TABLE;
+use super::{with_socket, TABLE};
 use crate::dataplane::netlink::{self, attrs, find, Netlink};
 
 /// nfnetlink subsystem of nf_tables and its messages (linux/netfilter/nfnetlink.h, nf_tables.h).
@@ -41,20 +39,18 @@ fn nft(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
 
-fn open() -> io::Result<Netlink> {
-    Netlink::open(NETLINK_NETFILTER, 1 << 16)
-}
-
 /// The ruleset generation: it changes with every committed change of any table.
 pub fn generation() -> io::Result<u32> {
     let mut gen = None;
     // Not a dump: one answer, then the acknowledgement.
-    open()?.query(nft(NFT_MSG_GETGEN), &[0, 0, 0, 0], |m| {
-        gen = m
-            .get(4..)
-            .and_then(|b| find(b, NFTA_GEN_ID))
-            .and_then(|v| v.try_into().ok())
-            .map(u32::from_be_bytes);
+    with_socket(|s| {
+        s.query(nft(NFT_MSG_GETGEN), &[0, 0, 0, 0], |m| {
+            gen = m
+                .get(4..)
+                .and_then(|b| find(b, NFTA_GEN_ID))
+                .and_then(|v| v.try_into().ok())
+                .map(u32::from_be_bytes);
+        })
     })?;
     gen.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no generation in the answer"))
 }
@@ -64,11 +60,14 @@ pub fn generation() -> io::Result<u32> {
 /// the constant sets `sets` (the rules' lists). Equal digests mean equal tables; `None`: the
 /// table does not exist. The dynamic sets are left out: the packet path changes them.
 pub fn digest(sets: &[String]) -> io::Result<Option<u64>> {
+    with_socket(|s| digest_on(s, sets))
+}
+
+fn digest_on(s: &mut Netlink, sets: &[String]) -> io::Result<Option<u64>> {
     let mut h = DefaultHasher::new();
     let mut payload = vec![NFPROTO_INET, 0, 0, 0];
     netlink::put_attr(&mut payload, NFTA_CHAIN_TABLE, TABLE.to_bytes_with_nul());
     let mut chains = 0;
-    let mut s = open()?;
     let r = s.dump(nft(NFT_MSG_GETCHAIN), &payload, |m| {
         let Some(body) = ours(m, NFTA_CHAIN_TABLE) else {
             return;
@@ -143,13 +142,15 @@ fn ours(m: &[u8], table_attr: u16) -> Option<&[u8]> {
 /// The IPv4 addresses in set `set` of our table; none when the set does not exist.
 pub fn ipv4_elements(set: &str) -> io::Result<Vec<Ipv4Addr>> {
     let mut out = Vec::new();
-    let r = open()?.dump(nft(NFT_MSG_GETSETELEM), &elements_of(set), |m| {
-        out.extend(parse(m))
-    });
-    match r {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
-        r => r.map(|()| out),
-    }
+    with_socket(|s| {
+        let r = s.dump(nft(NFT_MSG_GETSETELEM), &elements_of(set), |m| {
+            out.extend(parse(m))
+        });
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            r => r.map(|()| out),
+        }
+    })
 }
 
 /// The 4-byte keys of one GETSETELEM answer (after the netlink header).
