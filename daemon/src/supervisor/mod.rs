@@ -340,11 +340,12 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                     let answer = self.finish_reload(checked).await;
                     // Answered once the new configuration is live (and in the status).
                     self.execute().await;
-                    // What parsing and writing a large file took is not kept.
-                    trim::trim();
                     for r in self.reloading.take().unwrap_or_default() {
                         let _ = r.send(answer.clone());
                     }
+                    // What parsing and writing a large file took is not kept (after the answer:
+                    // 0.7 ms of a 30,000-prefix reload).
+                    trim::trim();
                 }
                 s = inputs.signals.recv() => match s {
                     Some(Signal::Reload) => self.start_reload(None),

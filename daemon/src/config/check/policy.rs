@@ -1,6 +1,7 @@
 //! `[[policy]]`, `[[rule]]` and `[sets]`: which link carries which traffic.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use toml::Spanned;
 
@@ -280,8 +281,9 @@ fn prefixes(
     sets: &BTreeMap<&str, Vec<Prefix>>,
     key: &str,
 ) -> Vec<Prefix> {
-    let mut out: Vec<Prefix> = Vec::new();
-    let mut seen = HashSet::new();
+    let mut out: Vec<Prefix> = Vec::with_capacity(list.len());
+    let mut seen =
+        HashSet::with_capacity_and_hasher(list.len(), BuildHasherDefault::<Fast>::default());
     // A set listed again adds nothing: it is not expanded twice.
     let mut expanded = BTreeSet::new();
     for item in list {
@@ -315,6 +317,31 @@ fn prefixes(
         }
     }
     out
+}
+
+/// A hasher for de-duplicating prefixes: multiply and rotate (FxHash's mix and finish). The file is the
+/// administrator's, so there is no flooding to resist; SipHash took a tenth of checking a file
+/// of 30,000 prefixes.
+#[derive(Default)]
+struct Fast(u64);
+
+impl Hasher for Fast {
+    fn finish(&self) -> u64 {
+        // The product's high bits are its well-mixed ones; the table indexes by the low ones.
+        self.0.rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 fn ports(c: &mut Checker, list: &[Spanned<RawPort>], key: &str) -> Vec<(u16, u16)> {
