@@ -294,10 +294,11 @@ fn prerouting(d: &DesiredState) -> Vec<Vec<Op>> {
     let mut pre = restore_marks(d);
     // Connections that arrive on a link (port forwards, services on the router) belong to it:
     // the ct mark then routes their answers back out the same link, whatever new flows do.
+    // (The state first: most packets are not new, and it is cheaper to test than a name.)
     for l in &d.links {
         pre.push(vec![
-            Op::IifName(l.interface.clone()),
             Op::CtStateNew,
+            Op::IifName(l.interface.clone()),
             Op::SetCtMark {
                 mask: d.mark_mask,
                 value: l.mark,
@@ -433,8 +434,8 @@ fn record_link(d: &DesiredState) -> Vec<Vec<Op>> {
         .iter()
         .map(|l| {
             vec![
-                Op::OifName(l.interface.clone()),
                 Op::CtStateNew,
+                Op::OifName(l.interface.clone()),
                 Op::SetCtMark {
                     mask: d.mark_mask,
                     value: l.mark,
@@ -481,8 +482,8 @@ fn check_nat(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
             continue;
         };
         let mut rule = vec![
-            Op::OifName(l.interface.clone()),
             Op::CtStateNew,
+            Op::OifName(l.interface.clone()),
             Op::NfProto(NFPROTO_IPV4),
             Op::NatNot(a),
         ];

@@ -50,8 +50,8 @@ fn renders_restore_steer_resets_and_masquerade() {
   chain prerouting { type filter hook prerouting priority -150; policy accept;
     ct mark & 0xff00 == 0xf00 meta mark set meta mark & 0xffff00ff | 0xf00
     ct mark & 0xff00 == 0x3c00 meta mark set meta mark & 0xffff00ff | 0x3c00
-    iifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0xf00
-    iifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x3c00
+    ct state new iifname "wan1" ct mark set ct mark & 0xffff00ff | 0xf00
+    ct state new iifname "wan2" ct mark set ct mark & 0xffff00ff | 0x3c00
     iifname "lan0" ct state new meta mark & 0xff00 == 0x0 jump steer
     iifname "lan1" ct state new meta mark & 0xff00 == 0x0 jump steer
   }
@@ -77,8 +77,8 @@ fn renders_restore_steer_resets_and_masquerade() {
     ct state new meta mark & 0xff00 == 0x0 jump steer
   }
   chain record_link { type filter hook postrouting priority -150; policy accept;
-    oifname "wan1" ct state new ct mark set ct mark & 0xffff00ff | 0xf00
-    oifname "wan2" ct state new ct mark set ct mark & 0xffff00ff | 0x3c00
+    ct state new oifname "wan1" ct mark set ct mark & 0xffff00ff | 0xf00
+    ct state new oifname "wan2" ct mark set ct mark & 0xffff00ff | 0x3c00
   }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
     oifname "wan1" meta nfproto ipv4 snat ip to 100.64.1.2
@@ -87,8 +87,8 @@ fn renders_restore_steer_resets_and_masquerade() {
     oifname "wan2" masquerade
   }
   chain check_nat { type filter hook postrouting priority 300; policy accept;
-    oifname "wan1" ct state new meta nfproto ipv4 ct reply ip daddr != 100.64.1.2 add @foreign_nat_1 { ct reply ip daddr timeout 600s }
-    oifname "wan2" ct state new meta nfproto ipv4 ct reply ip daddr != 100.64.2.2 add @foreign_nat_2 { ct reply ip daddr timeout 600s }
+    ct state new oifname "wan1" meta nfproto ipv4 ct reply ip daddr != 100.64.1.2 add @foreign_nat_1 { ct reply ip daddr timeout 600s }
+    ct state new oifname "wan2" meta nfproto ipv4 ct reply ip daddr != 100.64.2.2 add @foreign_nat_2 { ct reply ip daddr timeout 600s }
   }
   chain steer {
     meta mark & 0xff00 == 0x0 jump policy_default
