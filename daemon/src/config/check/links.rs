@@ -337,6 +337,15 @@ mod tests {
         }
     }
 
+    /// The one problem of a file with one link, `link`, which must be at `line` under `key`:
+    /// its message.
+    fn refused(link: &str, line: usize, key: &str) -> String {
+        let p = problems(link, "lan0");
+        assert_eq!(p.len(), 1, "{link}: {p:?}");
+        assert_eq!((p[0].0, p[0].1.as_str()), (line, key), "{link}");
+        p[0].2.clone()
+    }
+
     /// `s` as a TOML string.
     fn quoted(s: &str) -> String {
         toml::Value::String(s.into()).to_string()
@@ -367,14 +376,8 @@ mod tests {
             "sixteen-bytes-xx",
             "wanà",
         ] {
-            let p = problems(&link(bad), "lan0");
-            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
-            assert_eq!(
-                (p[0].0, p[0].1.as_str()),
-                (3, "link[0].interface"),
-                "{bad:?}"
-            );
-            assert!(p[0].2.contains("is not a valid interface name"), "{p:?}");
+            let why = refused(&link(bad), 3, "link[0].interface");
+            assert!(why.contains("is not a valid interface name"), "{why}");
             let p = problems(&link("wan0"), bad);
             assert_eq!(
                 (p.len(), p[0].0, p[0].1.as_str()),
@@ -400,9 +403,7 @@ mod tests {
             "224.0.0.1",
             "255.255.255.255",
         ] {
-            let p = problems(&link(bad), "lan0");
-            assert_eq!(p.len(), 1, "{bad}: {p:?}");
-            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway"), "{bad}");
+            refused(&link(bad), 5, "link[0].gateway");
         }
     }
 
@@ -466,10 +467,8 @@ mod tests {
             ),
             ("42".into(), "not a integer"),
         ] {
-            let p = problems(&link(&bad), "lan0");
-            assert_eq!(p.len(), 1, "{bad}: {p:?}");
-            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].targets"), "{bad}");
-            assert!(p[0].2.contains(why), "{bad}: {p:?}");
+            let message = refused(&link(&bad), 5, "link[0].targets");
+            assert!(message.contains(why), "{bad}: {message}");
         }
         std::fs::remove_file(&ca).unwrap();
     }
@@ -490,13 +489,8 @@ mod tests {
             "192.0.2.1",
             "fe80::1%wan0",
         ] {
-            let p = problems(&link(bad), "lan0");
-            assert_eq!(p.len(), 1, "{bad}: {p:?}");
-            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].gateway6"), "{bad}");
-            assert!(
-                p[0].2.contains("not a usable IPv6 unicast address"),
-                "{p:?}"
-            );
+            let why = refused(&link(bad), 5, "link[0].gateway6");
+            assert!(why.contains("not a usable IPv6 unicast address"), "{why}");
         }
     }
 
@@ -512,9 +506,7 @@ mod tests {
             "http://203.0.113.10/a b",
         ] {
             let link = format!("interface = \"wan0\"\ntargets = [\"192.0.2.1\",\n  {bad:?}]");
-            let p = problems(&link, "lan0");
-            assert_eq!(p.len(), 1, "{bad}: {p:?}");
-            assert_eq!((p[0].0, p[0].1.as_str()), (5, "link[0].targets"), "{bad}");
+            refused(&link, 5, "link[0].targets");
         }
     }
 
