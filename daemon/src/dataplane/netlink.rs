@@ -209,11 +209,11 @@ impl Netlink {
         Ok(self.buf.get(..n).unwrap_or(&self.buf))
     }
 
-    /// Send a batch of messages, whose sequence numbers are `seqs`, each asking for an
-    /// acknowledgement, in one datagram (buffers sized for it and for the acknowledgements, all
-    /// of which the kernel queues before we read the first); wait for every acknowledgement.
-    /// The first error reply is the result.
-    pub fn batch(&mut self, data: &[u8], seqs: &[u32]) -> io::Result<()> {
+    /// Send a batch of messages, numbered `seqs`, each asking for an acknowledgement, in one
+    /// datagram (buffers sized for it and for the acknowledgements, all of which the kernel
+    /// queues before we read the first); wait for every acknowledgement. The first error reply
+    /// is the result.
+    pub fn batch(&mut self, data: &[u8], seqs: std::ops::Range<u32>) -> io::Result<()> {
         crate::dataplane::nft_ext::set_buffers(
             &self.socket,
             data.len() + (64 << 10),

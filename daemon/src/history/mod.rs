@@ -1,7 +1,8 @@
 //! Link quality history: each link's RTT, jitter, loss and state at three resolutions (10 s for
 //! the last hour, 1 min for the last day, 15 min for the last week), and its outages. Bounded:
-//! rings of [`Bucket`]s (20 bytes each) that fill as time passes, at most [`MAX_OUTAGES`] outages. Kept across
-//! restarts in one file, replaced by rename; a file that cannot be read is left aside.
+//! rings of [`Bucket`]s (20 bytes each) that fill as time passes, at most [`MAX_OUTAGES`]
+//! outages. Kept across restarts in one file, replaced by rename; a file that cannot be read is
+//! left aside.
 
 pub mod report;
 
@@ -164,15 +165,14 @@ impl Tier {
     /// data, with that one's start time.
     fn since(&self, from: f64) -> (f64, Vec<Bucket>) {
         let from = (from.max(0.0) / f64::from(self.step)) as u64;
-        let out: Vec<(u64, Bucket)> = self
+        let mut out = self
             .numbered()
             .skip_while(|&(j, b)| j < from || *b == Bucket::default())
-            .map(|(j, b)| (j, *b))
-            .collect();
-        let first = out.first().map_or(self.newest + 1, |&(j, _)| j);
+            .peekable();
+        let first = out.peek().map_or(self.newest + 1, |&(j, _)| j);
         (
             first as f64 * f64::from(self.step),
-            out.into_iter().map(|(_, b)| b).collect(),
+            out.map(|(_, b)| *b).collect(),
         )
     }
 }
@@ -474,11 +474,9 @@ impl History {
                         sl.name, st.step, t.step
                     ));
                 }
-                t.newest = st.newest;
                 if !st.buckets.is_empty() {
-                    // The newest bucket, so that the ring ends at it.
-                    t.grow();
-                    t.ring.push_back(Bucket::default());
+                    // The newest bucket first, so that the ring ends at it.
+                    t.slot(st.newest);
                 }
                 let len = t.len as u64;
                 for (i, sent, lost, mean, m2, state) in st.buckets {

@@ -319,9 +319,9 @@ fn prefixes(
     out
 }
 
-/// A hasher for de-duplicating prefixes: multiply and rotate (FxHash's mix and finish). The file is the
-/// administrator's, so there is no flooding to resist; SipHash took a tenth of checking a file
-/// of 30,000 prefixes.
+/// A hasher for de-duplicating prefixes: multiply and rotate (FxHash's mix and finish). The
+/// file is the administrator's, so there is no flooding to resist; SipHash took a tenth of
+/// checking a file of 30,000 prefixes.
 #[derive(Default)]
 struct Fast(u64);
 

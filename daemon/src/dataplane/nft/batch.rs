@@ -444,6 +444,5 @@ pub fn delete() -> io::Result<()> {
 /// nf_tables socket.
 pub(in crate::dataplane) fn send(batch: &FinalizedBatch) -> io::Result<()> {
     let data: Vec<u8> = batch.iter().flatten().copied().collect();
-    let seqs: Vec<u32> = batch.sequence_numbers().collect();
-    super::with_socket(|s| s.batch(&data, &seqs))
+    super::with_socket(|s| s.batch(&data, batch.sequence_numbers()))
 }
