@@ -300,11 +300,13 @@ whoami6() { on lan python3 "$TB_TOOL" whoami $SERVER6 $PORT --timeout "${1:-2}";
 ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a * 1000 - b }'; }
 
 # measure_failover FAULT: inject FAULT on ISP1 ("blackhole" or "carrier") while a LAN client
-# opens a new connection every 10 ms. Sets DETECT_MS (fault → uplinkd's decision, from the
-# decision time uplinkd reports) and FLOW_MS (decision → the first new connection that the server
-# saw from WAN2's address has its answer at the client). Leaves WAN1 faulty.
+# opens a new connection every FAILOVER_EVERY seconds (default 0.01). Sets DETECT_MS (fault →
+# uplinkd's decision, from the decision time uplinkd reports) and FLOW_MS (decision → the first
+# new connection that the server saw from WAN2's address has its answer at the client; it
+# carries up to FAILOVER_EVERY of polling). Leaves WAN1 faulty.
 measure_failover() {
-    on lan python3 "$TB_TOOL" until $SERVER $PORT --want $WAN2_ADDR --every 0.01 --within 10 >"$TB_TMP/until" &
+    on lan python3 "$TB_TOOL" until $SERVER $PORT --want $WAN2_ADDR --every "${FAILOVER_EVERY:-0.01}" \
+        --within 10 >"$TB_TMP/until" &
     local until_pid=$! t0
     sleep 0.3
     t0=$(now_ms)
