@@ -214,13 +214,15 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
         base: Some((hook, kind, prio)),
         rules,
     };
+    // Rules for new flows only sit in chains of their own (`*_new`).
+    let mut new_flows = Vec::new();
     let mut chains = vec![
         base(
             "prerouting",
             Hook::PreRouting,
             ChainType::Filter,
             PRIO_MANGLE,
-            prerouting(d),
+            prerouting(d, &mut new_flows),
         ),
         base(
             "forward",
@@ -235,14 +237,14 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             Hook::Out,
             ChainType::Route,
             PRIO_MANGLE,
-            output_route(d, addrs),
+            output_route(d, addrs, &mut new_flows),
         ),
         base(
             "record_link",
             Hook::PostRouting,
             ChainType::Filter,
             PRIO_MANGLE,
-            record_link(d),
+            record_link(d, &mut new_flows),
         ),
         base(
             "postrouting",
@@ -256,7 +258,7 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             Hook::PostRouting,
             ChainType::Filter,
             PRIO_AFTER_NAT,
-            check_nat(d, addrs),
+            check_nat(d, addrs, &mut new_flows),
         ),
     ];
     if d.ha {
@@ -268,6 +270,7 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             wan_guard(d),
         ));
     }
+    chains.append(&mut new_flows);
     let mut addr_sets = Vec::new();
     let mut match_sets = Vec::new();
     chains.extend(steering(d, &mut addr_sets, &mut match_sets));
@@ -287,17 +290,42 @@ pub(super) fn unmarked(d: &DesiredState) -> Op {
     }
 }
 
-fn prerouting(d: &DesiredState) -> Vec<Vec<Op>> {
+/// `rules` as chain `<hook chain>_new`, entered by one rule `ct state new [test...] jump` that
+/// ends `hook_rules`: the packets of established flows, nearly all of them, then cost one test
+/// in the hook whatever the number of links, instead of one test per link. Nothing without
+/// rules.
+fn for_new_flows(
+    hook_rules: &mut Vec<Vec<Op>>,
+    hook_chain: &str,
+    test: impl IntoIterator<Item = Op>,
+    rules: Vec<Vec<Op>>,
+    chains: &mut Vec<ChainPlan>,
+) {
+    if rules.is_empty() {
+        return;
+    }
+    let name = format!("{hook_chain}_new");
+    let mut jump = vec![Op::CtStateNew];
+    jump.extend(test);
+    jump.push(Op::Jump(name.clone()));
+    hook_rules.push(jump);
+    chains.push(ChainPlan {
+        name,
+        base: None,
+        rules,
+    });
+}
+
+fn prerouting(d: &DesiredState, chains: &mut Vec<ChainPlan>) -> Vec<Vec<Op>> {
     // Every packet of a flow that already has a link keeps it: restore our mark bits from the
     // flow's ct mark. Replies to the LAN then match `lookup main suppress_prefixlength 0` first
     // (see routes.rs), so restoring does not send them back out a WAN.
     let mut pre = restore_marks(d);
     // Connections that arrive on a link (port forwards, services on the router) belong to it:
     // the ct mark then routes their answers back out the same link, whatever new flows do.
-    // (The state first: most packets are not new, and it is cheaper to test than a name.)
+    let mut new = Vec::new();
     for l in &d.links {
-        pre.push(vec![
-            Op::CtStateNew,
+        new.push(vec![
             Op::IifName(l.interface.clone()),
             Op::SetCtMark {
                 mask: d.mark_mask,
@@ -312,9 +340,10 @@ fn prerouting(d: &DesiredState) -> Vec<Vec<Op>> {
     for lan in &d.lan_interfaces {
         let mut rule = vec![Op::IifName(lan.clone())];
         rule.extend(d.ha.then_some(Op::PktTypeHost));
-        rule.extend([Op::CtStateNew, unmarked(d), Op::Jump(STEER.into())]);
-        pre.push(rule);
+        rule.extend([unmarked(d), Op::Jump(STEER.into())]);
+        new.push(rule);
     }
+    for_new_flows(&mut pre, "prerouting", [], new, chains);
     pre
 }
 
@@ -390,7 +419,11 @@ fn output(d: &DesiredState) -> Vec<Vec<Op>> {
     ]]
 }
 
-fn output_route(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
+fn output_route(
+    d: &DesiredState,
+    addrs: &[Vec<IpAddr>],
+    chains: &mut Vec<ChainPlan>,
+) -> Vec<Vec<Op>> {
     // The router's own packets of a flow that has a link (answers of its services to
     // connections that came in on a link, its own connections out a link) keep that link; its
     // new flows follow the policies like the LAN's (probes and tickles carry a mark already).
@@ -401,14 +434,13 @@ fn output_route(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
     }
     // A new flow from a link's own address (a socket bound to it) belongs to that link; the
     // default policy's link is left out, as its address is what unbound sockets get.
+    let mut new = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
         if d.router_link == Some(i) {
             continue;
         }
         for &a in addrs.get(i).into_iter().flatten() {
-            route_out.push(vec![
-                Op::CtStateNew,
-                unmarked(d),
+            new.push(vec![
                 Op::Addr {
                     dst: false,
                     prefix: Prefix::host(a),
@@ -420,7 +452,8 @@ fn output_route(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
             ]);
         }
     }
-    route_out.push(vec![Op::CtStateNew, unmarked(d), Op::Jump(STEER.into())]);
+    new.push(vec![Op::Jump(STEER.into())]);
+    for_new_flows(&mut route_out, "output_route", [unmarked(d)], new, chains);
     route_out
 }
 
@@ -429,12 +462,12 @@ fn output_route(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
 /// packet whatever other tables do: of NAT chains only the first that translates a flow runs,
 /// so a foreign masquerade registered after ours (a firewall reloaded, Docker starting) would
 /// otherwise leave the flow without a link.
-fn record_link(d: &DesiredState) -> Vec<Vec<Op>> {
-    d.links
+fn record_link(d: &DesiredState, chains: &mut Vec<ChainPlan>) -> Vec<Vec<Op>> {
+    let new = d
+        .links
         .iter()
         .map(|l| {
             vec![
-                Op::CtStateNew,
                 Op::OifName(l.interface.clone()),
                 Op::SetCtMark {
                     mask: d.mark_mask,
@@ -442,7 +475,10 @@ fn record_link(d: &DesiredState) -> Vec<Vec<Op>> {
                 },
             ]
         })
-        .collect()
+        .collect();
+    let mut rules = Vec::new();
+    for_new_flows(&mut rules, "record_link", [], new, chains);
+    rules
 }
 
 /// The first IPv4 address of link `i` (its primary one), if it has one.
@@ -475,27 +511,25 @@ fn foreign_nat_sets(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<AddrSet> {
 /// address means another table's NAT ran first (of NAT chains only the first that translates a
 /// flow runs). Its address is remembered in `foreign_nat_<n>`, which uplinkd reads and reports:
 /// replies to another address may come back another way, or not at all.
-fn check_nat(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
-    let mut out = Vec::new();
+fn check_nat(d: &DesiredState, addrs: &[Vec<IpAddr>], chains: &mut Vec<ChainPlan>) -> Vec<Vec<Op>> {
+    let mut new = Vec::new();
     for (i, l) in d.links.iter().enumerate() {
         let Some(a) = first_v4(addrs, i) else {
             continue;
         };
-        let mut rule = vec![
-            Op::CtStateNew,
-            Op::OifName(l.interface.clone()),
-            Op::NfProto(NFPROTO_IPV4),
-            Op::NatNot(a),
-        ];
+        let mut rule = vec![Op::OifName(l.interface.clone()), Op::NatNot(a)];
         // In a pair, LAN flows are translated to the shared address: ours too.
         rule.extend(l.public_vip.map(Op::NatNot));
         rule.push(Op::RecordNat {
             set: foreign_nat_set(i),
             timeout_ms: FOREIGN_NAT_TIMEOUT_MS,
         });
-        out.push(rule);
+        new.push(rule);
     }
-    out
+    let mut rules = Vec::new();
+    let ipv4 = Op::NfProto(NFPROTO_IPV4);
+    for_new_flows(&mut rules, "check_nat", [ipv4], new, chains);
+    rules
 }
 
 /// Traffic leaving a link takes its address (or, for IPv6 with `nptv6`, its prefix). IPv4 is

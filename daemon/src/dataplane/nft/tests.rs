@@ -50,10 +50,7 @@ fn renders_restore_steer_resets_and_masquerade() {
   chain prerouting { type filter hook prerouting priority -150; policy accept;
     ct mark & 0xff00 == 0xf00 meta mark set meta mark & 0xffff00ff | 0xf00
     ct mark & 0xff00 == 0x3c00 meta mark set meta mark & 0xffff00ff | 0x3c00
-    ct state new iifname "wan1" ct mark set ct mark & 0xffff00ff | 0xf00
-    ct state new iifname "wan2" ct mark set ct mark & 0xffff00ff | 0x3c00
-    iifname "lan0" ct state new meta mark & 0xff00 == 0x0 jump steer
-    iifname "lan1" ct state new meta mark & 0xff00 == 0x0 jump steer
+    ct state new jump prerouting_new
   }
   chain forward { type filter hook forward priority 0; policy accept;
     iifname "lan0" meta nfproto ipv4 meta l4proto tcp tcp flags & syn != 0 ip saddr . ip daddr . tcp sport . tcp dport @stale4 delete @stale4 { ip saddr . ip daddr . tcp sport . tcp dport }
@@ -73,12 +70,10 @@ fn renders_restore_steer_resets_and_masquerade() {
   chain output_route { type route hook output priority -150; policy accept;
     ct mark & 0xff00 == 0xf00 meta mark set meta mark & 0xffff00ff | 0xf00
     ct mark & 0xff00 == 0x3c00 meta mark set meta mark & 0xffff00ff | 0x3c00
-    ct state new meta mark & 0xff00 == 0x0 ip saddr 100.64.1.2/32 meta mark set meta mark & 0xffff00ff | 0xf00
-    ct state new meta mark & 0xff00 == 0x0 jump steer
+    ct state new meta mark & 0xff00 == 0x0 jump output_route_new
   }
   chain record_link { type filter hook postrouting priority -150; policy accept;
-    ct state new oifname "wan1" ct mark set ct mark & 0xffff00ff | 0xf00
-    ct state new oifname "wan2" ct mark set ct mark & 0xffff00ff | 0x3c00
+    ct state new jump record_link_new
   }
   chain postrouting { type nat hook postrouting priority 100; policy accept;
     oifname "wan1" meta nfproto ipv4 snat ip to 100.64.1.2
@@ -87,8 +82,25 @@ fn renders_restore_steer_resets_and_masquerade() {
     oifname "wan2" masquerade
   }
   chain check_nat { type filter hook postrouting priority 300; policy accept;
-    ct state new oifname "wan1" meta nfproto ipv4 ct reply ip daddr != 100.64.1.2 add @foreign_nat_1 { ct reply ip daddr timeout 600s }
-    ct state new oifname "wan2" meta nfproto ipv4 ct reply ip daddr != 100.64.2.2 add @foreign_nat_2 { ct reply ip daddr timeout 600s }
+    ct state new meta nfproto ipv4 jump check_nat_new
+  }
+  chain prerouting_new {
+    iifname "wan1" ct mark set ct mark & 0xffff00ff | 0xf00
+    iifname "wan2" ct mark set ct mark & 0xffff00ff | 0x3c00
+    iifname "lan0" meta mark & 0xff00 == 0x0 jump steer
+    iifname "lan1" meta mark & 0xff00 == 0x0 jump steer
+  }
+  chain output_route_new {
+    ip saddr 100.64.1.2/32 meta mark set meta mark & 0xffff00ff | 0xf00
+    jump steer
+  }
+  chain record_link_new {
+    oifname "wan1" ct mark set ct mark & 0xffff00ff | 0xf00
+    oifname "wan2" ct mark set ct mark & 0xffff00ff | 0x3c00
+  }
+  chain check_nat_new {
+    oifname "wan1" ct reply ip daddr != 100.64.1.2 add @foreign_nat_1 { ct reply ip daddr timeout 600s }
+    oifname "wan2" ct reply ip daddr != 100.64.2.2 add @foreign_nat_2 { ct reply ip daddr timeout 600s }
   }
   chain steer {
     meta mark & 0xff00 == 0x0 jump policy_default
@@ -634,10 +646,11 @@ fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_addre
     d.links[0].public_vip = Some("192.0.2.6".parse().unwrap());
     let r = render(&d, &addrs);
     assert!(
-        chain(&r, "prerouting")
-            .contains(&r#"iifname "lan0" meta pkttype host ct state new meta mark & 0xff00 == 0x0 jump steer"#.into()),
+        chain(&r, "prerouting_new").contains(
+            &r#"iifname "lan0" meta pkttype host meta mark & 0xff00 == 0x0 jump steer"#.into()
+        ),
         "{:#?}",
-        chain(&r, "prerouting")
+        chain(&r, "prerouting_new")
     );
     let guard: Vec<String> = ["wan1", "wan2"]
         .iter()
@@ -669,7 +682,7 @@ fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_addre
         r#"oifname "wan2" meta nfproto ipv4 snat ip to 100.64.2.2"#
     );
     // Neither is another table's NAT.
-    assert!(chain(&r, "check_nat")[0].contains(
+    assert!(chain(&r, "check_nat_new")[0].contains(
         "ct reply ip daddr != 100.64.1.2 ct reply ip daddr != 192.0.2.6 add @foreign_nat_1"
     ));
     // The text reads back as written (what `nft list` shows is what was meant).
