@@ -238,13 +238,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An echo request. For ICMPv6 the kernel fills in the checksum (RFC 3542 §3.1).
-pub fn echo_request(v6: bool, ident: u16, seq: u16, token: u64) -> Vec<u8> {
-    let mut p = vec![if v6 { ECHO_REQUEST_V6 } else { ECHO_REQUEST_V4 }, 0, 0, 0];
-    p.extend_from_slice(&ident.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&token.to_be_bytes());
-    p.extend_from_slice(MARKER);
+/// An echo request's length: header, token, marker.
+const ECHO_LEN: usize = 16 + MARKER.len();
+
+/// An echo request, built on the stack (one per probe). For ICMPv6 the kernel fills in the
+/// checksum (RFC 3542 §3.1).
+pub fn echo_request(v6: bool, ident: u16, seq: u16, token: u64) -> [u8; ECHO_LEN] {
+    let mut p = [0; ECHO_LEN];
+    p[0] = if v6 { ECHO_REQUEST_V6 } else { ECHO_REQUEST_V4 };
+    p[4..6].copy_from_slice(&ident.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..16].copy_from_slice(&token.to_be_bytes());
+    p[16..].copy_from_slice(MARKER);
     if !v6 {
         let sum = checksum(&p);
         p[2..4].copy_from_slice(&sum.to_be_bytes());

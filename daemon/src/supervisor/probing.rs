@@ -51,6 +51,8 @@ impl Probes for LinkProbes {
 /// are bound to may have been deleted and re-created).
 struct LinkProber {
     binding: Binding,
+    /// The interface's name for the probe tasks' messages, shared rather than copied per probe.
+    name: Arc<str>,
     inner: Arc<Prober>,
     targets: Arc<Vec<Target>>,
     open: bool,
@@ -69,6 +71,7 @@ impl LinkProber {
         };
         LinkProber {
             inner: Arc::new(Prober::new(binding.clone())),
+            name: l.interface.as_str().into(),
             binding,
             targets: Arc::new(l.targets.clone()),
             open: false,
@@ -101,13 +104,13 @@ impl LinkProber {
             }
             self.inner = Arc::new(fresh);
         }
-        let (prober, targets, reopen, cert_errors) = (
+        let (prober, targets, reopen, cert_errors, interface) = (
             self.inner.clone(),
             self.targets.clone(),
             self.reopen.clone(),
             self.cert_errors.clone(),
+            self.name.clone(),
         );
-        let interface = self.binding.interface.clone();
         tokio::spawn(async move {
             let target = &targets[req.target];
             let result = prober.probe(target, timeout).await;

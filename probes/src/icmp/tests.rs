@@ -73,12 +73,12 @@ fn error_v6(icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
 /// ICMP (8: RFC 792's minimum).
 fn quote(id: EchoId, token: u64, keep: usize) -> Vec<u8> {
     let v6 = id.dest.is_ipv6();
-    let mut req = echo_request(v6, id.ident, id.seq, token);
-    req.truncate(keep);
+    let req = echo_request(v6, id.ident, id.seq, token);
+    let req = &req[..keep.min(req.len())];
     if v6 {
-        ipv6(id.dest, &req)
+        ipv6(id.dest, req)
     } else {
-        ipv4(WAN, octets4(id.dest), &req)
+        ipv4(WAN, octets4(id.dest), req)
     }
 }
 
@@ -88,7 +88,7 @@ fn reply(id: EchoId, token: u64) -> Vec<u8> {
     let mut m = echo_request(v6, id.ident, id.seq, token);
     if v6 {
         m[0] = ECHO_REPLY_V6;
-        m
+        m.to_vec()
     } else {
         m[0] = ECHO_REPLY_V4;
         fix_checksum(&mut m);
