@@ -277,7 +277,9 @@ impl Dataplane for Kernel {
     }
 }
 
-/// The names of the rule lists' sets of `rules`, whose elements the digest covers.
+/// The names of the constant sets of `rules` (the rule lists' sets, the link marks' map),
+/// whose elements the digest covers.
 fn list_names(rules: &nft::Ruleset) -> Vec<String> {
-    rules.match_sets.iter().map(|m| m.name.clone()).collect()
+    let lists = rules.match_sets.iter().map(|m| m.name.clone());
+    lists.chain([rules.link_marks.name.clone()]).collect()
 }

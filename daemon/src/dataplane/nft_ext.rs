@@ -4,7 +4,7 @@
 //! socket buffers large enough for big batches.
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
 
 use nftnl::expr::Expression;
@@ -188,6 +188,7 @@ impl<const N: usize, const T: u32> SetKey for ConcatKey<N, T> {
 pub const TYPE_IPADDR: u32 = 7;
 pub const TYPE_IP6ADDR: u32 = 8;
 pub const TYPE_INET_SERVICE: u32 = 13;
+pub const TYPE_MARK: u32 = 19;
 const TYPE_BITS: u32 = 6;
 
 /// The type id of a concatenation of `parts`, in order.
@@ -252,14 +253,61 @@ pub fn set_interval<K>(set: &Set<'_, K>) {
     }
 }
 
-/// Elements of the set named `set` (created by the same batch as `set_id`, or before), each a
-/// key in network byte order and whether it ends an interval, added (NEWSETELEM, without
-/// NLM_F_EXCL) or deleted (DELSETELEM; no elements at all flushes the set) in one message.
+/// Make `set` a verdict map (`type KEY : verdict`) keyed in host byte order (a mark): each
+/// element's data is a verdict. The key's byte order goes in the set's user data, where nft(8)
+/// reads it (NFTNL_UDATA_SET_KEYBYTEORDER = BYTEORDER_HOST_ENDIAN); without it `nft list` prints
+/// a mark's bytes reversed, and `nft delete element` with the mark finds nothing.
+pub fn set_verdict_map<K>(set: &Set<'_, K>) {
+    let s = set.as_ptr().as_ptr();
+    let host_order = 1u32.to_ne_bytes();
+    let udata = [
+        0,
+        4,
+        host_order[0],
+        host_order[1],
+        host_order[2],
+        host_order[3],
+    ];
+    // SAFETY: as in set_timeout; nftnl_set_set_data copies `udata`.
+    unsafe {
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_MAP as u32);
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, libc::NFT_DATA_VERDICT);
+        sys::nftnl_set_set_data(
+            s,
+            sys::NFTNL_SET_USERDATA as u16,
+            udata.as_ptr().cast(),
+            udata.len() as u32,
+        );
+    }
+}
+
+/// One element of a set: its key (in the byte order the rules load it), whether it ends an
+/// interval, and in a verdict map the chain it jumps to.
+pub struct Elem {
+    pub key: Vec<u8>,
+    pub end: bool,
+    pub jump: Option<CString>,
+}
+
+impl Elem {
+    /// An element of a plain set (no data).
+    pub fn key(key: Vec<u8>, end: bool) -> Self {
+        Elem {
+            key,
+            end,
+            jump: None,
+        }
+    }
+}
+
+/// Elements of the set named `set` (created by the same batch as `set_id`, or before), added
+/// (NEWSETELEM, without NLM_F_EXCL) or deleted (DELSETELEM; no elements at all flushes the set)
+/// in one message.
 pub struct Elems<'a> {
     pub table: &'a CStr,
     pub set: &'a CStr,
     pub set_id: u32,
-    pub elems: &'a [(Vec<u8>, bool)],
+    pub elems: &'a [Elem],
     pub delete: bool,
 }
 
@@ -289,7 +337,7 @@ unsafe impl NlMsg for Elems<'_> {
             sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, self.set.as_ptr());
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, self.set_id);
             sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, libc::NFPROTO_INET as u32);
-            for (key, end) in self.elems {
+            for elem in self.elems {
                 let e = sys::nftnl_set_elem_alloc();
                 if e.is_null() {
                     break;
@@ -297,14 +345,26 @@ unsafe impl NlMsg for Elems<'_> {
                 sys::nftnl_set_elem_set(
                     e,
                     sys::NFTNL_SET_ELEM_KEY as u16,
-                    key.as_ptr().cast(),
-                    key.len() as u32,
+                    elem.key.as_ptr().cast(),
+                    elem.key.len() as u32,
                 );
-                if *end {
+                if elem.end {
                     sys::nftnl_set_elem_set_u32(
                         e,
                         sys::NFTNL_SET_ELEM_FLAGS as u16,
                         libc::NFT_SET_ELEM_INTERVAL_END as u32,
+                    );
+                }
+                if let Some(chain) = &elem.jump {
+                    sys::nftnl_set_elem_set_u32(
+                        e,
+                        sys::NFTNL_SET_ELEM_VERDICT as u16,
+                        libc::NFT_JUMP as u32,
+                    );
+                    sys::nftnl_set_elem_set_str(
+                        e,
+                        sys::NFTNL_SET_ELEM_CHAIN as u16,
+                        chain.as_ptr(),
                     );
                 }
                 sys::nftnl_set_elem_add(s, e);
@@ -318,6 +378,37 @@ unsafe impl NlMsg for Elems<'_> {
             );
             sys::nftnl_set_elems_nlmsg_build_payload(header, s);
             sys::nftnl_set_free(s);
+        }
+    }
+}
+
+/// `vmap @SET`: register 1 looked up in a verdict map; the verdict of its element, if any, is
+/// taken.
+pub struct VerdictLookup<'a> {
+    pub set: &'a CStr,
+    /// The map's id in the batch (it may be created by the same batch).
+    pub set_id: u32,
+}
+
+impl Expression for VerdictLookup<'_> {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for RawLoad; nftnl_expr_set_str copies the name.
+        unsafe {
+            let expr = alloc(c"lookup");
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LOOKUP_DREG as u16,
+                libc::NFT_REG_VERDICT as u32,
+            );
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set_id);
+            expr
         }
     }
 }

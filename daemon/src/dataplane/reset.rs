@@ -20,7 +20,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use super::conntrack::{self, Flow, IPPROTO_TCP};
 use super::nft;
 use super::nft_ext::{
-    concat_type, ConcatKey, Elems, ELEMS_PER_MSG, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+    concat_type, ConcatKey, Elem, Elems, ELEMS_PER_MSG, TYPE_INET_SERVICE, TYPE_IP6ADDR,
+    TYPE_IPADDR,
 };
 use super::sockets;
 
@@ -114,7 +115,7 @@ pub fn add_stale(v4: &[StaleKey4], v6: &[StaleKey6]) -> io::Result<()> {
 }
 
 fn add_keys(set: &CStr, keys: impl Iterator<Item = Vec<u8>>) -> io::Result<()> {
-    let elems: Vec<(Vec<u8>, bool)> = keys.map(|k| (k, false)).collect();
+    let elems: Vec<Elem> = keys.map(|key| Elem::key(key, false)).collect();
     for elems in elems.chunks(ELEMS_PER_MSG) {
         let message = Elems {
             table: nft::TABLE,

@@ -8,11 +8,11 @@ use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule, Table};
 
 use super::encode::{add_exprs, cstring, lower, Sets};
-use super::plan::{AddrSet, Intervals, MatchKind, MatchSet, Ruleset};
+use super::plan::{AddrSet, Intervals, MarkMap, MatchKind, MatchSet, Ruleset, LINK_MARKS};
 use super::{StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::{
-    set_dynamic, set_interval, set_size, set_timeout, ConcatKey, Elems, ELEMS_PER_MSG,
-    TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+    set_dynamic, set_interval, set_size, set_timeout, set_verdict_map, ConcatKey, Elem, Elems,
+    ELEMS_PER_MSG, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR, TYPE_MARK,
 };
 
 /// Write our table as `rules` in one transaction; the kernel applies all of it or nothing.
@@ -35,10 +35,11 @@ pub fn replace(rules: &Ruleset, previous: Option<&Ruleset>, repair: bool) -> io:
     Ok(true)
 }
 
-/// Set ids in a batch: the stale sets are 1 and 2, the new sticky sets follow, and the previous
-/// ruleset's sticky sets (only ever deleted) get ids no new set can have; the rule lists' sets
-/// come after.
-const STICKY_FIRST_ID: u32 = 3;
+/// Set ids in a batch: the stale sets are 1 and 2, the link marks' map 3, the new sticky sets
+/// follow, and the previous ruleset's sticky sets (only ever deleted) get ids no new set can
+/// have; the rule lists' sets come after.
+const LINK_MARKS_ID: u32 = 3;
+const STICKY_FIRST_ID: u32 = 4;
 const OLD_STICKY_FIRST_ID: u32 = 1000;
 const MATCH_FIRST_ID: u32 = 2000;
 
@@ -51,6 +52,9 @@ pub(super) fn build(
     let table = Table::new(TABLE, ProtoFamily::Inet);
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
+    // The link marks' map is refilled when it changes: emptied before the chains it jumps to
+    // may be deleted, filled once the chains it jumps to exist.
+    let fill_map = previous.is_none_or(|(p, repair)| repair || p.link_marks != rules.link_marks);
     // Per chain of `rules`: whether its rules are written (it is new or changed).
     let fill: Vec<bool> = match previous {
         Some((p, repair)) => {
@@ -70,6 +74,11 @@ pub(super) fn build(
     let sets = StaleSets::new(&table);
     batch.add(&sets.v4, MsgType::Add);
     batch.add(&sets.v6, MsgType::Add);
+    let map_name = cstring(LINK_MARKS)?;
+    let map: Set<'_, ConcatKey<4, TYPE_MARK>> =
+        Set::new_named(&map_name, LINK_MARKS_ID, &table, ProtoFamily::Inet);
+    set_verdict_map(&map);
+    batch.add(&map, MsgType::Add);
     let sticky = sticky_sets(rules, &table, STICKY_FIRST_ID)?;
     for s in &sticky {
         s.add(&mut batch);
@@ -99,8 +108,12 @@ pub(super) fn build(
         batch.add(&chain, MsgType::Add);
         chains.push(chain);
     }
+    if fill_map {
+        map_elems(&mut batch, &rules.link_marks, LINK_MARKS_ID, false)?;
+    }
     let refs = Refs {
         stale: &sets,
+        link_marks: &map_name,
         addr_sets: &sticky,
         match_sets: &lists,
     };
@@ -129,6 +142,9 @@ fn clear_previous(
     rules: &Ruleset,
     repair: bool,
 ) -> io::Result<()> {
+    if repair || previous.link_marks != rules.link_marks {
+        map_elems(batch, &previous.link_marks, 0, true)?;
+    }
     let names = chain_names(previous)?;
     let chains: Vec<Chain<'_>> = names.iter().map(|n| Chain::new(n, table)).collect();
     for (c, chain) in previous.chains.iter().zip(&chains) {
@@ -182,9 +198,11 @@ fn add_elems(
 ) -> io::Result<()> {
     let name = cstring(&m.name)?;
     let key = |k: u128| k.to_be_bytes()[16 - m.kind.len()..].to_vec();
-    let elems: Vec<(Vec<u8>, bool)> = intervals
+    let elems: Vec<Elem> = intervals
         .iter()
-        .flat_map(|&(lo, end)| std::iter::once((key(lo), false)).chain(end.map(|e| (key(e), true))))
+        .flat_map(|&(lo, end)| {
+            std::iter::once(Elem::key(key(lo), false)).chain(end.map(|e| Elem::key(key(e), true)))
+        })
         .collect();
     for elems in elems.chunks(ELEMS_PER_MSG) {
         let message = Elems {
@@ -196,6 +214,30 @@ fn add_elems(
         };
         batch.add(&message, MsgType::Add);
     }
+    Ok(())
+}
+
+/// Add every jump of map `m`, or empty it (`delete`: a DELSETELEM without elements).
+fn map_elems(batch: &mut Batch, m: &MarkMap, set_id: u32, delete: bool) -> io::Result<()> {
+    let name = cstring(&m.name)?;
+    let mut elems = Vec::new();
+    if !delete {
+        for (mark, chain) in &m.jumps {
+            elems.push(Elem {
+                key: mark.to_ne_bytes().to_vec(),
+                end: false,
+                jump: Some(cstring(chain)?),
+            });
+        }
+    }
+    let message = Elems {
+        table: TABLE,
+        set: &name,
+        set_id,
+        elems: &elems,
+        delete,
+    };
+    batch.add(&message, if delete { MsgType::Del } else { MsgType::Add });
     Ok(())
 }
 
@@ -241,6 +283,7 @@ fn match_sets<'a>(r: &Ruleset, table: &'a Table) -> io::Result<Vec<MatchSetObj<'
 /// The sets rules refer to, for lookups and dynamic updates by name and batch id.
 struct Refs<'r, 'a> {
     stale: &'r StaleSets<'a>,
+    link_marks: &'r CStr,
     addr_sets: &'r [AddrSetObj<'a>],
     match_sets: &'r [MatchSetObj<'a>],
 }
@@ -259,7 +302,9 @@ impl Sets for Refs<'_, '_> {
     }
 
     fn id(&self, set: &str) -> io::Result<(&CStr, u32)> {
-        Ok(if set.as_bytes() == STALE4.to_bytes() {
+        Ok(if set == LINK_MARKS {
+            (self.link_marks, LINK_MARKS_ID)
+        } else if set.as_bytes() == STALE4.to_bytes() {
             (STALE4, self.stale.v4.get_id())
         } else if set.as_bytes() == STALE6.to_bytes() {
             (STALE6, self.stale.v6.get_id())

@@ -26,6 +26,7 @@ use super::{STALE4, STALE6};
 use crate::config::Prefix;
 use crate::dataplane::nft_ext::{
     Base, CtReplyDaddr4, Dynset, Hton32, MetaPktType, Notrack, NumgenRandom, RawLoad, SnatPrefix6,
+    VerdictLookup,
 };
 
 /// One nftables expression. Loads write register 1 (a payload longer than 16 bytes continues
@@ -66,6 +67,11 @@ pub enum Expr {
     },
     /// Register 1 (and the ones after it, for a long key) is in the set called `set`.
     Lookup {
+        set: String,
+    },
+    /// Register 1 looked up in the verdict map called `set`: the verdict of its element, if it
+    /// has one, is taken.
+    VerdictLookup {
         set: String,
     },
     /// Add register 1 to the set, refresh it, or delete it (`timeout_ms` for add and update).
@@ -136,6 +142,14 @@ pub fn lower(op: &Op) -> io::Result<Vec<Expr>> {
     use Expr as E;
     Ok(match op {
         Op::CtMarkIs { mask, value } => mark_is(E::Ct(CtKey::Mark), *mask, *value),
+        Op::CtMarkVmap { mask, map } => vec![
+            E::Ct(CtKey::Mark),
+            E::Bitwise {
+                mask: mask.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            E::VerdictLookup { set: map.clone() },
+        ],
         Op::MetaMarkIs { mask, value } => mark_is(E::Meta(MetaKey::Mark), *mask, *value),
         Op::SetCtMark { mask, value } => set_mark(E::Ct(CtKey::Mark), E::SetCtMark, *mask, *value),
         Op::SetMetaMark { mask, value } => {
@@ -452,6 +466,10 @@ fn add_expr(rule: &mut Rule<'_>, e: &Expr, sets: &impl Sets) -> io::Result<()> {
             })
         }
         Expr::Lookup { set } => rule.add_expr(&sets.lookup(set)?),
+        Expr::VerdictLookup { set } => {
+            let (set, set_id) = sets.id(set)?;
+            rule.add_expr(&VerdictLookup { set, set_id });
+        }
         Expr::Dynset {
             op,
             set,

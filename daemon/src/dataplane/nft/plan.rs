@@ -29,6 +29,11 @@ pub enum Op {
         mask: u32,
         value: u32,
     },
+    /// `ct mark & mask vmap @MAP`: the chain the map gives for the flow's link bits runs.
+    CtMarkVmap {
+        mask: u32,
+        map: String,
+    },
     IifName(String),
     OifName(String),
     CtStateNew,
@@ -192,11 +197,23 @@ pub fn intervals(kind: MatchKind, mut ranges: Vec<(u128, u128)>) -> Intervals {
         .collect()
 }
 
+/// The verdict map from a flow's link bits (`ct mark & mask`) to the chain that restores them
+/// (`restore_<link>`): restoring costs one lookup however many links there are.
+pub const LINK_MARKS: &str = "link_marks";
+
+/// A verdict map keyed by mark: each mark jumps to its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkMap {
+    pub name: String,
+    pub jumps: Vec<(u32, String)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: Vec<ChainPlan>,
     pub addr_sets: Vec<AddrSet>,
     pub match_sets: Vec<MatchSet>,
+    pub link_marks: MarkMap,
 }
 
 /// Dynamic set operations (`NFT_DYNSET_OP_*`).
@@ -267,10 +284,17 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
             Hook::In,
             ChainType::Filter,
             PRIO_FILTER,
-            wan_guard(d),
+            enter_wan_guard(),
         ));
+        chains.push(ChainPlan {
+            name: WAN_GUARD.into(),
+            base: None,
+            rules: wan_guard(d),
+        });
     }
     chains.append(&mut new_flows);
+    let (link_marks, restore) = restore_chains(d);
+    chains.extend(restore);
     let mut addr_sets = Vec::new();
     let mut match_sets = Vec::new();
     chains.extend(steering(d, &mut addr_sets, &mut match_sets));
@@ -279,6 +303,7 @@ pub fn render(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Ruleset {
         chains,
         addr_sets,
         match_sets,
+        link_marks,
     }
 }
 
@@ -353,9 +378,6 @@ fn prerouting(d: &DesiredState, chains: &mut Vec<ChainPlan>) -> Vec<Vec<Op>> {
 /// local) would kill the flow; a drop makes the sender retransmit instead.
 fn wan_guard(d: &DesiredState) -> Vec<Vec<Op>> {
     let mut guard = Vec::new();
-    if !d.ha {
-        return guard;
-    }
     for l in &d.links {
         guard.push(vec![
             Op::IifName(l.interface.clone()),
@@ -371,6 +393,19 @@ fn wan_guard(d: &DesiredState) -> Vec<Vec<Op>> {
         ]);
     }
     guard
+}
+
+/// The chain of the WAN guard's per-link rules.
+const WAN_GUARD: &str = "wan_guard";
+
+/// Only invalid and new packets can meet the WAN guard: packets of established flows pass with
+/// two tests whatever the number of links.
+fn enter_wan_guard() -> Vec<Vec<Op>> {
+    let jump = || Op::Jump(WAN_GUARD.into());
+    vec![
+        vec![Op::CtStateInvalid, jump()],
+        vec![Op::CtStateNew, jump()],
+    ]
 }
 
 fn forward(d: &DesiredState) -> Vec<Vec<Op>> {
@@ -403,7 +438,9 @@ fn forward(d: &DesiredState) -> Vec<Vec<Op>> {
     for lan in &d.lan_interfaces {
         forward.push(vec![Op::IifName(lan.clone()), Op::CtStateInvalid, Op::Drop]);
     }
-    forward.extend(wan_guard(d));
+    if d.ha {
+        forward.extend(enter_wan_guard());
+    }
     forward
 }
 
@@ -575,22 +612,35 @@ fn postrouting(d: &DesiredState, addrs: &[Vec<IpAddr>]) -> Vec<Vec<Op>> {
     post
 }
 
-/// For each link: `ct mark & mask == mark → meta mark set ... | mark`.
+/// The flow's link bits back on the packet: one rule, `ct mark & mask vmap @link_marks`, which
+/// runs the link's `restore_<link>` chain.
 fn restore_marks(d: &DesiredState) -> Vec<Vec<Op>> {
-    let mask = d.mark_mask;
-    d.links
-        .iter()
-        .map(|l| {
-            vec![
-                Op::CtMarkIs {
-                    mask,
-                    value: l.mark,
-                },
-                Op::SetMetaMark {
-                    mask,
-                    value: l.mark,
-                },
-            ]
-        })
-        .collect()
+    vec![vec![Op::CtMarkVmap {
+        mask: d.mark_mask,
+        map: LINK_MARKS.into(),
+    }]]
+}
+
+/// Per link, chain `restore_<link>`: `meta mark set meta mark & ~mask | mark`; and the map from
+/// each link's mark to it.
+fn restore_chains(d: &DesiredState) -> (MarkMap, Vec<ChainPlan>) {
+    let mut jumps = Vec::new();
+    let mut chains = Vec::new();
+    for l in &d.links {
+        let name = format!("restore_{}", l.name);
+        jumps.push((l.mark, name.clone()));
+        chains.push(ChainPlan {
+            name,
+            base: None,
+            rules: vec![vec![Op::SetMetaMark {
+                mask: d.mark_mask,
+                value: l.mark,
+            }]],
+        });
+    }
+    let map = MarkMap {
+        name: LINK_MARKS.into(),
+        jumps,
+    };
+    (map, chains)
 }

@@ -57,7 +57,7 @@ pub fn generation() -> io::Result<u32> {
 
 /// A digest of what our table does: each chain's name, hook, type and policy, each rule's chain
 /// and expressions, in the kernel's order (handles and positions left out), and the elements of
-/// the constant sets `sets` (the rules' lists). Equal digests mean equal tables; `None`: the
+/// the constant sets `sets` (the rules' lists, the link marks' map). Equal digests mean equal tables; `None`: the
 /// table does not exist. The dynamic sets are left out: the packet path changes them.
 pub fn digest(sets: &[String]) -> io::Result<Option<u64>> {
     with_socket(|s| digest_on(s, sets))

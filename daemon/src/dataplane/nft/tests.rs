@@ -47,9 +47,9 @@ fn renders_restore_steer_resets_and_masquerade() {
   set stale6 { type ipv6_addr . ipv6_addr . inet_service . inet_service; size 4194304; flags dynamic,timeout; timeout 1200s; }
   set foreign_nat_1 { type ipv4_addr; flags dynamic,timeout; }
   set foreign_nat_2 { type ipv4_addr; flags dynamic,timeout; }
+  map link_marks { type mark : verdict; elements = { 0xf00 : jump restore_l1, 0x3c00 : jump restore_l2 }; }
   chain prerouting { type filter hook prerouting priority -150; policy accept;
-    ct mark & 0xff00 == 0xf00 meta mark set meta mark & 0xffff00ff | 0xf00
-    ct mark & 0xff00 == 0x3c00 meta mark set meta mark & 0xffff00ff | 0x3c00
+    ct mark & 0xff00 vmap @link_marks
     ct state new jump prerouting_new
   }
   chain forward { type filter hook forward priority 0; policy accept;
@@ -68,8 +68,7 @@ fn renders_restore_steer_resets_and_masquerade() {
     meta mark & 0xff00 == 0xff00 notrack
   }
   chain output_route { type route hook output priority -150; policy accept;
-    ct mark & 0xff00 == 0xf00 meta mark set meta mark & 0xffff00ff | 0xf00
-    ct mark & 0xff00 == 0x3c00 meta mark set meta mark & 0xffff00ff | 0x3c00
+    ct mark & 0xff00 vmap @link_marks
     ct state new meta mark & 0xff00 == 0x0 jump output_route_new
   }
   chain record_link { type filter hook postrouting priority -150; policy accept;
@@ -101,6 +100,12 @@ fn renders_restore_steer_resets_and_masquerade() {
   chain check_nat_new {
     oifname "wan1" ct reply ip daddr != 100.64.1.2 add @foreign_nat_1 { ct reply ip daddr timeout 600s }
     oifname "wan2" ct reply ip daddr != 100.64.2.2 add @foreign_nat_2 { ct reply ip daddr timeout 600s }
+  }
+  chain restore_l1 {
+    meta mark set meta mark & 0xffff00ff | 0xf00
+  }
+  chain restore_l2 {
+    meta mark set meta mark & 0xffff00ff | 0x3c00
   }
   chain steer {
     meta mark & 0xff00 == 0x0 jump policy_default
@@ -310,6 +315,13 @@ fn every_op() -> Vec<(Op, &'static str)> {
             "ct mark & 0xff00 == 0x100",
         ),
         (
+            Op::CtMarkVmap {
+                mask: 0xff00,
+                map: plan::LINK_MARKS.into(),
+            },
+            "ct mark & 0xff00 vmap @link_marks",
+        ),
+        (
             Op::MetaMarkIs {
                 mask: 0xff00,
                 value: 0,
@@ -467,8 +479,8 @@ fn every_op_and_expression_encodes_into_a_batch() {
         .flat_map(|(op, _)| lower(op).unwrap())
         .map(|e| discriminant(&e))
         .collect();
-    // Every variant of Expr (all 23) is used by some op, so all of add_expr runs.
-    assert_eq!(exprs.len(), 23);
+    // Every variant of Expr (all 24) is used by some op, so all of add_expr runs.
+    assert_eq!(exprs.len(), 24);
     let rules = Ruleset {
         chains: vec![
             ChainPlan {
@@ -509,6 +521,10 @@ fn every_op_and_expression_encodes_into_a_batch() {
                 intervals: std::sync::Arc::new(vec![(1, None)]),
             },
         ],
+        link_marks: plan::MarkMap {
+            name: plan::LINK_MARKS.into(),
+            jumps: vec![(0x100, "steer".into())],
+        },
     };
     let batch = batch::build(&rules, None).unwrap();
     assert!(batch.iter().flatten().count() > 0);
@@ -605,8 +621,9 @@ fn an_update_writes_only_the_chains_and_intervals_that_changed() {
     let fresh = messages(&batch::build(&r1, None).unwrap());
     // Nothing changed: the table, its sets and chains are declared again, no rule or element.
     let same = messages(&batch::build(&r1, Some((&r1, false))).unwrap());
-    // Batch begin and end, the table, the two stale sets, the list's set, the chains.
-    let declarations = 2 + 1 + 2 + 1 + r1.chains.len();
+    // Batch begin and end, the table, the two stale sets, the link marks' map, the list's set,
+    // the chains.
+    let declarations = 2 + 1 + 2 + 1 + 1 + r1.chains.len();
     assert_eq!(same, declarations);
     assert!(fresh > same + 3000 / 1000, "{fresh} vs {same}");
     // A failover: the default policy's chain is flushed and refilled, nothing else.
@@ -630,10 +647,10 @@ fn an_update_writes_only_the_chains_and_intervals_that_changed() {
         messages(&batch::build(&r3, Some((&r1, false))).unwrap()),
         declarations + 2
     );
-    // A repair rewrites everything but keeps the dynamic sets: a flush of the list's set and
-    // every chain, then all of it again.
+    // A repair rewrites everything but keeps the dynamic sets: a flush of the list's set, of
+    // the link marks' map and of every chain, then all of it again.
     let repair = messages(&batch::build(&r1, Some((&r1, true))).unwrap());
-    assert_eq!(repair, fresh - 2 + 1 + r1.chains.len());
+    assert_eq!(repair, fresh - 2 + 2 + r1.chains.len());
 }
 
 #[test]
@@ -661,9 +678,12 @@ fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_addre
             ]
         })
         .collect();
-    assert_eq!(chain(&r, "input"), guard);
+    assert_eq!(chain(&r, "wan_guard"), guard);
+    // Entered only by invalid and new packets, from input and at the end of forward.
+    let enter = ["ct state invalid jump wan_guard", "ct state new jump wan_guard"];
+    assert_eq!(chain(&r, "input"), enter);
     assert!(
-        chain(&r, "forward").ends_with(&guard),
+        chain(&r, "forward").ends_with(&enter.map(String::from)),
         "{:#?}",
         chain(&r, "forward")
     );
@@ -693,6 +713,6 @@ fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_addre
     );
     // A single router has none of it.
     let single = render(&state(r#""lan0""#, "", &[(0, 1)]), &addrs);
-    assert!(!single.chains.iter().any(|c| c.name == "input"));
+    assert!(!single.chains.iter().any(|c| c.name == "input" || c.name == "wan_guard"));
     assert!(!single.to_string().contains("pkttype"));
 }

@@ -116,6 +116,7 @@ fn mark(e: &[Expr]) -> Phrase {
                 data,
             },
         ) if xor == 0 => format!("{key} & {mask:#x} == {:#x}", u32_ne(data)?),
+        (_, Expr::VerdictLookup { set }) if xor == 0 => format!("{key} & {mask:#x} vmap @{set}"),
         (Expr::Meta(_), Expr::SetMetaMark) | (Expr::Ct(_), Expr::SetCtMark) => {
             format!("{key} set {key} & {mask:#x} | {xor:#x}")
         }
@@ -467,6 +468,7 @@ fn raw(e: &Expr) -> String {
             reg32,
         } => format!("payload {} => reg32 {reg32}", payload(*base, *offset, *len)),
         Expr::Lookup { set } => format!("lookup @{set}"),
+        Expr::VerdictLookup { set } => format!("lookup @{set} => verdict"),
         Expr::Dynset {
             op,
             set,
@@ -523,6 +525,14 @@ impl fmt::Display for Ruleset {
                 set.name
             )?;
         }
+        let jumps: Vec<String> = (self.link_marks.jumps.iter())
+            .map(|(mark, chain)| format!("{mark:#x} : jump {chain}"))
+            .collect();
+        write!(f, "  map {} {{ type mark : verdict;", self.link_marks.name)?;
+        if !jumps.is_empty() {
+            write!(f, " elements = {{ {} }};", jumps.join(", "))?;
+        }
+        writeln!(f, " }}")?;
         for c in &self.chains {
             write!(f, "  chain {} {{", c.name)?;
             if let Some((hook, kind, priority)) = c.base {
