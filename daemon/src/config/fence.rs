@@ -33,19 +33,24 @@ pub const RESERVED_TABLES: RangeInclusive<u32> = 253..=255;
 /// `ip rule` priority of the kernel's `lookup main` rule; ours must come before it.
 pub const MAIN_RULE_PRIORITY: u32 = 32766;
 
-/// Priorities of our rules, relative to `rule_priority`: main without defaults (0); the
-/// addresses of the links other than the default policy's (a socket bound to one leaves through
-/// its link, whatever mark the steering gives it); the marks; the refusal of flows whose policy
-/// has no usable link; and last, for the router's own unmarked lookups (`iif lo`: its sockets
-/// choosing their source address), the default policy's link, so its new flows follow failover.
-/// A socket bound to the default link's own address cannot be told from one whose address the
-/// kernel chose that way, so it is steered like the router's other new flows.
-pub const PRIO_FROM: u32 = 1;
-/// See [`PRIO_FROM`]: after the bound addresses, so those win over the steering.
-pub const PRIO_MARK: u32 = 2;
-/// See [`PRIO_FROM`]: after the links' marks; the unreachable mark is never a link's.
+/// Priorities of our rules, relative to `rule_priority`: main without defaults (0); the marks;
+/// for unmarked packets, the addresses of the links other than the default policy's (a socket
+/// bound to one leaves through its link); the refusal of flows whose policy has no usable link;
+/// and last, for the router's own unmarked lookups (`iif lo`: its sockets choosing their source
+/// address), the default policy's link, so its new flows follow failover. A socket bound to the
+/// default link's own address cannot be told from one whose address the kernel chose that way,
+/// so it is steered like the router's other new flows.
+///
+/// The marks come first: nearly every packet routed is marked (every packet of a flow with a
+/// link, every probe), and the kernel walks the rules in order, so a marked packet no longer
+/// passes one address rule per link first. Address rules match only unmarked packets, so the
+/// order of the two bands does not change which rule a packet meets.
+pub const PRIO_MARK: u32 = 1;
+/// See [`PRIO_MARK`].
+pub const PRIO_FROM: u32 = 2;
+/// See [`PRIO_MARK`]: the unreachable mark is never a link's.
 pub const PRIO_UNREACHABLE: u32 = 3;
-/// See [`PRIO_FROM`]: last, for the router's own lookups that no earlier rule took.
+/// See [`PRIO_MARK`]: last, for the router's own lookups that no earlier rule took.
 pub const PRIO_DEFAULT: u32 = 4;
 
 /// Mark values under the mask never given to a link: [`DataplaneOptions::tickle_mark`] and

@@ -313,8 +313,8 @@ mod tests {
             text,
             vec![
                 "ip rule add pref 1000 lookup 254 suppress_prefixlength 0",
-                "ip rule add pref 1002 fwmark 0xf00/0xff00 lookup 114",
-                "ip rule add pref 1002 fwmark 0x3c00/0xff00 lookup 159",
+                "ip rule add pref 1001 fwmark 0xf00/0xff00 lookup 114",
+                "ip rule add pref 1001 fwmark 0x3c00/0xff00 lookup 159",
                 "ip rule add pref 1003 fwmark 0xfe00/0xff00 unreachable",
                 "ip rule add pref 1004 iif lo lookup 114",
             ]
@@ -358,7 +358,7 @@ mod tests {
         // and for `iif lo lookup 100`.
         let mut m = RuleMessage::default();
         m.attributes = vec![
-            RuleAttribute::Priority(1001),
+            RuleAttribute::Priority(1002),
             RuleAttribute::FwMask(0xff00),
             RuleAttribute::Table(101),
         ];

@@ -680,7 +680,10 @@ fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_addre
         .collect();
     assert_eq!(chain(&r, "wan_guard"), guard);
     // Entered only by invalid and new packets, from input and at the end of forward.
-    let enter = ["ct state invalid jump wan_guard", "ct state new jump wan_guard"];
+    let enter = [
+        "ct state invalid jump wan_guard",
+        "ct state new jump wan_guard",
+    ];
     assert_eq!(chain(&r, "input"), enter);
     assert!(
         chain(&r, "forward").ends_with(&enter.map(String::from)),
@@ -713,6 +716,9 @@ fn a_pair_steers_only_unicast_guards_its_wans_and_translates_to_the_shared_addre
     );
     // A single router has none of it.
     let single = render(&state(r#""lan0""#, "", &[(0, 1)]), &addrs);
-    assert!(!single.chains.iter().any(|c| c.name == "input" || c.name == "wan_guard"));
+    assert!(!single
+        .chains
+        .iter()
+        .any(|c| c.name == "input" || c.name == "wan_guard"));
     assert!(!single.to_string().contains("pkttype"));
 }
