@@ -16,6 +16,8 @@
 
 mod batch;
 mod encode;
+#[cfg(test)]
+mod op_tests;
 mod plan;
 mod read;
 mod steer;
