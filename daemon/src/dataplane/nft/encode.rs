@@ -141,7 +141,6 @@ pub enum Reg {
 pub fn lower(op: &Op) -> io::Result<Vec<Expr>> {
     use Expr as E;
     Ok(match op {
-        Op::CtMarkIs { mask, value } => mark_is(E::Ct(CtKey::Mark), *mask, *value),
         Op::CtMarkVmap { mask, map } => vec![
             E::Ct(CtKey::Mark),
             E::Bitwise {

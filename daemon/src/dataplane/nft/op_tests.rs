@@ -25,13 +25,6 @@ fn every_op() -> Vec<(Op, &'static str)> {
     };
     vec![
         (
-            Op::CtMarkIs {
-                mask: 0xff00,
-                value: 0x100,
-            },
-            "ct mark & 0xff00 == 0x100",
-        ),
-        (
             Op::CtMarkVmap {
                 mask: 0xff00,
                 map: plan::LINK_MARKS.into(),

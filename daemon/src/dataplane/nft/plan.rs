@@ -24,11 +24,6 @@ const PRIO_RAW: i32 = libc::NF_IP_PRI_RAW;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// `ct mark & mask == value`
-    CtMarkIs {
-        mask: u32,
-        value: u32,
-    },
     /// `ct mark & mask vmap @MAP`: the chain the map gives for the flow's link bits runs.
     CtMarkVmap {
         mask: u32,
