@@ -281,5 +281,5 @@ impl Dataplane for Kernel {
 /// whose elements the digest covers.
 fn list_names(rules: &nft::Ruleset) -> Vec<String> {
     let lists = rules.match_sets.iter().map(|m| m.name.clone());
-    lists.chain([rules.link_marks.name.clone()]).collect()
+    lists.chain([nft::LINK_MARKS.to_string()]).collect()
 }

@@ -8,7 +8,7 @@ use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule, Table};
 
 use super::encode::{add_exprs, cstring, lower, Sets};
-use super::plan::{AddrSet, Intervals, MarkMap, MatchKind, MatchSet, Ruleset, LINK_MARKS};
+use super::plan::{AddrSet, Intervals, MatchKind, MatchSet, Ruleset, LINK_MARKS};
 use super::{StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::{
     set_dynamic, set_interval, set_size, set_timeout, set_verdict_map, ConcatKey, Elem, Elems,
@@ -58,7 +58,7 @@ pub(super) fn build(
     // Per chain of `rules`: whether its rules are written (it is new or changed).
     let fill: Vec<bool> = match previous {
         Some((p, repair)) => {
-            clear_previous(&mut batch, &table, p, rules, repair)?;
+            clear_previous(&mut batch, &table, p, rules, repair, fill_map)?;
             rules
                 .chains
                 .iter()
@@ -109,7 +109,7 @@ pub(super) fn build(
         chains.push(chain);
     }
     if fill_map {
-        map_elems(&mut batch, &rules.link_marks, LINK_MARKS_ID, false)?;
+        add_jumps(&mut batch, &map_name, &rules.link_marks)?;
     }
     let refs = Refs {
         stale: &sets,
@@ -132,18 +132,21 @@ pub(super) fn build(
     Ok(batch.finalize())
 }
 
-/// Update in place: flush the chains of the previous ruleset that change (all of them for a
-/// repair), delete its chains and sets that `rules` no longer has, and take out of the rule
-/// lists' sets the intervals they lose (everything, for a repair, which refills them).
+/// Update in place: empty the link marks' map first if it is refilled (`refill_map`: its
+/// elements hold the chains they jump to), flush the chains of the previous ruleset that change
+/// (all of them for a repair), delete its chains and sets that `rules` no longer has, and take
+/// out of the rule lists' sets the intervals they lose (everything, for a repair, which refills
+/// them).
 fn clear_previous(
     batch: &mut Batch,
     table: &Table,
     previous: &Ruleset,
     rules: &Ruleset,
     repair: bool,
+    refill_map: bool,
 ) -> io::Result<()> {
-    if repair || previous.link_marks != rules.link_marks {
-        map_elems(batch, &previous.link_marks, 0, true)?;
+    if refill_map {
+        flush_elems(batch, LINK_MARKS)?;
     }
     let names = chain_names(previous)?;
     let chains: Vec<Chain<'_>> = names.iter().map(|n| Chain::new(n, table)).collect();
@@ -167,7 +170,7 @@ fn clear_previous(
     for (old, obj) in previous.match_sets.iter().zip(&lists) {
         match rules.match_sets.iter().find(|m| m.name == old.name) {
             None => obj.del(batch),
-            Some(_) if repair => flush_elems(batch, old)?,
+            Some(_) if repair => flush_elems(batch, &old.name)?,
             Some(m) => add_elems(batch, old, 0, &only_in(&old.intervals, &m.intervals), true)?,
         }
     }
@@ -217,33 +220,33 @@ fn add_elems(
     Ok(())
 }
 
-/// Add every jump of map `m`, or empty it (`delete`: a DELSETELEM without elements).
-fn map_elems(batch: &mut Batch, m: &MarkMap, set_id: u32, delete: bool) -> io::Result<()> {
-    let name = cstring(&m.name)?;
-    let mut elems = Vec::new();
-    if !delete {
-        for (mark, chain) in &m.jumps {
-            elems.push(Elem {
+/// The link marks' map `name` gets `jumps`: each mark (in host byte order, as the kernel keeps
+/// marks) jumps to its chain.
+fn add_jumps(batch: &mut Batch, name: &CStr, jumps: &[(u32, String)]) -> io::Result<()> {
+    let elems = jumps
+        .iter()
+        .map(|(mark, chain)| {
+            Ok(Elem {
                 key: mark.to_ne_bytes().to_vec(),
                 end: false,
                 jump: Some(cstring(chain)?),
-            });
-        }
-    }
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     let message = Elems {
         table: TABLE,
-        set: &name,
-        set_id,
+        set: name,
+        set_id: LINK_MARKS_ID,
         elems: &elems,
-        delete,
+        delete: false,
     };
-    batch.add(&message, if delete { MsgType::Del } else { MsgType::Add });
+    batch.add(&message, MsgType::Add);
     Ok(())
 }
 
-/// Empty set `m` (a DELSETELEM without elements).
-fn flush_elems(batch: &mut Batch, m: &MatchSet) -> io::Result<()> {
-    let name = cstring(&m.name)?;
+/// Empty the set called `name` (a DELSETELEM without elements).
+fn flush_elems(batch: &mut Batch, name: &str) -> io::Result<()> {
+    let name = cstring(name)?;
     let message = Elems {
         table: TABLE,
         set: &name,

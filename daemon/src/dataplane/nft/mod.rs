@@ -36,7 +36,7 @@ use super::netlink::Netlink;
 pub use super::reset::{add_stale, StaleKey4, StaleKey6, STALE4, STALE6, STALE_TIMEOUT_MS};
 pub(super) use batch::send;
 pub use batch::{delete, replace};
-pub use plan::{foreign_nat_set, render, AddrSet, ChainPlan, DynOp, Op, Ruleset};
+pub use plan::{foreign_nat_set, render, AddrSet, ChainPlan, DynOp, Op, Ruleset, LINK_MARKS};
 pub use read::{digest, generation, ipv4_elements};
 
 /// The daemon's nf_tables socket, kept open: closing a netlink socket of the netfilter family

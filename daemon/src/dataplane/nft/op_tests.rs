@@ -231,10 +231,7 @@ fn every_op_and_expression_encodes_into_a_batch() {
                 intervals: std::sync::Arc::new(vec![(1, None)]),
             },
         ],
-        link_marks: plan::MarkMap {
-            name: plan::LINK_MARKS.into(),
-            jumps: vec![(0x100, "steer".into())],
-        },
+        link_marks: vec![(0x100, "steer".into())],
     };
     let batch = batch::build(&rules, None).unwrap();
     assert!(batch.iter().flatten().count() > 0);

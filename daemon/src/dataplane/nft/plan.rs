@@ -196,19 +196,13 @@ pub fn intervals(kind: MatchKind, mut ranges: Vec<(u128, u128)>) -> Intervals {
 /// (`restore_<link>`): restoring costs one lookup however many links there are.
 pub const LINK_MARKS: &str = "link_marks";
 
-/// A verdict map keyed by mark: each mark jumps to its chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MarkMap {
-    pub name: String,
-    pub jumps: Vec<(u32, String)>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: Vec<ChainPlan>,
     pub addr_sets: Vec<AddrSet>,
     pub match_sets: Vec<MatchSet>,
-    pub link_marks: MarkMap,
+    /// The elements of [`LINK_MARKS`]: each link's mark and the chain it jumps to.
+    pub link_marks: Vec<(u32, String)>,
 }
 
 /// Dynamic set operations (`NFT_DYNSET_OP_*`).
@@ -618,7 +612,7 @@ fn restore_marks(d: &DesiredState) -> Vec<Vec<Op>> {
 
 /// Per link, chain `restore_<link>`: `meta mark set meta mark & ~mask | mark`; and the map from
 /// each link's mark to it.
-fn restore_chains(d: &DesiredState) -> (MarkMap, Vec<ChainPlan>) {
+fn restore_chains(d: &DesiredState) -> (Vec<(u32, String)>, Vec<ChainPlan>) {
     let mut jumps = Vec::new();
     let mut chains = Vec::new();
     for l in &d.links {
@@ -633,9 +627,5 @@ fn restore_chains(d: &DesiredState) -> (MarkMap, Vec<ChainPlan>) {
             }]],
         });
     }
-    let map = MarkMap {
-        name: LINK_MARKS.into(),
-        jumps,
-    };
-    (map, chains)
+    (jumps, chains)
 }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nftnl::{ChainType, Hook};
 
 use super::encode::{addr_offset, lower, CmpKind, CtKey, Expr, MetaKey, Reg, TCP_FLAGS_OFFSET};
-use super::plan::{DynOp, MatchKind, MatchSet, Op, Ruleset};
+use super::plan::{DynOp, MatchKind, MatchSet, Op, Ruleset, LINK_MARKS};
 use super::{IPPROTO_TCP, NFPROTO_IPV4, NFPROTO_IPV6, STALE4, STALE6, STALE_TIMEOUT_MS, TABLE};
 use crate::dataplane::nft_ext::Base;
 
@@ -525,10 +525,10 @@ impl fmt::Display for Ruleset {
                 set.name
             )?;
         }
-        let jumps: Vec<String> = (self.link_marks.jumps.iter())
+        let jumps: Vec<String> = (self.link_marks.iter())
             .map(|(mark, chain)| format!("{mark:#x} : jump {chain}"))
             .collect();
-        write!(f, "  map {} {{ type mark : verdict;", self.link_marks.name)?;
+        write!(f, "  map {LINK_MARKS} {{ type mark : verdict;")?;
         if !jumps.is_empty() {
             write!(f, " elements = {{ {} }};", jumps.join(", "))?;
         }
