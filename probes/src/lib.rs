@@ -49,7 +49,8 @@ pub enum ProbeError {
 /// Which WAN probes leave through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
-    pub interface: String,
+    /// Shared: every probe's task names it, and a copy per probe was an allocation per probe.
+    pub interface: std::sync::Arc<str>,
     pub mark: u32,
 }
 

@@ -51,8 +51,6 @@ impl Probes for LinkProbes {
 /// are bound to may have been deleted and re-created).
 struct LinkProber {
     binding: Binding,
-    /// The interface's name for the probe tasks' messages, shared rather than copied per probe.
-    name: Arc<str>,
     inner: Arc<Prober>,
     targets: Arc<Vec<Target>>,
     open: bool,
@@ -66,12 +64,11 @@ struct LinkProber {
 impl LinkProber {
     fn new(l: &crate::config::Link) -> Self {
         let binding = Binding {
-            interface: l.interface.clone(),
+            interface: l.interface.as_str().into(),
             mark: l.mark,
         };
         LinkProber {
             inner: Arc::new(Prober::new(binding.clone())),
-            name: l.interface.as_str().into(),
             binding,
             targets: Arc::new(l.targets.clone()),
             open: false,
@@ -109,7 +106,7 @@ impl LinkProber {
             self.targets.clone(),
             self.reopen.clone(),
             self.cert_errors.clone(),
-            self.name.clone(),
+            self.binding.interface.clone(),
         );
         tokio::spawn(async move {
             let target = &targets[req.target];
