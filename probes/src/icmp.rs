@@ -9,7 +9,7 @@
 //! it). Anything else is ignored, so a forger who sees the probes to one target can fail only
 //! that target's probes, never the others' that the quorum relies on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Notify};
 
 use crate::{bound_socket, Binding, ProbeError};
 
@@ -95,7 +94,7 @@ impl<W> Outstanding<W> {
     }
 
     /// A new probe to `dest`: what to put on the wire. It is outstanding until it is answered
-    /// or [`Self::cancel`]led.
+    /// or [`Self::take`]n.
     pub fn start(&mut self, dest: IpAddr, waiter: W) -> (EchoId, u64) {
         let keys = &self.keys;
         let flow = self.flows.entry(dest).or_insert_with(|| Flow {
@@ -123,9 +122,18 @@ impl<W> Outstanding<W> {
         (id, token)
     }
 
-    /// The probe `id` is no longer waited for (it timed out, or its send failed).
-    pub fn cancel(&mut self, id: &EchoId) {
-        self.probes.remove(id);
+    /// Whether the probe `id` with `token` is still waiting for its answer.
+    pub fn is_outstanding(&self, id: &EchoId, token: u64) -> bool {
+        self.probes.get(id).is_some_and(|p| p.token == token)
+    }
+
+    /// The waiter of the probe `id` with `token`, which is then no longer outstanding (it
+    /// timed out, or its send failed); `None` if it is not outstanding.
+    pub fn take(&mut self, id: &EchoId, token: u64) -> Option<W> {
+        if !self.is_outstanding(id, token) {
+            return None;
+        }
+        self.probes.remove(id).map(|p| p.waiter)
     }
 
     /// The waiter of the outstanding probe that `p` answers, which is then no longer
@@ -143,93 +151,214 @@ impl<W> Outstanding<W> {
     }
 }
 
-#[derive(Debug)]
-enum Answer {
-    Reply(Instant),
-    Error {
-        icmp_type: u8,
-        code: u8,
-        from: IpAddr,
-    },
+/// A probe waiting for its answer: when it was sent, and the caller's tag for it.
+struct Waiting<T> {
+    sent: Instant,
+    tag: T,
 }
 
-type Shared = Arc<Mutex<Outstanding<oneshot::Sender<Answer>>>>;
-
-/// One raw ICMP (or ICMPv6) socket of a link and its receive task.
-pub struct IcmpSocket {
-    socket: Arc<UdpSocket>,
-    v6: bool,
-    outstanding: Shared,
-    receiver: JoinHandle<()>,
+/// What the socket and its receive task share.
+struct State<T> {
+    outstanding: Outstanding<Waiting<T>>,
+    /// Probes in the order they were sent, with their deadlines and tokens. One timeout per
+    /// socket makes that the order of the deadlines too; answered ones are dropped from the
+    /// front as it comes to them.
+    deadlines: VecDeque<(Instant, EchoId, u64)>,
 }
 
-impl Drop for IcmpSocket {
-    fn drop(&mut self) {
-        self.receiver.abort();
+impl<T> State<T> {
+    /// The earliest deadline of a probe still outstanding.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(at, id, token)) = self.deadlines.front() {
+            if self.outstanding.is_outstanding(&id, token) {
+                return Some(at);
+            }
+            self.deadlines.pop_front();
+        }
+        None
+    }
+
+    /// The probes whose deadline is `now` or earlier, no longer outstanding.
+    fn expire(&mut self, now: Instant, out: &mut Vec<T>) {
+        while let Some(&(at, id, token)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(w) = self.outstanding.take(&id, token) {
+                out.push(w.tag);
+            }
+        }
     }
 }
 
-impl IcmpSocket {
+/// The end of a probe: its round-trip time, or why it failed.
+pub type Outcome = Result<Duration, ProbeError>;
+
+/// One raw ICMP (or ICMPv6) socket of a link and its receive task. A probe is sent without a
+/// task of its own: the receive task matches each answer to its probe, times out the ones
+/// unanswered after `timeout`, and hands every probe's outcome, with the tag it was sent with,
+/// to `deliver` (exactly once per probe sent).
+pub struct IcmpSocket<T> {
+    /// The same socket as the receive task's, sent on directly: tokio's `try_send_to` would
+    /// refuse until its reactor has seen the new socket writable.
+    socket: std::net::UdpSocket,
+    v6: bool,
+    timeout: Duration,
+    state: Arc<Mutex<State<T>>>,
+    /// Wakes the receive task to arm its timer when a probe is sent while none was outstanding.
+    armed: Arc<Notify>,
+    /// Dropped with the socket: the receive task then finishes the probes still outstanding
+    /// (answered or timed out) and ends.
+    _open: oneshot::Sender<()>,
+}
+
+impl<T: Send + 'static> IcmpSocket<T> {
     /// Must be called inside a tokio runtime.
-    pub fn new(binding: &Binding, v6: bool) -> io::Result<Self> {
+    pub fn new(
+        binding: &Binding,
+        v6: bool,
+        timeout: Duration,
+        deliver: impl FnMut(T, Outcome) + Send + 'static,
+    ) -> io::Result<Self> {
         let (domain, proto) = if v6 {
             (Domain::IPV6, Protocol::ICMPV6)
         } else {
             (Domain::IPV4, Protocol::ICMPV4)
         };
-        let socket = bound_socket(domain, Type::RAW, proto, binding)?;
-        // tokio's UdpSocket only needs a datagram-like descriptor: send_to and recv_from.
-        let socket = Arc::new(UdpSocket::from_std(std::net::UdpSocket::from(socket))?);
-        let outstanding: Shared = Arc::new(Mutex::new(Outstanding::new(RandomState::new())));
-        let receiver = tokio::spawn(receive(socket.clone(), v6, outstanding.clone()));
+        // std's and tokio's UdpSocket only need a datagram-like descriptor: send_to and
+        // recv_from.
+        let socket = std::net::UdpSocket::from(bound_socket(domain, Type::RAW, proto, binding)?);
+        let receiving = UdpSocket::from_std(socket.try_clone()?)?;
+        let state = Arc::new(Mutex::new(State {
+            outstanding: Outstanding::new(RandomState::new()),
+            deadlines: VecDeque::new(),
+        }));
+        let armed = Arc::new(Notify::new());
+        let (open, closed) = oneshot::channel();
+        let receiver = Receiver {
+            socket: receiving,
+            v6,
+            timeout,
+            state: state.clone(),
+            armed: armed.clone(),
+        };
+        tokio::spawn(receiver.run(closed, deliver));
         Ok(IcmpSocket {
             socket,
             v6,
-            outstanding,
-            receiver,
+            timeout,
+            state,
+            armed,
+            _open: open,
         })
     }
 
-    pub async fn probe(&self, dest: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
+    /// Send one echo request to `dest`. Its outcome goes to `deliver`, unless the send fails
+    /// at once: then the tag comes back with the error. A full send buffer is no such failure:
+    /// the request is lost, as on a congested link, and times out.
+    pub fn send(&self, dest: IpAddr, tag: T) -> Result<(), (T, ProbeError)> {
         if dest.is_ipv6() != self.v6 {
-            return Err(ProbeError::Other(
-                "address family does not match the socket".into(),
-            ));
+            let e = ProbeError::Other("address family does not match the socket".into());
+            return Err((tag, e));
         }
-        let (tx, rx) = oneshot::channel();
-        let (id, token) = lock(&self.outstanding).start(dest, tx);
-        let result = self.exchange(id, token, timeout, rx).await;
-        lock(&self.outstanding).cancel(&id);
-        result
+        let sent = Instant::now();
+        let (id, token, first) = {
+            let mut s = lock(&self.state);
+            let first = s.next_deadline().is_none();
+            let (id, token) = s.outstanding.start(dest, Waiting { sent, tag });
+            s.deadlines.push_back((sent + self.timeout, id, token));
+            (id, token, first)
+        };
+        let packet = echo_request(self.v6, id.ident, id.seq, token);
+        match self.socket.send_to(&packet, SocketAddr::new(id.dest, 0)) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                let w = lock(&self.state).outstanding.take(&id, token);
+                // The receive task cannot have taken it: no deadline passed, nothing answered
+                // a request never sent.
+                match w {
+                    Some(w) => Err((w.tag, ProbeError::Send(e))),
+                    None => Ok(()),
+                }
+            }
+            _ => {
+                if first {
+                    self.armed.notify_one();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The receive task's half of a socket.
+struct Receiver<T> {
+    socket: UdpSocket,
+    v6: bool,
+    timeout: Duration,
+    state: Arc<Mutex<State<T>>>,
+    armed: Arc<Notify>,
+}
+
+impl<T> Receiver<T> {
+    async fn run(
+        self,
+        mut closed: oneshot::Receiver<()>,
+        mut deliver: impl FnMut(T, Outcome) + Send + 'static,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        let mut expired = Vec::new();
+        let timer = tokio::time::sleep(self.timeout);
+        tokio::pin!(timer);
+        let mut open = true;
+        loop {
+            let next = lock(&self.state).next_deadline();
+            match next {
+                Some(at) => {
+                    let at = tokio::time::Instant::from_std(at);
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                }
+                None if !open => return,
+                None => {}
+            }
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    if let Some((tag, outcome)) = self.answer(&buf[..n], from.ip()) {
+                        deliver(tag, outcome);
+                    }
+                }
+                () = &mut timer, if next.is_some() => {
+                    lock(&self.state).expire(Instant::now(), &mut expired);
+                    for tag in expired.drain(..) {
+                        deliver(tag, Err(ProbeError::Timeout(self.timeout)));
+                    }
+                }
+                () = self.armed.notified() => {}
+                _ = &mut closed, if open => open = false,
+            }
+        }
     }
 
-    async fn exchange(
-        &self,
-        id: EchoId,
-        token: u64,
-        timeout: Duration,
-        rx: oneshot::Receiver<Answer>,
-    ) -> Result<Duration, ProbeError> {
-        let packet = echo_request(self.v6, id.ident, id.seq, token);
-        let sent = Instant::now();
-        self.socket
-            .send_to(&packet, SocketAddr::new(id.dest, 0))
-            .await
-            .map_err(ProbeError::Send)?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Answer::Reply(at))) => Ok(at.saturating_duration_since(sent)),
-            Ok(Ok(Answer::Error {
-                icmp_type,
-                code,
-                from,
-            })) => Err(ProbeError::IcmpError {
+    /// The probe that the packet `buf` from `from` answers, and its outcome.
+    fn answer(&self, buf: &[u8], from: IpAddr) -> Option<(T, Outcome)> {
+        let at = Instant::now();
+        let parsed = parse(buf, self.v6, from)?;
+        let w = lock(&self.state).outstanding.answer(&parsed)?;
+        let outcome = match parsed {
+            Parsed::Reply { .. } => Ok(at.saturating_duration_since(w.sent)),
+            // Any router on the path may report the error: `from` is its address.
+            Parsed::Error {
+                icmp_type, code, ..
+            } => Err(ProbeError::IcmpError {
                 icmp_type,
                 code,
                 from,
             }),
-            Ok(Err(_)) => Err(ProbeError::Other("receiver stopped".into())),
-            Err(_) => Err(ProbeError::Timeout(timeout)),
-        }
+        };
+        Some((w.tag, outcome))
     }
 }
 
@@ -370,35 +499,6 @@ fn echo_header(m: &[u8], t: u8) -> Option<(u16, u16)> {
             u16::from_be_bytes([h[6], h[7]]),
         )
     })
-}
-
-async fn receive(socket: Arc<UdpSocket>, v6: bool, outstanding: Shared) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let at = Instant::now();
-        let from = from.ip();
-        let Some(parsed) = parse(&buf[..n], v6, from) else {
-            continue;
-        };
-        let Some(waiter) = lock(&outstanding).answer(&parsed) else {
-            continue;
-        };
-        let answer = match parsed {
-            Parsed::Reply { .. } => Answer::Reply(at),
-            // Any router on the path may report the error: `from` is its address.
-            Parsed::Error {
-                icmp_type, code, ..
-            } => Answer::Error {
-                icmp_type,
-                code,
-                from,
-            },
-        };
-        let _ = waiter.send(answer);
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-pub use icmp::{checksum, IcmpSocket};
+pub use icmp::{checksum, IcmpSocket, Outcome};
 pub use target::{dns_name, Target};
 
 /// Why a probe got no usable answer.
@@ -64,79 +64,41 @@ pub fn bound_socket(domain: Domain, ty: Type, proto: Protocol, b: &Binding) -> i
     Ok(socket)
 }
 
-/// All probes of one link. ICMP sockets are opened on first use and kept; TCP, HTTP and DNS
-/// probes open a socket each. HTTPS probes share a TLS client per CA file, read when opened.
+/// The probes of one link that are transactions: TCP connect, HTTP(S) GET, DNS query, each on
+/// a socket of its own. HTTPS probes share a TLS client per CA file, read when the prober is
+/// made. (ICMP echo goes through the link's [`IcmpSocket`].)
 pub struct Prober {
     binding: Binding,
-    icmp4: Option<IcmpSocket>,
-    icmp6: Option<IcmpSocket>,
     tls: HashMap<Option<PathBuf>, Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Prober {
-    pub fn new(binding: Binding) -> Self {
-        Prober {
-            binding,
-            icmp4: None,
-            icmp6: None,
-            tls: HashMap::new(),
-        }
-    }
-
-    /// Open the ICMP sockets `targets` need (inside a tokio runtime), and read the CA files of
-    /// its HTTPS targets (one that cannot be read fails that target's probes, saying why).
-    pub fn open(&mut self, targets: &[Target]) -> io::Result<()> {
+    /// Reads the CA files of `targets`' HTTPS probes (one that cannot be read fails that
+    /// target's probes, saying why).
+    pub fn new(binding: Binding, targets: &[Target]) -> Self {
+        let mut tls = HashMap::new();
         for t in targets {
             if let Target::Https { ca_file, .. } = t {
-                self.tls
-                    .entry(ca_file.clone())
+                tls.entry(ca_file.clone())
                     .or_insert_with(|| tls::client_config(ca_file.as_deref()));
             }
-            if let Target::Icmp(a) = t {
-                let slot = if a.is_ipv6() {
-                    &mut self.icmp6
-                } else {
-                    &mut self.icmp4
-                };
-                if slot.is_none() {
-                    *slot = Some(IcmpSocket::new(&self.binding, a.is_ipv6())?);
-                }
-            }
         }
-        Ok(())
+        Prober { binding, tls }
     }
 
     /// One probe of `target`, answered within `timeout` or failed.
     pub async fn probe(&self, target: &Target, timeout: Duration) -> Result<Duration, ProbeError> {
-        match target {
-            Target::Icmp(a) => {
-                let socket = if a.is_ipv6() {
-                    &self.icmp6
-                } else {
-                    &self.icmp4
-                };
-                match socket {
-                    Some(s) => s.probe(*a, timeout).await,
-                    None => Err(ProbeError::Send(io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "probe socket not open",
-                    ))),
-                }
-            }
-            _ => {
-                let start = Instant::now();
-                match tokio::time::timeout(timeout, self.transaction(target)).await {
-                    Ok(Ok(())) => Ok(start.elapsed()),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(ProbeError::Timeout(timeout)),
-                }
-            }
+        let start = Instant::now();
+        match tokio::time::timeout(timeout, self.transaction(target)).await {
+            Ok(Ok(())) => Ok(start.elapsed()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ProbeError::Timeout(timeout)),
         }
     }
 
     async fn transaction(&self, target: &Target) -> Result<(), ProbeError> {
         match target {
-            Target::Icmp(_) => Err(ProbeError::Other("not a transaction".into())),
+            Target::Icmp(_) => Err(ProbeError::Other("ICMP echo is no transaction".into())),
             Target::Tcp(addr) => self.connect(*addr).await.map(drop),
             Target::Http { addr, host, path } => {
                 let s = self.connect(*addr).await?;

@@ -168,8 +168,8 @@ pub struct Supervisor<D, P> {
     /// Interfaces last seen up, to re-apply when one comes up (admin down deletes the routes in
     /// our tables and admin up does not restore them).
     carriers: BTreeMap<String, bool>,
-    probe_tx: mpsc::Sender<ProbeOutcome>,
-    probe_rx: mpsc::Receiver<ProbeOutcome>,
+    probe_tx: mpsc::UnboundedSender<ProbeOutcome>,
+    probe_rx: mpsc::UnboundedReceiver<ProbeOutcome>,
     purge_tx: mpsc::Sender<(String, Result<Purged, String>)>,
     purge_rx: mpsc::Receiver<(String, Result<Purged, String>)>,
     status: watch::Sender<Status>,
@@ -213,7 +213,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
         let now = Instant::now();
         let mut engine = Engine::new(config, now.into_std());
         engine.set_wall_clock(now.into_std(), control::epoch_now());
-        let (probe_tx, probe_rx) = mpsc::channel(1024);
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let (purge_tx, purge_rx) = mpsc::channel(16);
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let status = watch::Sender::new(status::build(&engine, now.into_std()));

@@ -44,7 +44,7 @@ impl Scripted {
 }
 
 impl Probes for Scripted {
-    fn send(&mut self, req: ProbeRequest, tx: &mpsc::Sender<ProbeOutcome>) {
+    fn send(&mut self, req: ProbeRequest, tx: &mpsc::UnboundedSender<ProbeOutcome>) {
         let lost = self.dead.lock().unwrap().contains(&req.link);
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -56,14 +56,12 @@ impl Probes for Scripted {
             } else {
                 Ok(Duration::from_millis(wait))
             };
-            let _ = tx
-                .send(ProbeOutcome {
-                    link: req.link,
-                    target: req.target,
-                    sent_at: req.sent_at,
-                    result,
-                })
-                .await;
+            let _ = tx.send(ProbeOutcome {
+                link: req.link,
+                target: req.target,
+                sent_at: req.sent_at,
+                result,
+            });
         });
     }
 

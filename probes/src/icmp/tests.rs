@@ -341,8 +341,9 @@ fn a_sequence_number_still_outstanding_is_skipped() {
     let (first, _) = o.start(a(), 0u32);
     let mut last = first;
     for n in 1..=u32::from(u16::MAX) {
-        last = o.start(a(), n).0;
-        o.cancel(&last);
+        let token;
+        (last, token) = o.start(a(), n);
+        assert_eq!(o.take(&last, token), Some(n));
     }
     assert_eq!(last.seq, first.seq.wrapping_sub(1));
     let (wrapped, _) = o.start(a(), 0);
@@ -478,4 +479,113 @@ proptest! {
         );
         prop_assert_eq!(deliver(&mut o, &err, from), Some("e"));
     }
+}
+
+fn state() -> State<u32> {
+    State {
+        outstanding: Outstanding::new(RandomState::new()),
+        deadlines: VecDeque::new(),
+    }
+}
+
+/// Send `tag` to `dest` at `at` with a 300 ms timeout, as [`IcmpSocket::send`] does.
+fn sent(s: &mut State<u32>, dest: IpAddr, tag: u32, at: Instant) -> (EchoId, u64) {
+    let (id, token) = s.outstanding.start(dest, Waiting { sent: at, tag });
+    s.deadlines
+        .push_back((at + Duration::from_millis(300), id, token));
+    (id, token)
+}
+
+#[test]
+fn only_unanswered_probes_time_out_each_once_in_order() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut s = state();
+    assert_eq!(s.next_deadline(), None, "nothing outstanding: no timer");
+    let (id0, token0) = sent(&mut s, a(), 0, t0);
+    sent(&mut s, b(), 1, t0);
+    sent(&mut s, a(), 2, t0 + ms(100));
+    assert_eq!(s.next_deadline(), Some(t0 + ms(300)));
+
+    // Probe 0 is answered: the timer moves on to the next one still waiting.
+    let w = s.outstanding.answer(&Parsed::Reply {
+        id: id0,
+        token: token0,
+    });
+    assert_eq!(w.map(|w| w.tag), Some(0));
+    assert_eq!(s.next_deadline(), Some(t0 + ms(300)), "probe 1's");
+    let mut out = Vec::new();
+    s.expire(t0 + ms(299), &mut out);
+    assert!(out.is_empty(), "none due yet");
+    s.expire(t0 + ms(300), &mut out);
+    assert_eq!(out, [1], "the answered one does not time out");
+    assert_eq!(s.next_deadline(), Some(t0 + ms(400)));
+    s.expire(t0 + ms(1000), &mut out);
+    assert_eq!(out, [1, 2]);
+    assert_eq!(s.next_deadline(), None);
+    s.expire(t0 + ms(2000), &mut out);
+    assert_eq!(out, [1, 2], "each times out once");
+}
+
+#[test]
+fn a_stale_deadline_does_not_time_out_a_later_probe_with_the_same_id() {
+    let t0 = Instant::now();
+    let mut s = state();
+    let (id, token) = sent(&mut s, a(), 0, t0);
+    assert_eq!(s.outstanding.take(&id, token).map(|w| w.tag), Some(0));
+    // A later probe that happens to get the same identifier and sequence number (after the
+    // sequence space wrapped), with its own token.
+    let token2 = 0x5eed;
+    s.outstanding.probes.insert(
+        id,
+        Probe {
+            token: token2,
+            waiter: Waiting { sent: t0, tag: 7 },
+        },
+    );
+    let mut out = Vec::new();
+    s.expire(t0 + Duration::from_millis(300), &mut out);
+    assert!(
+        out.is_empty(),
+        "the first probe's deadline is not the second's"
+    );
+    assert!(s.outstanding.is_outstanding(&id, token2));
+    assert!(s.outstanding.take(&id, token).is_none(), "wrong token");
+}
+
+/// Through `lo`, which answers every echo request to 127.0.0.1 (needs CAP_NET_RAW, as the
+/// daemon does; skipped without it).
+#[tokio::test]
+async fn every_probe_is_delivered_once_even_after_its_socket_is_dropped() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let lo = Binding {
+        interface: "lo".into(),
+        mark: 0,
+    };
+    let socket = match IcmpSocket::new(&lo, false, Duration::from_secs(2), move |tag, r| {
+        let _ = tx.send((tag, r));
+    }) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            eprintln!("skipped: no CAP_NET_RAW ({e})");
+            return;
+        }
+        r => r.unwrap(),
+    };
+    let home: IpAddr = Ipv4Addr::LOCALHOST.into();
+    for tag in 0..20u32 {
+        socket.send(home, tag).map_err(|(_, e)| e).unwrap();
+    }
+    let (tag, e) = socket.send("::1".parse().unwrap(), 99).unwrap_err();
+    assert_eq!(tag, 99, "a probe that cannot be sent comes back at once");
+    assert!(matches!(e, ProbeError::Other(_)), "{e}");
+    // Dropped with all 20 in flight (or answered already): each still ends, once.
+    drop(socket);
+    let mut seen = Vec::new();
+    while let Some((tag, r)) = rx.recv().await {
+        let rtt = r.unwrap();
+        assert!(rtt < Duration::from_secs(2), "{rtt:?}");
+        seen.push(tag);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
 }
