@@ -80,6 +80,16 @@ struct Round {
 
 type Change = Option<(LinkState, LinkState, String)>;
 
+/// One target's outcomes over the loss window: (second since the link's epoch, probes
+/// concluded, probes lost) per second, and their sums, kept as buckets come and go (the loss
+/// is read after every outcome).
+#[derive(Debug, Clone, Default)]
+struct LossWindow {
+    buckets: VecDeque<(u64, u32, u32)>,
+    probes: u32,
+    lost: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct LinkHealth {
     pub state: LinkState,
@@ -100,8 +110,8 @@ pub struct LinkHealth {
     good_since: Option<Instant>,
     penalty: f64,
     penalty_at: Instant,
-    /// Per target: (second since `epoch`, probes concluded, probes lost) for the loss window.
-    loss: Vec<VecDeque<(u64, u32, u32)>>,
+    /// Per target: the loss window's buckets and their sums.
+    loss: Vec<LossWindow>,
     epoch: Instant,
     srtt: Option<f64>,
     rttvar: f64,
@@ -137,7 +147,7 @@ impl LinkHealth {
             good_since: None,
             penalty: 0.0,
             penalty_at: now,
-            loss: vec![VecDeque::new(); targets],
+            loss: vec![LossWindow::default(); targets],
             epoch: now,
             srtt: None,
             rttvar: 0.0,
@@ -197,28 +207,28 @@ impl LinkHealth {
             .iter()
             .zip(&self.loss)
             .filter(|(t, _)| t.misses < self.silent_after)
-            .flat_map(|(_, buckets)| buckets)
-            .fold((0, 0), |(n, lost), (_, bn, bl)| (n + bn, lost + bl))
+            .fold((0, 0), |(n, lost), (_, w)| (n + w.probes, lost + w.lost))
     }
 
     fn record_loss(&mut self, now: Instant, target: usize, lost: bool) {
         let sec = now.saturating_duration_since(self.epoch).as_secs();
-        let Some(buckets) = self.loss.get_mut(target) else {
+        let Some(w) = self.loss.get_mut(target) else {
             return;
         };
-        while buckets
-            .front()
-            .is_some_and(|b| b.0 + LOSS_WINDOW_SECS <= sec)
-        {
-            buckets.pop_front();
+        while let Some(&(_, n, l)) = w.buckets.front().filter(|b| b.0 + LOSS_WINDOW_SECS <= sec) {
+            w.buckets.pop_front();
+            w.probes -= n;
+            w.lost -= l;
         }
-        match buckets.back_mut() {
+        match w.buckets.back_mut() {
             Some(b) if b.0 == sec => {
                 b.1 += 1;
                 b.2 += u32::from(lost);
             }
-            _ => buckets.push_back((sec, 1, u32::from(lost))),
+            _ => w.buckets.push_back((sec, 1, u32::from(lost))),
         }
+        w.probes += 1;
+        w.lost += u32::from(lost);
     }
 
     pub fn silent_targets(&self) -> usize {
@@ -496,7 +506,7 @@ impl LinkHealth {
         }
         if from == LinkState::Down {
             // Losses during the outage say nothing about the link's quality now.
-            self.loss.iter_mut().for_each(VecDeque::clear);
+            self.loss.fill(LossWindow::default());
         }
         self.state = to;
         self.since = now;
@@ -534,5 +544,36 @@ mod exp2_tests {
             assert!((got - want).abs() <= want * 1e-8, "2^{x}: {got} != {want}");
         }
         assert_eq!(super::exp2(-5000.0), 2f64.powi(-1022));
+    }
+}
+
+#[cfg(test)]
+mod loss_window_tests {
+    use std::time::{Duration, Instant};
+
+    /// The running sums equal the buckets' own over three windows' worth of outcomes, as old
+    /// seconds leave the window (some seconds with no outcome at all).
+    #[test]
+    fn sums_follow_the_buckets() {
+        let t0 = Instant::now();
+        let mut h = super::LinkHealth::new(t0, 2, 1, 3);
+        let mut x = 7u32;
+        for ms in (0..3 * super::LOSS_WINDOW_SECS * 1000).step_by(130) {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            if (x >> 16) % 7 == 0 {
+                continue;
+            }
+            let lost = (x >> 8) % 5 == 0;
+            h.record_loss(t0 + Duration::from_millis(ms), (x >> 4) as usize % 2, lost);
+            for w in &h.loss {
+                let sums = w
+                    .buckets
+                    .iter()
+                    .fold((0, 0), |(n, l), b| (n + b.1, l + b.2));
+                assert_eq!((w.probes, w.lost), sums, "at {ms} ms");
+            }
+        }
+        let (n, lost) = h.loss_samples();
+        assert!(n > 300 && lost > 0 && lost < n / 3, "{n} {lost}");
     }
 }
