@@ -312,19 +312,27 @@ impl<T> Receiver<T> {
     ) {
         let mut buf = vec![0u8; 2048];
         let mut expired = Vec::new();
-        let timer = tokio::time::sleep(self.timeout);
+        // Parked far out while nothing is outstanding: a timer left at an answered probe's
+        // deadline would still wake the thread there, once per round per socket.
+        let parked = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let timer = tokio::time::sleep_until(parked());
         tokio::pin!(timer);
+        let mut armed = false;
         let mut open = true;
         loop {
-            let next = lock(&self.state).next_deadline();
-            match next {
+            match lock(&self.state).next_deadline() {
                 Some(at) => {
                     let at = tokio::time::Instant::from_std(at);
-                    if timer.deadline() != at {
+                    if !armed || timer.deadline() != at {
                         timer.as_mut().reset(at);
+                        armed = true;
                     }
                 }
                 None if !open => return,
+                None if armed => {
+                    timer.as_mut().reset(parked());
+                    armed = false;
+                }
                 None => {}
             }
             tokio::select! {
@@ -334,7 +342,7 @@ impl<T> Receiver<T> {
                         deliver(tag, outcome);
                     }
                 }
-                () = &mut timer, if next.is_some() => {
+                () = &mut timer, if armed => {
                     lock(&self.state).expire(Instant::now(), &mut expired);
                     for tag in expired.drain(..) {
                         deliver(tag, Err(ProbeError::Timeout(self.timeout)));
