@@ -207,7 +207,7 @@ pub struct IcmpSocket<T> {
     timeout: Duration,
     state: Arc<Mutex<State<T>>>,
     /// Wakes the receive task to arm its timer when a probe is sent while none was outstanding.
-    armed: Arc<Notify>,
+    wake: Arc<Notify>,
     /// Dropped with the socket: the receive task then finishes the probes still outstanding
     /// (answered or timed out) and ends.
     _open: oneshot::Sender<()>,
@@ -238,14 +238,14 @@ impl<T: Send + 'static> IcmpSocket<T> {
             outstanding: Outstanding::new(RandomState::new()),
             deadlines: VecDeque::new(),
         }));
-        let armed = Arc::new(Notify::new());
+        let wake = Arc::new(Notify::new());
         let (open, closed) = oneshot::channel();
         let receiver = Receiver {
             socket: receiving,
             v6,
             timeout,
             state: state.clone(),
-            armed: armed.clone(),
+            wake: wake.clone(),
         };
         tokio::spawn(receiver.run(closed, deliver));
         Ok(IcmpSocket {
@@ -253,7 +253,7 @@ impl<T: Send + 'static> IcmpSocket<T> {
             v6,
             timeout,
             state,
-            armed,
+            wake,
             _open: open,
         })
     }
@@ -287,7 +287,7 @@ impl<T: Send + 'static> IcmpSocket<T> {
             }
             _ => {
                 if first {
-                    self.armed.notify_one();
+                    self.wake.notify_one();
                 }
                 Ok(())
             }
@@ -301,7 +301,7 @@ struct Receiver<T> {
     v6: bool,
     timeout: Duration,
     state: Arc<Mutex<State<T>>>,
-    armed: Arc<Notify>,
+    wake: Arc<Notify>,
 }
 
 impl<T> Receiver<T> {
@@ -348,7 +348,7 @@ impl<T> Receiver<T> {
                         deliver(tag, Err(ProbeError::Timeout(self.timeout)));
                     }
                 }
-                () = self.armed.notified() => {}
+                () = self.wake.notified() => {}
                 _ = &mut closed, if open => open = false,
             }
         }

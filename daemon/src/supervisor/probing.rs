@@ -94,7 +94,8 @@ impl LinkProber {
         }
     }
 
-    /// An echo request to `dest` through the link's ICMP socket of its family.
+    /// An echo request to `dest` through the link's ICMP socket of its family. A socket
+    /// delivers to the `tx` it was opened with: the supervisor's, the same for every send.
     fn echo(
         &mut self,
         req: ProbeRequest,
