@@ -557,14 +557,14 @@ mod loss_window_tests {
     fn sums_follow_the_buckets() {
         let t0 = Instant::now();
         let mut h = super::LinkHealth::new(t0, 2, 1, 3);
-        let mut x = 7u32;
+        let mut rng = crate::engine::sim::Rng::new(7);
         for ms in (0..3 * super::LOSS_WINDOW_SECS * 1000).step_by(130) {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            if (x >> 16) % 7 == 0 {
+            if rng.percent() < 14 {
                 continue;
             }
-            let lost = (x >> 8) % 5 == 0;
-            h.record_loss(t0 + Duration::from_millis(ms), (x >> 4) as usize % 2, lost);
+            let lost = rng.percent() < 20;
+            let target = (rng.percent() % 2) as usize;
+            h.record_loss(t0 + Duration::from_millis(ms), target, lost);
             for w in &h.loss {
                 let sums = w
                     .buckets
