@@ -13,12 +13,14 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Sleep;
 
 use crate::{bound_socket, Binding, ProbeError};
 
@@ -312,28 +314,23 @@ impl<T> Receiver<T> {
     ) {
         let mut buf = vec![0u8; 2048];
         let mut expired = Vec::new();
-        // Parked far out while nothing is outstanding: a timer left at an answered probe's
-        // deadline would still wake the thread there, once per round per socket.
-        let parked = || tokio::time::Instant::now() + Duration::from_secs(86_400);
-        let timer = tokio::time::sleep_until(parked());
-        tokio::pin!(timer);
-        let mut armed = false;
+        // The first outstanding probe's deadline; none while nothing is outstanding. Dropped
+        // then, not moved far out: tokio moves a timer to a later deadline lazily, and the slot
+        // of its old one still wakes the thread, once per round per socket.
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
         let mut open = true;
         loop {
             match lock(&self.state).next_deadline() {
                 Some(at) => {
                     let at = tokio::time::Instant::from_std(at);
-                    if !armed || timer.deadline() != at {
-                        timer.as_mut().reset(at);
-                        armed = true;
+                    match &mut timer {
+                        Some(t) if t.deadline() == at => {}
+                        Some(t) => t.as_mut().reset(at),
+                        None => timer = Some(Box::pin(tokio::time::sleep_until(at))),
                     }
                 }
                 None if !open => return,
-                None if armed => {
-                    timer.as_mut().reset(parked());
-                    armed = false;
-                }
-                None => {}
+                None => timer = None,
             }
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
@@ -342,7 +339,7 @@ impl<T> Receiver<T> {
                         deliver(tag, outcome);
                     }
                 }
-                () = &mut timer, if armed => {
+                () = expiry(&mut timer) => {
                     lock(&self.state).expire(Instant::now(), &mut expired);
                     for tag in expired.drain(..) {
                         deliver(tag, Err(ProbeError::Timeout(self.timeout)));
@@ -371,6 +368,14 @@ impl<T> Receiver<T> {
             }),
         };
         Some((w.tag, outcome))
+    }
+}
+
+/// When `timer` expires; never without one.
+async fn expiry(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
