@@ -2,6 +2,7 @@
 //! executes the actions it returns on the dataplane, the probes and the control socket. It
 //! decides nothing itself.
 
+mod alarm;
 pub mod ha;
 mod hooks;
 mod memory;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alarm::Alarm;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -34,7 +36,8 @@ pub use probing::{LinkProbes, Probes};
 
 /// How often the nftables ruleset generation is read (one netlink round trip): when it moved,
 /// the kernel state is re-read and repaired, so an edit of our table is undone within this
-/// time. Route and rule edits arrive as events and are repaired at once.
+/// time. Route and rule edits arrive as events and are repaired at once. With a peer, it is
+/// also how often the peer is told our marks.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Every this many checks the whole kernel state is re-read even when nothing said it changed
 /// (what sends no event, such as a sysctl): 30 s.
@@ -83,12 +86,14 @@ async fn serve(
     monitor::spawn(kernel_tx).context("cannot subscribe to kernel events")?;
     let signals = unix_signals()?;
     let dp = Kernel::new(config.dataplane.table_base)?;
+    let alarm = Alarm::exact().context("cannot create a timerfd")?;
     let probes = LinkProbes::new(&config);
     let (events, _) = broadcast::channel::<Event>(256);
     let memory = memory::path(&config.control.socket);
     let history_file = config.control.history.clone();
     let mut sup = Supervisor::start(config, path, Some(memory), dp, probes, events.clone()).await?;
     sup.keep_history(history_file);
+    sup.alarm = alarm;
     let (cmd_tx, commands) = mpsc::channel(8);
     let shared = control::Shared {
         status: sup.status.subscribe(),
@@ -175,6 +180,8 @@ pub struct Supervisor<D, P> {
     status: watch::Sender<Status>,
     events: broadcast::Sender<Event>,
     watchdog: Option<tokio::time::Interval>,
+    /// Wakes the loop for its next deadline (probes due, the next check).
+    alarm: Alarm,
     /// A reload under way (its file is being checked) and who waits for its answer.
     reloading: Option<Vec<oneshot::Sender<CommandReply>>>,
     reload_tx: mpsc::Sender<Result<Config, String>>,
@@ -231,6 +238,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
             status,
             events,
             watchdog: None,
+            alarm: Alarm::Tokio,
             reloading: None,
             reload_tx,
             reload_rx,
@@ -276,9 +284,7 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
     /// The loop: each arm hands the engine what happened, then the engine's actions are
     /// executed. Returns after a stop, with what we created removed (unless configured not to).
     pub async fn run(&mut self, mut inputs: Inputs) -> anyhow::Result<()> {
-        let mut check = tokio::time::interval(CHECK_EVERY);
-        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        check.tick().await;
+        let mut check_at = Instant::now() + CHECK_EVERY;
         let mut checks = 0u32;
         let mut peer_buf = [0u8; 64];
         loop {
@@ -286,11 +292,26 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 debug!("next wake-up: {why}");
                 Instant::from_std(t)
             });
+            let wake = next.map_or(check_at, |t| t.min(check_at));
             let now = || Instant::now().into_std();
             tokio::select! {
-                () = sleep_until(next) => {
+                () = self.alarm.at(wake) => {
                     for req in self.engine.poll_probes(now()) {
                         self.probes.send(req, &self.probe_tx);
+                    }
+                    if Instant::now() >= check_at {
+                        if let Some(p) = &self.peer {
+                            p.say(&self.marks());
+                        }
+                        checks = (checks + 1) % RECONCILE_CHECKS;
+                        if checks == 0 || self.dp.ruleset_changed().await {
+                            self.engine.reconcile();
+                        }
+                        self.memory_dirty |= self.memory_saved.is_none_or(|t| t.elapsed() >= memory::REFRESH);
+                        if self.history_saved.is_none_or(|t| t.elapsed() >= HISTORY_EVERY) {
+                            self.save_history();
+                        }
+                        check_at = Instant::now() + CHECK_EVERY;
                     }
                 }
                 Some(p) = self.probe_rx.recv() => self.probed(now(), p),
@@ -301,19 +322,6 @@ impl<D: Dataplane, P: Probes> Supervisor<D, P> {
                 Some((link, r)) = self.purge_rx.recv() => {
                     self.engine.purged(&link, r);
                     self.status_due = true;
-                }
-                _ = check.tick() => {
-                    if let Some(p) = &self.peer {
-                        p.say(&self.marks());
-                    }
-                    checks = (checks + 1) % RECONCILE_CHECKS;
-                    if checks == 0 || self.dp.ruleset_changed().await {
-                        self.engine.reconcile();
-                    }
-                    self.memory_dirty |= self.memory_saved.is_none_or(|t| t.elapsed() >= memory::REFRESH);
-                    if self.history_saved.is_none_or(|t| t.elapsed() >= HISTORY_EVERY) {
-                        self.save_history();
-                    }
                 }
                 () = tick(&mut self.watchdog) => notify(&[sd_notify::NotifyState::Watchdog]),
                 n = peer_recv(self.peer.as_ref(), &mut peer_buf) => {
@@ -665,14 +673,6 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
         Some(i) => {
             i.tick().await;
         }
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleep until `t`, or forever when nothing is scheduled.
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
